@@ -1,0 +1,46 @@
+//! Every limit of the storage engine, named once. Relations between them are checked at
+//! compile time so a change to one cannot silently break another.
+
+/// O_DIRECT alignment for file offsets, lengths and buffers. 4 KiB covers every logical block
+/// size in use on Linux block devices today (512 B and 4 KiB).
+pub const IO_ALIGNMENT_BYTES: usize = 4096;
+
+/// Largest single record batch the log accepts (Kafka's `max.message.bytes` default is
+/// 1 MiB + overhead; topics may raise it up to this hard ceiling).
+pub const BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// Default of the per-topic `max.message.bytes` (Kafka's default: 1048588).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_048_588;
+
+/// Most bytes the flusher copies into one O_DIRECT write. Appends beyond this wait for the
+/// next write, which starts as soon as the current one completes.
+pub const WRITE_BYTES_MAX: usize = 4 << 20;
+
+/// Segment file sizes. Positions in the offset index are u32, as in Kafka.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
+pub const SEGMENT_BYTES_MIN: u64 = 16 << 10;
+pub const SEGMENT_BYTES_MAX: u64 = (i32::MAX as u64) - BATCH_BYTES_MAX as u64;
+
+/// Bytes of log between two sparse index entries (Kafka's `index.interval.bytes`).
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+
+/// Default size of one partition's in-memory batch cache.
+pub const BATCH_CACHE_BYTES_DEFAULT: usize = 8 << 20;
+
+/// Size of one read when scanning a segment during recovery or a timestamp lookup.
+pub const SCAN_READ_BYTES: usize = 1 << 20;
+
+/// Largest single read a fetch issues against a segment file.
+pub const READ_BYTES_MAX: usize = 64 << 20;
+
+/// Appends that may wait for durability at once on one partition. Beyond this the log answers
+/// with back-pressure instead of queueing without bound.
+pub const APPEND_WAITERS_MAX: usize = 64 * 1024;
+
+const _: () = assert!(IO_ALIGNMENT_BYTES.is_power_of_two());
+const _: () = assert!(WRITE_BYTES_MAX % IO_ALIGNMENT_BYTES == 0);
+const _: () = assert!(SCAN_READ_BYTES % IO_ALIGNMENT_BYTES == 0);
+const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(READ_BYTES_MAX >= BATCH_BYTES_MAX);

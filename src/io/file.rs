@@ -1,0 +1,178 @@
+use super::{fault, spawn_blocking, AlignedBuf};
+use crate::constants::IO_ALIGNMENT_BYTES;
+use bytes::Bytes;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn to_io(err: glommio::GlommioError<()>) -> io::Error {
+    io::Error::from(err)
+}
+
+/// A buffer the kernel can DMA from: aligned, sized in whole blocks. Lives on one core.
+pub struct WriteBuf(glommio::io::DmaBuffer);
+
+impl WriteBuf {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.0.as_bytes_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A segment file opened for O_DIRECT writes through io_uring. Lives on the core that owns the
+/// partition; writes must be aligned in position and length.
+pub struct WriteFile {
+    file: glommio::io::DmaFile,
+}
+
+impl WriteFile {
+    /// Opens (creating if asked) `path` for O_DIRECT reads and writes.
+    pub async fn open(path: &Path, create: bool) -> io::Result<WriteFile> {
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await
+            .map_err(to_io)?;
+        Ok(WriteFile { file })
+    }
+
+    /// An aligned buffer of `len` bytes rounded up to whole blocks. Its contents are
+    /// unspecified: the caller writes every byte it hands to `write_at`.
+    pub fn alloc(&self, len: usize) -> WriteBuf {
+        WriteBuf(self.file.alloc_dma_buffer(len.next_multiple_of(IO_ALIGNMENT_BYTES)))
+    }
+
+    /// Writes the whole buffer at `position`; a short write is an error.
+    pub async fn write_at(&self, buf: WriteBuf, position: u64) -> io::Result<()> {
+        assert!(position % IO_ALIGNMENT_BYTES as u64 == 0, "unaligned O_DIRECT write position");
+        fault::on_write()?;
+        let expected = buf.len();
+        let written = self.file.write_at(buf.0, position).await.map_err(to_io)?;
+        if written != expected {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short O_DIRECT write"));
+        }
+        Ok(())
+    }
+
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        fault::on_sync()?;
+        self.file.fdatasync().await.map_err(to_io)
+    }
+
+    pub async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.truncate(len).await.map_err(to_io)
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(to_io)
+    }
+}
+
+/// A segment file opened for O_DIRECT reads. `Send` and cheap to clone, so a read runs on a
+/// blocking helper thread into an `AlignedBuf` that becomes `Bytes` without a copy. The file
+/// stays open while any clone lives, so a segment deleted by retention can finish its reads.
+#[derive(Clone)]
+pub struct ReadFile {
+    file: Arc<File>,
+}
+
+impl ReadFile {
+    pub fn open(path: &Path) -> io::Result<ReadFile> {
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path)?;
+        Ok(ReadFile { file: Arc::new(file) })
+    }
+
+    /// Reads up to `len` bytes at the aligned `position`; fewer at end of file. The result
+    /// starts at `position`.
+    pub async fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        assert!(position % IO_ALIGNMENT_BYTES as u64 == 0, "unaligned O_DIRECT read position");
+        let file = self.file.clone();
+        spawn_blocking(move || {
+            let mut buf = AlignedBuf::zeroed(len);
+            let mut filled = 0;
+            while filled < len {
+                let spare = &mut buf.spare_mut()[filled..];
+                match file.read_at(spare, position + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => return Err(err),
+                }
+                if filled % IO_ALIGNMENT_BYTES != 0 {
+                    break; // a short, unaligned read only happens at end of file
+                }
+            }
+            buf.set_len(filled.min(len));
+            Ok(Bytes::from_owner(buf))
+        })
+        .await
+    }
+
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+/// Replaces `path` with `data` durably: write a temporary file, fsync it, rename, fsync the
+/// directory. A crash leaves either the old file or the new one.
+pub async fn write_file_atomic(path: &Path, data: Vec<u8>) -> io::Result<()> {
+    let path = path.to_path_buf();
+    spawn_blocking(move || {
+        let tmp = tmp_path(&path);
+        let mut file = File::create(&tmp)?;
+        file.write_all(&data)?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir_blocking(&path)
+    })
+    .await
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn sync_dir_blocking(path: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// The contents of a small file, or `None` if it does not exist.
+pub async fn read_small_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let path = path.to_path_buf();
+    spawn_blocking(move || match std::fs::read(&path) {
+        Ok(data) => Ok(Some(data)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    })
+    .await
+}
+
+/// Removes `path`; a file already gone is not an error.
+pub async fn remove_file(path: &Path) -> io::Result<()> {
+    let path = path.to_path_buf();
+    spawn_blocking(move || match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    })
+    .await
+}
+
+/// fsyncs the directory holding `path`, making creations, renames and removals in it durable.
+pub async fn sync_dir(path: &Path) -> io::Result<()> {
+    let path = path.to_path_buf();
+    spawn_blocking(move || sync_dir_blocking(&path)).await
+}

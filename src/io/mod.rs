@@ -1,0 +1,14 @@
+//! The runtime edge: files, executors, timers and task spawning. glommio is named only here,
+//! so the rest of ringmq depends on this small surface and the runtime could be replaced.
+//! Tests inject disk faults at this layer (`fault`).
+//!
+//! Everything here runs on the calling core's executor; nothing is `Send` unless it says so.
+
+mod aligned;
+pub mod fault;
+mod file;
+mod runtime;
+
+pub use aligned::AlignedBuf;
+pub use file::{read_small_file, remove_file, sync_dir, write_file_atomic, ReadFile, WriteBuf, WriteFile};
+pub use runtime::{block_on, raise_memlock_limit, sleep, spawn_blocking, spawn_local, Signal, Task};

@@ -1,0 +1,87 @@
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+pub type Task<T> = glommio::Task<T>;
+
+/// Runs `future` to completion on a fresh single-threaded executor on this thread.
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    raise_memlock_limit();
+    let executor = match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make() {
+        Ok(executor) => executor,
+        Err(err) => panic!("cannot start an io_uring executor: {err}"),
+    };
+    executor.run(future)
+}
+
+/// glommio registers its DMA buffers with io_uring, which counts against RLIMIT_MEMLOCK.
+/// Raise the limit to the hard maximum (and, when privileged, beyond the usual 8 MiB default)
+/// so registration does not silently fall back to slower unregistered buffers.
+pub fn raise_memlock_limit() {
+    const WANTED_BYTES: libc::rlim_t = 512 << 20;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 || limit.rlim_cur >= WANTED_BYTES {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: WANTED_BYTES, rlim_max: limit.rlim_max.max(WANTED_BYTES) };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) != 0 {
+            let within_hard = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &within_hard);
+        }
+    }
+}
+
+/// Spawns a task on this core's executor.
+pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    glommio::spawn_local(future)
+}
+
+/// Runs a blocking function on this executor's helper thread and awaits its result.
+pub async fn spawn_blocking<F, R>(func: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(func).await
+}
+
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await
+}
+
+/// A level-triggered wake-up for one waiting task on the same core: `notify` sets it, `wait`
+/// returns once it is set and clears it. Notifications while nobody waits are not lost.
+#[derive(Clone, Default)]
+pub struct Signal {
+    inner: Rc<SignalInner>,
+}
+
+#[derive(Default)]
+struct SignalInner {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.inner.set.set(true);
+        if let Some(waker) = self.inner.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.inner.set.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.inner.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}

@@ -1,0 +1,17 @@
+//! ringmq: a Kafka-compatible message broker, thread-per-core and shared-nothing.
+//!
+//! Module map (see README.md, "Architecture"):
+//! - `batch`: the Kafka record batch v2 header: validation, offset assignment.
+//! - `log`: a partition's log on one core: segments, indexes, flusher, recovery, retention.
+//! - `batch_cache`: the newest batches of a partition in memory, for tail reads.
+//! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
+
+pub mod batch;
+pub mod batch_cache;
+pub mod constants;
+pub mod io;
+pub mod log;
+pub mod types;
+
+#[doc(hidden)]
+pub mod testing;

@@ -1,0 +1,357 @@
+//! The flusher: one task per log, the only code that writes its segment files.
+//!
+//! Each round takes everything queued (up to `WRITE_BYTES_MAX`), copies it behind the partial
+//! last block of the segment into one aligned buffer and writes it with one O_DIRECT io_uring
+//! write, rewriting that last block in place instead of leaving holes. Appends that arrive
+//! while a write is in flight go into the next one: batches of many producers coalesce, and
+//! under `FsyncBeforeAck` they share one fdatasync (group commit).
+
+use super::checkpoint::{CleanShutdown, CLEAN_SHUTDOWN_FILE};
+use super::reader::BatchReader;
+use super::segment::{self, Segment};
+use super::{AppendError, Command, FlushPolicy, LogError, LogState, Shared, StorageError};
+use crate::batch_cache::StoredBatch;
+use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, WRITE_BYTES_MAX};
+use crate::io::{self, ReadFile, WriteFile};
+use crate::types::Offset;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// The write side of the active segment, owned by the flusher task.
+pub(super) struct Appender {
+    pub writer: WriteFile,
+    /// The bytes of the segment's last, partial block (`size_bytes % IO_ALIGNMENT_BYTES`).
+    pub tail: Vec<u8>,
+}
+
+fn align_down(value: u64) -> u64 {
+    value - value % IO_ALIGNMENT_BYTES as u64
+}
+
+pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {
+    loop {
+        let has_pending = !shared.state.borrow().pending.is_empty();
+        if has_pending {
+            write_round(&shared, &mut appender).await;
+            continue;
+        }
+        if sync_due(&shared.state.borrow()) {
+            sync(&shared, &appender).await;
+            continue;
+        }
+        let command = shared.state.borrow_mut().commands.pop_front();
+        match command {
+            Some(Command::Truncate { offset, reply }) => {
+                let _ignored = reply.send(truncate(&shared, &mut appender, offset).await);
+            }
+            Some(Command::Close { reply }) => {
+                let _ignored = reply.send(close(&shared, appender).await);
+                return;
+            }
+            None => wait_for_work(&shared).await,
+        }
+    }
+}
+
+/// Sleeps until an append or command arrives, or the flush interval expires.
+async fn wait_for_work(shared: &Shared) {
+    let deadline = {
+        let state = shared.state.borrow();
+        match state.config.flush {
+            FlushPolicy::Interval { interval: Some(interval), .. } if state.unsynced_records > 0 => {
+                Some(interval.saturating_sub(state.last_sync_at.elapsed()))
+            }
+            _ => None,
+        }
+    };
+    match deadline {
+        Some(remaining) => futures_lite::future::or(shared.wake_flusher.wait(), io::sleep(remaining)).await,
+        None => shared.wake_flusher.wait().await,
+    }
+}
+
+fn sync_due(state: &LogState) -> bool {
+    if state.failed.is_some() || state.unsynced_records == 0 {
+        return false;
+    }
+    match state.config.flush {
+        FlushPolicy::FsyncBeforeAck => true,
+        FlushPolicy::Interval { messages, interval } => {
+            messages.is_some_and(|messages| state.unsynced_records >= messages)
+                || interval.is_some_and(|interval| state.last_sync_at.elapsed() >= interval)
+        }
+    }
+}
+
+/// Whether `batch` must start a new segment.
+fn needs_roll(state: &LogState, batch: &StoredBatch) -> bool {
+    let active = state.active();
+    if active.size_bytes == 0 {
+        return false;
+    }
+    let full = active.size_bytes + batch.len() as u64 > state.config.segment_bytes;
+    let old = match (state.config.segment_age_max, active.first_append_at) {
+        (Some(age_max), Some(first)) => first.elapsed() >= age_max,
+        _ => false,
+    };
+    let relative_overflow = batch.last.0 - active.base.0 > i64::from(i32::MAX);
+    full || old || relative_overflow
+}
+
+/// Takes the queued batches that go into the active segment in this round.
+fn take_round(state: &mut LogState) -> Vec<StoredBatch> {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(next) = state.pending.front() {
+        let over_write = bytes + next.len() > WRITE_BYTES_MAX;
+        let over_segment = state.active().size_bytes + (bytes + next.len()) as u64 > state.config.segment_bytes;
+        if !taken.is_empty() && (over_write || over_segment) {
+            break;
+        }
+        bytes += next.len();
+        taken.extend(state.pending.pop_front());
+    }
+    taken
+}
+
+async fn write_round(shared: &Shared, appender: &mut Appender) {
+    let roll_at = {
+        let state = shared.state.borrow();
+        state.pending.front().filter(|first| needs_roll(&state, first)).map(|first| first.base)
+    };
+    if let Some(base) = roll_at {
+        if let Err(error) = roll(shared, appender, base).await {
+            fail_writes(shared, base, error);
+            return;
+        }
+    }
+    let (batches, size_before) = {
+        let mut state = shared.state.borrow_mut();
+        let size_before = state.active().size_bytes;
+        (take_round(&mut state), size_before)
+    };
+    let Some(first) = batches.first().map(|batch| batch.base) else { return };
+
+    let block_start = align_down(size_before);
+    assert_eq!(appender.tail.len() as u64, size_before - block_start, "tail block out of step");
+    let total = appender.tail.len() + batches.iter().map(StoredBatch::len).sum::<usize>();
+    let mut buf = appender.writer.alloc(total);
+    let bytes = buf.as_mut_slice();
+    let mut at = appender.tail.len();
+    bytes[..at].copy_from_slice(&appender.tail);
+    for batch in &batches {
+        bytes[at..at + batch.header.len()].copy_from_slice(&batch.header);
+        at += batch.header.len();
+        bytes[at..at + batch.body.len()].copy_from_slice(&batch.body);
+        at += batch.body.len();
+    }
+    bytes[total..].fill(0); // the padding of the last block: zeros, never stale memory
+    let next_tail = bytes[align_down(total as u64) as usize..total].to_vec();
+
+    if let Err(error) = appender.writer.write_at(buf, block_start).await {
+        let error = StorageError::new("write segment", error);
+        // Drop whatever part of the failed write reached the file, so a later recovery cannot
+        // resurrect batches that were never acknowledged. The next write rewrites the block.
+        let _best_effort = appender.writer.truncate(size_before).await;
+        fail_writes(shared, first, error);
+        return;
+    }
+    appender.tail = next_tail;
+
+    let mut state = shared.state.borrow_mut();
+    let index_interval = state.config.index_interval_bytes;
+    for batch in &batches {
+        state.active_mut().record_batch(batch.base, batch.last, batch.max_timestamp, batch.len() as u64, index_interval);
+        state.unsynced_records += u64::from(batch.records);
+    }
+    state.written = batches.last().map_or(state.written, |batch| batch.last.next());
+    state.ack_waiters();
+}
+
+/// A write failed: nothing from `first` on was acknowledged; forget it. The log keeps serving
+/// reads and accepts appends again (a full disk may get space back).
+fn fail_writes(shared: &Shared, first: Offset, error: StorageError) {
+    tracing::warn!(dir = %shared.dir.display(), %error, offset = %first, "segment write failed");
+    shared.state.borrow_mut().abandon_from(first, AppendError::Storage(error));
+}
+
+async fn sync(shared: &Shared, appender: &Appender) -> bool {
+    let target = shared.state.borrow().written;
+    match appender.writer.fdatasync().await {
+        Ok(()) => {
+            let mut state = shared.state.borrow_mut();
+            state.synced = state.synced.max(target);
+            if state.written == target {
+                state.unsynced_records = 0;
+            }
+            state.last_sync_at = Instant::now();
+            state.ack_waiters();
+            true
+        }
+        Err(error) => {
+            let error = StorageError::new("fdatasync segment", error);
+            tracing::error!(dir = %shared.dir.display(), %error, "fdatasync failed; log refuses appends until reopened");
+            let mut state = shared.state.borrow_mut();
+            state.failed = Some(error.clone());
+            let written = state.written;
+            state.abandon_from(written, AppendError::Storage(error));
+            false
+        }
+    }
+}
+
+/// Makes the active segment durable and complete on disk: synced, cut to its logical size
+/// (dropping the padding of its last block) and its indexes written.
+async fn seal_active(shared: &Shared, appender: &Appender) -> Result<(), StorageError> {
+    if !sync(shared, appender).await {
+        return Err(shared.state.borrow().failed.clone().expect("a failed sync sets `failed`"));
+    }
+    let (size, base, index, time_index) = {
+        let state = shared.state.borrow();
+        let active = state.active();
+        (active.size_bytes, active.base, active.index.encode(), active.sealed_time_index().encode())
+    };
+    appender.writer.truncate(size).await.map_err(|e| StorageError::new("truncate segment", e))?;
+    appender.writer.fdatasync().await.map_err(|e| StorageError::new("fdatasync segment", e))?;
+    io::write_file_atomic(&segment::index_path(&shared.dir, base), index)
+        .await
+        .map_err(|e| StorageError::new("write offset index", e))?;
+    io::write_file_atomic(&segment::time_index_path(&shared.dir, base), time_index)
+        .await
+        .map_err(|e| StorageError::new("write time index", e))
+}
+
+/// Seals the active segment and starts a new one at `base`.
+async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<(), StorageError> {
+    assert_eq!(shared.state.borrow().written, base, "roll with unwritten batches before it");
+    seal_active(shared, appender).await?;
+    let path = segment::log_path(&shared.dir, base);
+    let writer = WriteFile::open(&path, true).await.map_err(|e| StorageError::new("create segment", e))?;
+    let reader = ReadFile::open(&path).map_err(|e| StorageError::new("open segment", e))?;
+    io::sync_dir(&path).await.map_err(|e| StorageError::new("sync log directory", e))?;
+    let previous = std::mem::replace(appender, Appender { writer, tail: Vec::new() });
+    if let Err(error) = previous.writer.close().await {
+        tracing::warn!(%error, "closing a sealed segment failed");
+    }
+    shared.state.borrow_mut().segments.push_back(Segment::new(base, reader));
+    Ok(())
+}
+
+async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
+    seal_active(shared, &appender).await.map_err(LogError::Storage)?;
+    let checkpoint = {
+        let state = shared.state.borrow();
+        let active = state.active();
+        CleanShutdown { active_base: active.base, active_size_bytes: active.size_bytes, log_end: state.log_end }
+    };
+    appender.writer.close().await.map_err(|e| LogError::Storage(StorageError::new("close segment", e)))?;
+    io::write_file_atomic(&shared.dir.join(CLEAN_SHUTDOWN_FILE), checkpoint.encode())
+        .await
+        .map_err(|e| LogError::Storage(StorageError::new("write clean-shutdown checkpoint", e)))
+}
+
+/// Cuts the log so that `offset` is the next offset. Runs with nothing queued.
+async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> Result<(), LogError> {
+    let (log_start, log_end) = {
+        let state = shared.state.borrow();
+        (state.log_start, state.log_end)
+    };
+    if offset >= log_end {
+        return Ok(());
+    }
+    if offset < log_start {
+        return Err(LogError::BelowLogStart(offset));
+    }
+    // Segments wholly at or after `offset` go, except one to append to.
+    let doomed: Vec<Offset> = {
+        let mut state = shared.state.borrow_mut();
+        let mut doomed = Vec::new();
+        while state.segments.len() > 1 && state.active().base >= offset {
+            doomed.extend(state.segments.pop_back().map(|segment| segment.base));
+        }
+        doomed
+    };
+    if !doomed.is_empty() {
+        let (path, size, reader) = {
+            let state = shared.state.borrow();
+            let active = state.active();
+            (segment::log_path(&shared.dir, active.base), active.size_bytes, active.reader.clone())
+        };
+        let writer = WriteFile::open(&path, false).await.map_err(|e| storage("open segment", e))?;
+        let previous = std::mem::replace(appender, Appender { writer, tail: Vec::new() });
+        let _closing_a_doomed_file = previous.writer.close().await;
+        appender.tail = load_tail(&reader, size).await?;
+        for base in doomed {
+            super::retention::remove_segment_files(&shared.dir, base).await.map_err(LogError::Storage)?;
+        }
+    }
+    let (cut_position, new_end, scanned_max_timestamp) = find_cut(shared, offset).await?;
+    appender.writer.truncate(cut_position).await.map_err(|e| storage("truncate segment", e))?;
+    appender.writer.fdatasync().await.map_err(|e| storage("fdatasync segment", e))?;
+    let reader = shared.state.borrow().active().reader.clone();
+    appender.tail = load_tail(&reader, cut_position).await?;
+
+    let mut state = shared.state.borrow_mut();
+    let active = state.active_mut();
+    active.size_bytes = cut_position;
+    active.end = new_end;
+    active.index.truncate_to_position(cut_position as u32);
+    let relative_end = active.relative(new_end);
+    active.time_index.truncate_to_offset(relative_end);
+    active.max_timestamp = match (active.time_index.max_timestamp(), scanned_max_timestamp) {
+        (Some(indexed), Some(scanned)) => Some(indexed.max(scanned)),
+        (indexed, scanned) => indexed.or(scanned),
+    };
+    active.bytes_since_index = 0;
+    state.log_end = new_end;
+    state.written = new_end;
+    state.synced = new_end;
+    state.unsynced_records = 0;
+    state.cache.truncate_from(new_end);
+    state.check_positions();
+    Ok(())
+}
+
+fn storage(operation: &'static str, error: std::io::Error) -> LogError {
+    LogError::Storage(StorageError::new(operation, error))
+}
+
+/// In the active segment: the byte position of the first batch holding `offset` or later,
+/// the offset the log ends at once cut there, and the largest timestamp among the batches
+/// scanned before the cut. The scan starts one index entry early so that, with the time index
+/// entries before it, every kept batch's timestamp is accounted for.
+async fn find_cut(shared: &Shared, offset: Offset) -> Result<(u64, Offset, Option<i64>), LogError> {
+    let (reader, base, size, start) = {
+        let state = shared.state.borrow();
+        let active = state.active();
+        let start = active.index.position_before(active.relative(offset.max(active.base)));
+        (active.reader.clone(), active.base, active.size_bytes, u64::from(start))
+    };
+    let mut batches = BatchReader::new(reader, base, size);
+    let mut position = start;
+    let mut end = base;
+    let mut max_timestamp = None;
+    while let Some((header, _)) = batches.batch_at(position, SCAN_READ_BYTES).await? {
+        if header.last_offset() >= offset.0 {
+            end = Offset(header.base_offset);
+            break;
+        }
+        max_timestamp = Some(max_timestamp.map_or(header.max_timestamp, |ts: i64| ts.max(header.max_timestamp)));
+        position += header.total_bytes() as u64;
+        end = Offset(header.last_offset() + 1);
+    }
+    Ok((position, end, max_timestamp))
+}
+
+/// The partial last block of a segment of `size` bytes, read back from the file.
+pub(super) async fn load_tail(reader: &ReadFile, size: u64) -> Result<Vec<u8>, LogError> {
+    let partial = (size % IO_ALIGNMENT_BYTES as u64) as usize;
+    if partial == 0 {
+        return Ok(Vec::new());
+    }
+    let block = reader.read_at(align_down(size), IO_ALIGNMENT_BYTES).await.map_err(|e| storage("read tail block", e))?;
+    if block.len() < partial {
+        return Err(storage("read tail block", std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(block[..partial].to_vec())
+}

@@ -1,0 +1,355 @@
+//! A partition's log: append-only Kafka record batches in segment files, owned by one core.
+//!
+//! Lives on the core that owns the partition; `Log` is `!Send` and no method blocks the core.
+//! Appends are synchronous (validate, assign offsets, queue) and return a `Durable` future;
+//! one flusher task per log writes everything queued with one O_DIRECT write, syncs as the
+//! `FlushPolicy` says, and resolves the futures in offset order. Reads are served from the
+//! batch cache or from the segment files, never beyond what was written.
+//!
+//! Positions, in order (asserted): synced <= written <= log end, and log start <= stable.
+//! - `written`: every batch below it is in its segment file (survives SIGKILL);
+//! - `synced`: every batch below it was fdatasync'd (survives a machine crash);
+//! - log end: the next offset to assign; batches between `written` and it are queued.
+
+mod appender;
+mod checkpoint;
+mod config;
+mod index;
+mod reader;
+mod recovery;
+mod retention;
+mod segment;
+
+pub use config::{ConfigError, FlushPolicy, LogConfig, TimestampType};
+pub use reader::{ReadBatches, ReadLimits, TimestampLookup};
+pub use retention::RetentionOutcome;
+
+use crate::batch::{self, BatchError, HEADER_BYTES};
+use crate::batch_cache::{BatchCache, StoredBatch};
+use crate::constants::APPEND_WAITERS_MAX;
+use crate::io::{Signal, Task};
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
+use bytes::Bytes;
+use futures_channel::oneshot;
+use segment::Segment;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// An I/O failure of the log's files, with the operation that failed. Cheap to clone so every
+/// append waiting on the failed write gets it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation}: {source}")]
+pub struct StorageError {
+    pub operation: &'static str,
+    pub source: Arc<std::io::Error>,
+}
+
+impl StorageError {
+    pub fn new(operation: &'static str, source: std::io::Error) -> StorageError {
+        StorageError { operation, source: Arc::new(source) }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::ENOSPC)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("invalid batch: {0}")]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error("the log is closing")]
+    Closed,
+    #[error("too many appends are waiting for durability")]
+    Backpressure,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error("offset {requested} is outside the log [{log_start}, {log_end}]")]
+    OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error("corrupt batch in segment {segment} at byte {position}: {reason}")]
+    Corrupt { segment: Offset, position: u64, reason: BatchError },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("invalid log config: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("offset {0} is below the log start offset")]
+    BelowLogStart(Offset),
+    #[error("offset {requested} is beyond the stable offset {stable}")]
+    BeyondStable { requested: Offset, stable: Offset },
+    #[error("the log is closing")]
+    Closed,
+}
+
+/// Where an append went, and a future that resolves once it is durable under the policy.
+pub struct Appended {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The broker time the batches were appended at (Kafka's log append time).
+    pub log_append_time: TimestampMs,
+    pub durable: Durable,
+}
+
+/// Resolves when the append is acknowledged under the log's flush policy, or fails it.
+pub struct Durable(oneshot::Receiver<Result<(), AppendError>>);
+
+impl Future for Durable {
+    type Output = Result<(), AppendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|reply| reply.unwrap_or(Err(AppendError::Closed)))
+    }
+}
+
+struct Waiter {
+    end: Offset,
+    reply: oneshot::Sender<Result<(), AppendError>>,
+}
+
+enum Command {
+    Truncate { offset: Offset, reply: oneshot::Sender<Result<(), LogError>> },
+    Close { reply: oneshot::Sender<Result<(), LogError>> },
+}
+
+/// Everything the log knows, mutated only on its core, never borrowed across an await.
+struct LogState {
+    config: LogConfig,
+    /// Oldest first; the last one is active (appended to).
+    segments: VecDeque<Segment>,
+    log_start: Offset,
+    synced: Offset,
+    written: Offset,
+    log_end: Offset,
+    /// Assigned offsets, not yet handed to the flusher.
+    pending: VecDeque<StoredBatch>,
+    cache: BatchCache,
+    waiters: VecDeque<Waiter>,
+    commands: VecDeque<Command>,
+    /// Set when an fdatasync failed: whether written data is durable is unknown, so the log
+    /// accepts no more appends until it is reopened (Kafka takes the log dir offline).
+    failed: Option<StorageError>,
+    closing: bool,
+    unsynced_records: u64,
+    last_sync_at: Instant,
+}
+
+impl LogState {
+    fn active(&self) -> &Segment {
+        self.segments.back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.back_mut().expect("a log always has an active segment")
+    }
+
+    /// The offset below which appends are acknowledged and readers may see records.
+    fn stable(&self) -> Offset {
+        match self.config.flush {
+            FlushPolicy::FsyncBeforeAck => self.synced,
+            FlushPolicy::Interval { .. } => self.written,
+        }
+    }
+
+    fn check_positions(&self) {
+        assert!(
+            self.log_start <= self.stable() && self.synced <= self.written && self.written <= self.log_end,
+            "log positions out of order: start {} synced {} written {} end {}",
+            self.log_start,
+            self.synced,
+            self.written,
+            self.log_end
+        );
+    }
+
+    fn ack_waiters(&mut self) {
+        self.check_positions();
+        let stable = self.stable();
+        while self.waiters.front().is_some_and(|waiter| waiter.end <= stable) {
+            if let Some(waiter) = self.waiters.pop_front() {
+                // The appender may have stopped waiting (request cancelled); nothing to tell.
+                let _ignored = waiter.reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Forgets every batch from `offset` on (none of them acknowledged) and fails their appends.
+    fn abandon_from(&mut self, offset: Offset, error: AppendError) {
+        assert!(offset >= self.written, "abandoning written batches");
+        self.log_end = offset;
+        self.pending.clear();
+        self.cache.truncate_from(offset);
+        for waiter in self.waiters.drain(..) {
+            let _ignored = waiter.reply.send(Err(error.clone()));
+        }
+        self.check_positions();
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    state: RefCell<LogState>,
+    wake_flusher: Signal,
+}
+
+/// One partition's log. Lives on its owning core.
+pub struct Log {
+    shared: Rc<Shared>,
+    flusher: Option<Task<()>>,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, recovering from a crash if the last close
+    /// was not clean (see `recovery`).
+    pub async fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
+        config.validate()?;
+        let (state, appender) = recovery::open(dir, config).await?;
+        let shared = Rc::new(Shared {
+            dir: dir.to_path_buf(),
+            state: RefCell::new(state),
+            wake_flusher: Signal::default(),
+        });
+        let flusher = crate::io::spawn_local(appender::run(shared.clone(), appender));
+        Ok(Log { shared, flusher: Some(flusher) })
+    }
+
+    /// Validates `records` (one or more v2 batches, as a produce request carries them),
+    /// assigns offsets and queues them for writing. Nothing is appended unless every batch is
+    /// valid. The returned `durable` future says when they are acknowledged.
+    pub fn append(&self, records: &Bytes, leader_epoch: LeaderEpoch) -> Result<Appended, AppendError> {
+        let mut state = self.shared.state.borrow_mut();
+        let batches = batch::split_validated(records, state.config.message_bytes_max)?;
+        if let Some(error) = &state.failed {
+            return Err(AppendError::Storage(error.clone()));
+        }
+        if state.closing {
+            return Err(AppendError::Closed);
+        }
+        if state.waiters.len() >= APPEND_WAITERS_MAX {
+            return Err(AppendError::Backpressure);
+        }
+        let now = TimestampMs::now();
+        let log_append_time = (state.config.timestamp_type == TimestampType::LogAppendTime).then_some(now.0);
+        let base_offset = state.log_end;
+        for (header, bytes) in batches {
+            let base = state.log_end;
+            let last = Offset(base.0 + i64::from(header.last_offset_delta));
+            let rewritten = batch::rewrite_header(&bytes, base.0, leader_epoch.0, log_append_time);
+            let stored = StoredBatch {
+                base,
+                last,
+                max_timestamp: log_append_time.unwrap_or(header.max_timestamp),
+                records: header.records_count as u32,
+                header: Bytes::copy_from_slice(&rewritten),
+                body: bytes.slice(HEADER_BYTES..),
+            };
+            state.pending.push_back(stored.clone());
+            state.cache.push(stored);
+            state.log_end = last.next();
+        }
+        let (reply, receiver) = oneshot::channel();
+        let end = state.log_end;
+        state.waiters.push_back(Waiter { end, reply });
+        drop(state);
+        self.shared.wake_flusher.notify();
+        Ok(Appended {
+            base_offset,
+            last_offset: Offset(end.0 - 1),
+            log_append_time: now,
+            durable: Durable(receiver),
+        })
+    }
+
+    /// Cuts the log back so `offset` is the next offset (replication uses it to discard a
+    /// divergent tail). A batch holding `offset` goes entirely, as in Kafka.
+    pub async fn truncate_to(&self, offset: Offset) -> Result<(), LogError> {
+        self.command(|reply| Command::Truncate { offset, reply }).await
+    }
+
+    /// Writes everything queued, syncs it and records a clean shutdown so the next open does
+    /// not scan. Appends after this fail with `Closed`.
+    pub async fn close(mut self) -> Result<(), LogError> {
+        self.shared.state.borrow_mut().closing = true;
+        let result = self.command(|reply| Command::Close { reply }).await;
+        if let Some(flusher) = self.flusher.take() {
+            flusher.await;
+        }
+        result
+    }
+
+    async fn command(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), LogError>>) -> Command,
+    ) -> Result<(), LogError> {
+        let (reply, receiver) = oneshot::channel();
+        self.shared.state.borrow_mut().commands.push_back(make(reply));
+        self.shared.wake_flusher.notify();
+        receiver.await.unwrap_or(Err(LogError::Closed))
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.shared.state.borrow().log_start
+    }
+
+    /// The next offset to be assigned (Kafka's log end offset).
+    pub fn log_end_offset(&self) -> Offset {
+        self.shared.state.borrow().log_end
+    }
+
+    /// Below this, appends are acknowledged under the flush policy and readable.
+    pub fn stable_offset(&self) -> Offset {
+        self.shared.state.borrow().stable()
+    }
+
+    pub fn written_offset(&self) -> Offset {
+        self.shared.state.borrow().written
+    }
+
+    pub fn synced_offset(&self) -> Offset {
+        self.shared.state.borrow().synced
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.state.borrow().segments.iter().map(|segment| segment.size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.state.borrow().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.shared.state.borrow().segments.iter().map(|segment| segment.base).collect()
+    }
+
+    /// Bytes held by the batch cache and its (hits, misses).
+    pub fn cache_stats(&self) -> (usize, (u64, u64)) {
+        let state = self.shared.state.borrow();
+        (state.cache.bytes(), state.cache.hit_counts())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+#[cfg(test)]
+mod tests;

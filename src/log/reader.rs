@@ -1,0 +1,236 @@
+//! Reads: from the batch cache when it holds the offset, else from the segment file with
+//! O_DIRECT reads into aligned buffers that become `Bytes`; returned batches are slices of
+//! those buffers or the cached `Bytes` themselves, never copies.
+//!
+//! Every batch read from a file is checked (length, magic, CRC32C) before it is returned:
+//! the log never serves bytes it cannot vouch for.
+
+use super::segment::Segment;
+use super::{Log, ReadError, StorageError};
+use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
+use crate::constants::{BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, READ_BYTES_MAX, SCAN_READ_BYTES};
+use crate::io::ReadFile;
+use crate::types::Offset;
+use bytes::Bytes;
+
+/// Bounds of one read.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Stop before exceeding this many bytes...
+    pub bytes_max: usize,
+    /// ...unless it would return nothing and this is set: then one batch of any size comes
+    /// back, as Kafka does for the first partition of a fetch.
+    pub min_one: bool,
+    /// Return only batches wholly below this offset (the high watermark). The log also never
+    /// returns anything at or above its stable offset.
+    pub upper: Offset,
+}
+
+/// Whole batches, as `Bytes` chunks to write to a socket in order.
+#[derive(Debug, Default)]
+pub struct ReadBatches {
+    pub chunks: Vec<Bytes>,
+    pub bytes: usize,
+    pub batches: usize,
+    /// The offset after the last batch returned (`from` if none was).
+    pub next_offset: Offset,
+    pub from_cache: bool,
+}
+
+impl ReadBatches {
+    fn empty(from: Offset) -> ReadBatches {
+        ReadBatches { next_offset: from, ..ReadBatches::default() }
+    }
+
+    /// The batches as one contiguous buffer (a copy: for tests and tools, not the fetch path).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks.iter().flat_map(|chunk| chunk.iter().copied()).collect()
+    }
+}
+
+/// Sequential, validated access to the batches of one segment file, reading ahead in aligned
+/// chunks. Only bytes below `limit` (the segment's written size) are ever interpreted.
+pub(super) struct BatchReader {
+    file: ReadFile,
+    segment: Offset,
+    limit: u64,
+    buf: Bytes,
+    buf_start: u64,
+}
+
+impl BatchReader {
+    pub fn new(file: ReadFile, segment: Offset, limit: u64) -> BatchReader {
+        BatchReader { file, segment, limit, buf: Bytes::new(), buf_start: 0 }
+    }
+
+    fn corrupt(&self, position: u64, reason: BatchError) -> ReadError {
+        ReadError::Corrupt { segment: self.segment, position, reason }
+    }
+
+    /// The validated batch starting at `position`, or `None` at the end of the segment.
+    /// When it has to read, it reads at least `read_ahead` bytes.
+    pub async fn batch_at(&mut self, position: u64, read_ahead: usize) -> Result<Option<(BatchHeader, Bytes)>, ReadError> {
+        if position >= self.limit {
+            return Ok(None);
+        }
+        let remaining = self.limit - position;
+        if remaining < HEADER_BYTES as u64 {
+            return Err(self.corrupt(position, BatchError::Truncated { need: HEADER_BYTES, have: remaining as usize }));
+        }
+        self.ensure(position, HEADER_BYTES, read_ahead).await?;
+        let at = (position - self.buf_start) as usize;
+        let header = BatchHeader::parse(&self.buf[at..], BATCH_BYTES_MAX).map_err(|e| self.corrupt(position, e))?;
+        let total = header.total_bytes();
+        if total as u64 > remaining {
+            return Err(self.corrupt(position, BatchError::Truncated { need: total, have: remaining as usize }));
+        }
+        self.ensure(position, total, read_ahead).await?;
+        let at = (position - self.buf_start) as usize;
+        batch::validate(&self.buf[at..at + total], BATCH_BYTES_MAX).map_err(|e| self.corrupt(position, e))?;
+        Ok(Some((header, self.buf.slice(at..at + total))))
+    }
+
+    /// Makes `[position, position + len)` available in `buf`.
+    async fn ensure(&mut self, position: u64, len: usize, read_ahead: usize) -> Result<(), ReadError> {
+        let buffered_end = self.buf_start + self.buf.len() as u64;
+        if self.buf_start <= position && position + len as u64 <= buffered_end {
+            return Ok(());
+        }
+        let start = position - position % IO_ALIGNMENT_BYTES as u64;
+        let end = (position + len.max(read_ahead.min(READ_BYTES_MAX)) as u64).min(self.limit);
+        let read_len = (end - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64) as usize;
+        self.buf = self
+            .file
+            .read_at(start, read_len)
+            .await
+            .map_err(|e| ReadError::Storage(StorageError::new("read segment", e)))?;
+        self.buf_start = start;
+        let have = self.buf.len() as u64 - (position - start).min(self.buf.len() as u64);
+        if have < len as u64 {
+            // The file is shorter than the size the log recorded for it.
+            return Err(self.corrupt(position, BatchError::Truncated { need: len, have: have as usize }));
+        }
+        Ok(())
+    }
+}
+
+/// Where the first batch with a timestamp at or after a target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimestampLookup {
+    /// The base offset of that batch (Kafka answers with the exact record; finding it needs
+    /// the records decoded, which the log never does).
+    pub offset: Offset,
+    /// That batch's largest timestamp.
+    pub timestamp: i64,
+}
+
+/// A segment's read handle and extent, taken so the read can await without borrowing state.
+struct SegmentView {
+    reader: ReadFile,
+    base: Offset,
+    size_bytes: u64,
+    start_position: u64,
+}
+
+impl SegmentView {
+    fn new(segment: &Segment, start_position: u32) -> SegmentView {
+        SegmentView {
+            reader: segment.reader.clone(),
+            base: segment.base,
+            size_bytes: segment.size_bytes,
+            start_position: u64::from(start_position),
+        }
+    }
+}
+
+impl Log {
+    /// Reads whole batches starting with the one holding `from`.
+    pub async fn read(&self, from: Offset, limits: ReadLimits) -> Result<ReadBatches, ReadError> {
+        let (view, upper) = {
+            let mut state = self.shared.state.borrow_mut();
+            if from < state.log_start || from > state.log_end {
+                return Err(ReadError::OffsetOutOfRange {
+                    requested: from,
+                    log_start: state.log_start,
+                    log_end: state.log_end,
+                });
+            }
+            let upper = limits.upper.min(state.stable());
+            if from >= upper {
+                return Ok(ReadBatches::empty(from));
+            }
+            if let Some(cached) = state.cache.read(from, upper, limits.bytes_max, limits.min_one) {
+                let mut read = ReadBatches { from_cache: true, ..ReadBatches::empty(from) };
+                for batch in cached {
+                    read.chunks.push(batch.header.clone());
+                    read.chunks.push(batch.body.clone());
+                    read.bytes += batch.len();
+                    read.batches += 1;
+                    read.next_offset = batch.last.next();
+                }
+                return Ok(read);
+            }
+            let Some(segment) = state.segments.iter().find(|segment| segment.end > from) else {
+                return Ok(ReadBatches::empty(from));
+            };
+            let start = segment.index.position_for(segment.relative(from.max(segment.base)));
+            (SegmentView::new(segment, start), upper)
+        };
+        read_segment(view, from, upper, limits).await
+    }
+
+    /// The first batch whose largest timestamp is at or after `timestamp` (ListOffsets by time),
+    /// among readable batches. `None` if every batch is older.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampLookup>, ReadError> {
+        let (candidates, upper) = {
+            let state = self.shared.state.borrow();
+            let candidates: Vec<SegmentView> = state
+                .segments
+                .iter()
+                .filter(|segment| segment.max_timestamp.is_some_and(|max| max >= timestamp))
+                .map(|segment| {
+                    let from = segment.time_index.scan_start_for(timestamp);
+                    SegmentView::new(segment, segment.index.position_for(from))
+                })
+                .collect();
+            (candidates, state.stable())
+        };
+        for view in candidates {
+            let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);
+            let mut position = view.start_position;
+            while let Some((header, _)) = batches.batch_at(position, SCAN_READ_BYTES).await? {
+                if header.last_offset() >= upper.0 {
+                    return Ok(None);
+                }
+                if header.max_timestamp >= timestamp {
+                    let offset = Offset(header.base_offset);
+                    return Ok(Some(TimestampLookup { offset, timestamp: header.max_timestamp }));
+                }
+                position += header.total_bytes() as u64;
+            }
+        }
+        Ok(None)
+    }
+}
+
+async fn read_segment(view: SegmentView, from: Offset, upper: Offset, limits: ReadLimits) -> Result<ReadBatches, ReadError> {
+    let mut read = ReadBatches::empty(from);
+    let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);
+    let mut position = view.start_position;
+    let read_ahead = limits.bytes_max.saturating_add(SCAN_READ_BYTES / 16);
+    while let Some((header, bytes)) = batches.batch_at(position, read_ahead).await? {
+        position += bytes.len() as u64;
+        if header.last_offset() < from.0 {
+            continue;
+        }
+        let over = read.bytes + bytes.len() > limits.bytes_max && !(limits.min_one && read.batches == 0);
+        if header.last_offset() >= upper.0 || over {
+            break;
+        }
+        read.bytes += bytes.len();
+        read.batches += 1;
+        read.next_offset = Offset(header.last_offset() + 1);
+        read.chunks.push(bytes);
+    }
+    Ok(read)
+}

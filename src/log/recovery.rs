@@ -1,0 +1,208 @@
+//! Opening a log: finding its segments, trusting what a clean shutdown or a roll made durable,
+//! and scanning the rest.
+//!
+//! - Segments before the last were sealed by a roll (synced, cut to size, indexes written);
+//!   their index files are loaded and checked against the file, and rebuilt by a scan if
+//!   missing or inconsistent.
+//! - The last segment is trusted only if the `clean-shutdown` checkpoint describes it exactly;
+//!   otherwise every batch in it is validated (length, magic, CRC32C, contiguous offsets) and
+//!   the file is cut after the last valid one, dropping a torn or garbage tail.
+//! - A segment that ends early or short of the next one's base means corruption in the
+//!   middle: everything after the last valid batch goes, as Kafka does.
+//!
+//! The checkpoint is removed before the log accepts appends, so a crash from then on scans.
+
+use super::appender::{load_tail, Appender};
+use super::checkpoint::{self, CleanShutdown, CLEAN_SHUTDOWN_FILE, LOG_START_FILE};
+use super::index::{OffsetIndex, TimeIndex};
+use super::reader::BatchReader;
+use super::segment::{self, Segment};
+use super::{LogConfig, LogError, LogState, ReadError, StorageError};
+use crate::batch_cache::BatchCache;
+use crate::constants::SCAN_READ_BYTES;
+use crate::io::{self, ReadFile, WriteFile};
+use crate::types::Offset;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn storage(operation: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
+    move |error| LogError::Storage(StorageError::new(operation, error))
+}
+
+pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, Appender), LogError> {
+    let bases = list_segments(dir).await.map_err(storage("list log directory"))?;
+    let clean = io::read_small_file(&dir.join(CLEAN_SHUTDOWN_FILE))
+        .await
+        .map_err(storage("read clean-shutdown checkpoint"))?
+        .and_then(|data| CleanShutdown::decode(&data));
+    let persisted_start = io::read_small_file(&dir.join(LOG_START_FILE))
+        .await
+        .map_err(storage("read log start offset"))?
+        .and_then(|data| checkpoint::decode_log_start(&data));
+
+    let mut segments: VecDeque<Segment> = VecDeque::new();
+    for (at, &base) in bases.iter().enumerate() {
+        let next_base = bases.get(at + 1).copied();
+        let segment = open_segment(dir, base, next_base, clean, config.index_interval_bytes).await?;
+        let complete = next_base.is_none_or(|next| segment.end == next);
+        segments.push_back(segment);
+        if !complete {
+            tracing::warn!(dir = %dir.display(), segment = %base, "segment corrupt before its end; dropping later segments");
+            for &later in &bases[at + 1..] {
+                super::retention::remove_segment_files(dir, later).await.map_err(LogError::Storage)?;
+            }
+            break;
+        }
+    }
+    if segments.is_empty() {
+        let base = persisted_start.unwrap_or(Offset(0));
+        let path = segment::log_path(dir, base);
+        WriteFile::open(&path, true).await.map_err(storage("create segment"))?.close().await.map_err(storage("create segment"))?;
+        io::sync_dir(&path).await.map_err(storage("sync log directory"))?;
+        let reader = ReadFile::open(&path).map_err(storage("open segment"))?;
+        segments.push_back(Segment::new(base, reader));
+    }
+
+    let active = segments.back().expect("at least one segment");
+    let log_end = active.end;
+    let first_base = segments.front().map_or(Offset(0), |first| first.base);
+    let log_start = persisted_start.map_or(first_base, |start| start.max(first_base)).min(log_end);
+    let active_path = segment::log_path(dir, active.base);
+    let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
+    let tail = load_tail(&active.reader, active.size_bytes).await?;
+    io::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE)).await.map_err(storage("remove clean-shutdown checkpoint"))?;
+    io::sync_dir(&active_path).await.map_err(storage("sync log directory"))?;
+
+    let state = LogState {
+        cache: BatchCache::new(config.cache_bytes_max),
+        config,
+        segments,
+        log_start,
+        synced: log_end,
+        written: log_end,
+        log_end,
+        pending: VecDeque::new(),
+        waiters: VecDeque::new(),
+        commands: VecDeque::new(),
+        failed: None,
+        closing: false,
+        unsynced_records: 0,
+        last_sync_at: Instant::now(),
+    };
+    state.check_positions();
+    Ok((state, Appender { writer, tail }))
+}
+
+/// The segment at `base`, from its index files when they can be trusted, else by a scan that
+/// rebuilds them. A segment that is not the last must end where `next_base` begins.
+async fn open_segment(
+    dir: &Path,
+    base: Offset,
+    next_base: Option<Offset>,
+    clean: Option<CleanShutdown>,
+    index_interval_bytes: u32,
+) -> Result<Segment, LogError> {
+    let path = segment::log_path(dir, base);
+    let reader = ReadFile::open(&path).map_err(storage("open segment"))?;
+    let file_size = reader.len().map_err(storage("stat segment"))?;
+    let trusted_end = match next_base {
+        Some(next) => Some(next),
+        None => clean.filter(|c| c.active_base == base && c.active_size_bytes == file_size).map(|c| c.log_end),
+    };
+    if let Some(end) = trusted_end {
+        if let Some(segment) = load_indexes(dir, base, end, file_size, reader.clone()).await? {
+            return Ok(segment);
+        }
+    }
+    let segment = scan(base, reader, file_size, index_interval_bytes).await?;
+    if segment.size_bytes < file_size {
+        tracing::warn!(
+            segment = %path.display(),
+            valid_bytes = segment.size_bytes,
+            file_bytes = file_size,
+            "truncating invalid or torn tail"
+        );
+        let writer = WriteFile::open(&path, false).await.map_err(storage("open segment"))?;
+        writer.truncate(segment.size_bytes).await.map_err(storage("truncate torn tail"))?;
+        writer.fdatasync().await.map_err(storage("fdatasync segment"))?;
+        writer.close().await.map_err(storage("close segment"))?;
+    }
+    if next_base.is_some() {
+        io::write_file_atomic(&segment::index_path(dir, base), segment.index.encode())
+            .await
+            .map_err(storage("write offset index"))?;
+        io::write_file_atomic(&segment::time_index_path(dir, base), segment.sealed_time_index().encode())
+            .await
+            .map_err(storage("write time index"))?;
+    }
+    Ok(segment)
+}
+
+/// The segment described by its index files, if both exist and fit a segment of `file_size`
+/// bytes holding offsets `[base, end)`.
+async fn load_indexes(dir: &Path, base: Offset, end: Offset, file_size: u64, reader: ReadFile) -> Result<Option<Segment>, LogError> {
+    let offsets = (end.0 - base.0).max(0) as u64;
+    let index = io::read_small_file(&segment::index_path(dir, base)).await.map_err(storage("read offset index"))?;
+    let time_index = io::read_small_file(&segment::time_index_path(dir, base)).await.map_err(storage("read time index"))?;
+    let (Some(index), Some(time_index)) = (index, time_index) else { return Ok(None) };
+    let (Some(index), Some(time_index)) =
+        (OffsetIndex::decode(&index, file_size, offsets), TimeIndex::decode(&time_index, offsets))
+    else {
+        return Ok(None);
+    };
+    if (file_size > 0) != time_index.max_timestamp().is_some() || (file_size > 0) != (offsets > 0) {
+        return Ok(None);
+    }
+    let mut segment = Segment::new(base, reader);
+    segment.end = end;
+    segment.size_bytes = file_size;
+    segment.max_timestamp = time_index.max_timestamp();
+    segment.bytes_since_index = file_size - u64::from(index.last_position());
+    segment.index = index;
+    segment.time_index = time_index;
+    if file_size > 0 {
+        segment.first_append_at = Some(Instant::now());
+    }
+    Ok(Some(segment))
+}
+
+/// Rebuilds a segment's metadata by validating its batches from the start; stops at the
+/// first invalid byte or offset discontinuity. `size_bytes` of the result is the valid length.
+async fn scan(base: Offset, reader: ReadFile, file_size: u64, index_interval_bytes: u32) -> Result<Segment, LogError> {
+    let mut segment = Segment::new(base, reader.clone());
+    let mut batches = BatchReader::new(reader, base, file_size);
+    loop {
+        match batches.batch_at(segment.size_bytes, SCAN_READ_BYTES).await {
+            Ok(Some((header, bytes))) if header.base_offset == segment.end.0 => {
+                let last = Offset(header.last_offset());
+                segment.record_batch(segment.end, last, header.max_timestamp, bytes.len() as u64, index_interval_bytes);
+            }
+            Ok(_) | Err(ReadError::Corrupt { .. }) | Err(ReadError::OffsetOutOfRange { .. }) => return Ok(segment),
+            Err(ReadError::Storage(error)) => return Err(LogError::Storage(error)),
+        }
+    }
+}
+
+/// Base offsets of the segment files in `dir`, ascending. Creates `dir` if missing and
+/// removes temporary files a crash left behind.
+async fn list_segments(dir: &Path) -> std::io::Result<Vec<Offset>> {
+    let dir: PathBuf = dir.to_path_buf();
+    io::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path())?;
+            } else if let Some(base) = segment::parse_log_file_name(&name) {
+                bases.push(base);
+            }
+        }
+        bases.sort();
+        Ok(bases)
+    })
+    .await
+}

@@ -193,10 +193,7 @@ pub fn rewrite_header(
         let attributes = be_i16(&header, ATTRIBUTES_AT) | ATTRIBUTE_LOG_APPEND_TIME;
         header[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
         header[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&header[ATTRIBUTES_AT..]),
-            &batch[HEADER_BYTES..],
-        );
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[ATTRIBUTES_AT..]), &batch[HEADER_BYTES..]);
         header[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     }
     header

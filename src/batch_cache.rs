@@ -79,7 +79,13 @@ impl BatchCache {
     /// The cached batches from the one holding `from`, or `None` if `from` is older than the
     /// cache. Stops before `upper`, and at `bytes_max` unless that would return nothing while
     /// `min_one` is set.
-    pub fn read(&mut self, from: Offset, upper: Offset, bytes_max: usize, min_one: bool) -> Option<Vec<&StoredBatch>> {
+    pub fn read(
+        &mut self,
+        from: Offset,
+        upper: Offset,
+        bytes_max: usize,
+        min_one: bool,
+    ) -> Option<Vec<&StoredBatch>> {
         let covered = self.batches.front().is_some_and(|oldest| oldest.base <= from);
         if !covered {
             self.misses += 1;

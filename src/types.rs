@@ -33,9 +33,8 @@ pub struct TimestampMs(pub i64);
 
 impl TimestampMs {
     pub fn now() -> TimestampMs {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         TimestampMs(since_epoch.as_millis() as i64)
     }
 }

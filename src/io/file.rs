@@ -1,4 +1,4 @@
-use super::{fault, spawn_blocking, AlignedBuf};
+use super::{AlignedBuf, fault, spawn_blocking};
 use crate::constants::IO_ALIGNMENT_BYTES;
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
@@ -55,7 +55,7 @@ impl WriteFile {
 
     /// Writes the whole buffer at `position`; a short write is an error.
     pub async fn write_at(&self, buf: WriteBuf, position: u64) -> io::Result<()> {
-        assert!(position % IO_ALIGNMENT_BYTES as u64 == 0, "unaligned O_DIRECT write position");
+        assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT write position");
         fault::on_write()?;
         let expected = buf.len();
         let written = self.file.write_at(buf.0, position).await.map_err(to_io)?;
@@ -96,7 +96,7 @@ impl ReadFile {
     /// Reads up to `len` bytes at the aligned `position`; fewer at end of file. The result
     /// starts at `position`.
     pub async fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
-        assert!(position % IO_ALIGNMENT_BYTES as u64 == 0, "unaligned O_DIRECT read position");
+        assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT read position");
         let file = self.file.clone();
         spawn_blocking(move || {
             let mut buf = AlignedBuf::zeroed(len);
@@ -119,7 +119,7 @@ impl ReadFile {
         .await
     }
 
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn file_size_bytes(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 }

@@ -10,5 +10,5 @@ mod file;
 mod runtime;
 
 pub use aligned::AlignedBuf;
-pub use file::{read_small_file, remove_file, sync_dir, write_file_atomic, ReadFile, WriteBuf, WriteFile};
-pub use runtime::{block_on, raise_memlock_limit, sleep, spawn_blocking, spawn_local, Signal, Task};
+pub use file::{ReadFile, WriteBuf, WriteFile, read_small_file, remove_file, sync_dir, write_file_atomic};
+pub use runtime::{Signal, Task, block_on, raise_memlock_limit, sleep, spawn_blocking, spawn_local};

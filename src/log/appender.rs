@@ -6,12 +6,12 @@
 //! while a write is in flight go into the next one: batches of many producers coalesce, and
 //! under `FsyncBeforeAck` they share one fdatasync (group commit).
 
-use super::checkpoint::{CleanShutdown, CLEAN_SHUTDOWN_FILE};
+use super::checkpoint::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{AppendError, Command, FlushPolicy, LogError, LogState, Shared, StorageError};
 use crate::batch_cache::StoredBatch;
-use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, WRITE_BYTES_MAX};
+use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, UNSYNCED_BYTES_MAX, WRITE_BYTES_MAX};
 use crate::io::{self, ReadFile, WriteFile};
 use crate::types::Offset;
 use std::rc::Rc;
@@ -30,12 +30,16 @@ fn align_down(value: u64) -> u64 {
 
 pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {
     loop {
-        let has_pending = !shared.state.borrow().pending.is_empty();
-        if has_pending {
+        let (has_pending, sync_now) = {
+            let state = shared.state.borrow();
+            let backlog_unsynced = state.unsynced_bytes >= UNSYNCED_BYTES_MAX;
+            (!state.pending.is_empty(), sync_due(&state) && (state.pending.is_empty() || backlog_unsynced))
+        };
+        if has_pending && !sync_now {
             write_round(&shared, &mut appender).await;
             continue;
         }
-        if sync_due(&shared.state.borrow()) {
+        if sync_now {
             sync(&shared, &appender).await;
             continue;
         }
@@ -104,7 +108,8 @@ fn take_round(state: &mut LogState) -> Vec<StoredBatch> {
     let mut bytes = 0usize;
     while let Some(next) = state.pending.front() {
         let over_write = bytes + next.len() > WRITE_BYTES_MAX;
-        let over_segment = state.active().size_bytes + (bytes + next.len()) as u64 > state.config.segment_bytes;
+        let over_segment =
+            state.active().size_bytes + (bytes + next.len()) as u64 > state.config.segment_bytes;
         if !taken.is_empty() && (over_write || over_segment) {
             break;
         }
@@ -119,11 +124,11 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
         let state = shared.state.borrow();
         state.pending.front().filter(|first| needs_roll(&state, first)).map(|first| first.base)
     };
-    if let Some(base) = roll_at {
-        if let Err(error) = roll(shared, appender, base).await {
-            fail_writes(shared, base, error);
-            return;
-        }
+    if let Some(base) = roll_at
+        && let Err(error) = roll(shared, appender, base).await
+    {
+        fail_writes(shared, base, error);
+        return;
     }
     let (batches, size_before) = {
         let mut state = shared.state.borrow_mut();
@@ -161,8 +166,15 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     let mut state = shared.state.borrow_mut();
     let index_interval = state.config.index_interval_bytes;
     for batch in &batches {
-        state.active_mut().record_batch(batch.base, batch.last, batch.max_timestamp, batch.len() as u64, index_interval);
+        state.active_mut().record_batch(
+            batch.base,
+            batch.last,
+            batch.max_timestamp,
+            batch.len() as u64,
+            index_interval,
+        );
         state.unsynced_records += u64::from(batch.records);
+        state.unsynced_bytes += batch.len() as u64;
     }
     state.written = batches.last().map_or(state.written, |batch| batch.last.next());
     state.ack_waiters();
@@ -183,6 +195,7 @@ async fn sync(shared: &Shared, appender: &Appender) -> bool {
             state.synced = state.synced.max(target);
             if state.written == target {
                 state.unsynced_records = 0;
+                state.unsynced_bytes = 0;
             }
             state.last_sync_at = Instant::now();
             state.ack_waiters();
@@ -242,7 +255,11 @@ async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
     let checkpoint = {
         let state = shared.state.borrow();
         let active = state.active();
-        CleanShutdown { active_base: active.base, active_size_bytes: active.size_bytes, log_end: state.log_end }
+        CleanShutdown {
+            active_base: active.base,
+            active_size_bytes: active.size_bytes,
+            log_end: state.log_end,
+        }
     };
     appender.writer.close().await.map_err(|e| LogError::Storage(StorageError::new("close segment", e)))?;
     io::write_file_atomic(&shared.dir.join(CLEAN_SHUTDOWN_FILE), checkpoint.encode())
@@ -307,6 +324,7 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
     state.written = new_end;
     state.synced = new_end;
     state.unsynced_records = 0;
+    state.unsynced_bytes = 0;
     state.cache.truncate_from(new_end);
     state.check_positions();
     Ok(())
@@ -336,7 +354,8 @@ async fn find_cut(shared: &Shared, offset: Offset) -> Result<(u64, Offset, Optio
             end = Offset(header.base_offset);
             break;
         }
-        max_timestamp = Some(max_timestamp.map_or(header.max_timestamp, |ts: i64| ts.max(header.max_timestamp)));
+        max_timestamp =
+            Some(max_timestamp.map_or(header.max_timestamp, |ts: i64| ts.max(header.max_timestamp)));
         position += header.total_bytes() as u64;
         end = Offset(header.last_offset() + 1);
     }
@@ -349,7 +368,10 @@ pub(super) async fn load_tail(reader: &ReadFile, size: u64) -> Result<Vec<u8>, L
     if partial == 0 {
         return Ok(Vec::new());
     }
-    let block = reader.read_at(align_down(size), IO_ALIGNMENT_BYTES).await.map_err(|e| storage("read tail block", e))?;
+    let block = reader
+        .read_at(align_down(size), IO_ALIGNMENT_BYTES)
+        .await
+        .map_err(|e| storage("read tail block", e))?;
     if block.len() < partial {
         return Err(storage("read tail block", std::io::ErrorKind::UnexpectedEof.into()));
     }

@@ -57,7 +57,7 @@ impl OffsetIndex {
     /// Decodes an index file, or `None` if it is not a valid index of a segment holding
     /// `segment_bytes` bytes and `offsets` offsets.
     pub fn decode(data: &[u8], segment_bytes: u64, offsets: u64) -> Option<OffsetIndex> {
-        if data.len() % OFFSET_ENTRY_BYTES != 0 {
+        if !data.len().is_multiple_of(OFFSET_ENTRY_BYTES) {
             return None;
         }
         let mut index = OffsetIndex::default();
@@ -115,7 +115,7 @@ impl TimeIndex {
     }
 
     pub fn decode(data: &[u8], offsets: u64) -> Option<TimeIndex> {
-        if data.len() % TIME_ENTRY_BYTES != 0 {
+        if !data.len().is_multiple_of(TIME_ENTRY_BYTES) {
             return None;
         }
         let mut index = TimeIndex::default();

@@ -21,6 +21,7 @@ mod retention;
 mod segment;
 
 pub use config::{ConfigError, FlushPolicy, LogConfig, TimestampType};
+pub use index::{OffsetIndex, TimeIndex};
 pub use reader::{ReadBatches, ReadLimits, TimestampLookup};
 pub use retention::RetentionOutcome;
 
@@ -148,6 +149,7 @@ struct LogState {
     failed: Option<StorageError>,
     closing: bool,
     unsynced_records: u64,
+    unsynced_bytes: u64,
     last_sync_at: Instant,
 }
 

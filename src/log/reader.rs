@@ -69,20 +69,28 @@ impl BatchReader {
 
     /// The validated batch starting at `position`, or `None` at the end of the segment.
     /// When it has to read, it reads at least `read_ahead` bytes.
-    pub async fn batch_at(&mut self, position: u64, read_ahead: usize) -> Result<Option<(BatchHeader, Bytes)>, ReadError> {
+    pub async fn batch_at(
+        &mut self,
+        position: u64,
+        read_ahead: usize,
+    ) -> Result<Option<(BatchHeader, Bytes)>, ReadError> {
         if position >= self.limit {
             return Ok(None);
         }
         let remaining = self.limit - position;
         if remaining < HEADER_BYTES as u64 {
-            return Err(self.corrupt(position, BatchError::Truncated { need: HEADER_BYTES, have: remaining as usize }));
+            return Err(self
+                .corrupt(position, BatchError::Truncated { need: HEADER_BYTES, have: remaining as usize }));
         }
         self.ensure(position, HEADER_BYTES, read_ahead).await?;
         let at = (position - self.buf_start) as usize;
-        let header = BatchHeader::parse(&self.buf[at..], BATCH_BYTES_MAX).map_err(|e| self.corrupt(position, e))?;
+        let header =
+            BatchHeader::parse(&self.buf[at..], BATCH_BYTES_MAX).map_err(|e| self.corrupt(position, e))?;
         let total = header.total_bytes();
         if total as u64 > remaining {
-            return Err(self.corrupt(position, BatchError::Truncated { need: total, have: remaining as usize }));
+            return Err(
+                self.corrupt(position, BatchError::Truncated { need: total, have: remaining as usize })
+            );
         }
         self.ensure(position, total, read_ahead).await?;
         let at = (position - self.buf_start) as usize;
@@ -213,7 +221,12 @@ impl Log {
     }
 }
 
-async fn read_segment(view: SegmentView, from: Offset, upper: Offset, limits: ReadLimits) -> Result<ReadBatches, ReadError> {
+async fn read_segment(
+    view: SegmentView,
+    from: Offset,
+    upper: Offset,
+    limits: ReadLimits,
+) -> Result<ReadBatches, ReadError> {
     let mut read = ReadBatches::empty(from);
     let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);
     let mut position = view.start_position;

@@ -12,8 +12,8 @@
 //!
 //! The checkpoint is removed before the log accepts appends, so a crash from then on scans.
 
-use super::appender::{load_tail, Appender};
-use super::checkpoint::{self, CleanShutdown, CLEAN_SHUTDOWN_FILE, LOG_START_FILE};
+use super::appender::{Appender, load_tail};
+use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
 use super::index::{OffsetIndex, TimeIndex};
 use super::reader::BatchReader;
 use super::segment::{self, Segment};
@@ -58,7 +58,12 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
     if segments.is_empty() {
         let base = persisted_start.unwrap_or(Offset(0));
         let path = segment::log_path(dir, base);
-        WriteFile::open(&path, true).await.map_err(storage("create segment"))?.close().await.map_err(storage("create segment"))?;
+        WriteFile::open(&path, true)
+            .await
+            .map_err(storage("create segment"))?
+            .close()
+            .await
+            .map_err(storage("create segment"))?;
         io::sync_dir(&path).await.map_err(storage("sync log directory"))?;
         let reader = ReadFile::open(&path).map_err(storage("open segment"))?;
         segments.push_back(Segment::new(base, reader));
@@ -71,7 +76,9 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
     let active_path = segment::log_path(dir, active.base);
     let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
     let tail = load_tail(&active.reader, active.size_bytes).await?;
-    io::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE)).await.map_err(storage("remove clean-shutdown checkpoint"))?;
+    io::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
+        .await
+        .map_err(storage("remove clean-shutdown checkpoint"))?;
     io::sync_dir(&active_path).await.map_err(storage("sync log directory"))?;
 
     let state = LogState {
@@ -88,6 +95,7 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
         failed: None,
         closing: false,
         unsynced_records: 0,
+        unsynced_bytes: 0,
         last_sync_at: Instant::now(),
     };
     state.check_positions();
@@ -105,15 +113,17 @@ async fn open_segment(
 ) -> Result<Segment, LogError> {
     let path = segment::log_path(dir, base);
     let reader = ReadFile::open(&path).map_err(storage("open segment"))?;
-    let file_size = reader.len().map_err(storage("stat segment"))?;
+    let file_size = reader.file_size_bytes().map_err(storage("stat segment"))?;
     let trusted_end = match next_base {
         Some(next) => Some(next),
-        None => clean.filter(|c| c.active_base == base && c.active_size_bytes == file_size).map(|c| c.log_end),
-    };
-    if let Some(end) = trusted_end {
-        if let Some(segment) = load_indexes(dir, base, end, file_size, reader.clone()).await? {
-            return Ok(segment);
+        None => {
+            clean.filter(|c| c.active_base == base && c.active_size_bytes == file_size).map(|c| c.log_end)
         }
+    };
+    if let Some(end) = trusted_end
+        && let Some(segment) = load_indexes(dir, base, end, file_size, reader.clone()).await?
+    {
+        return Ok(segment);
     }
     let segment = scan(base, reader, file_size, index_interval_bytes).await?;
     if segment.size_bytes < file_size {
@@ -141,10 +151,19 @@ async fn open_segment(
 
 /// The segment described by its index files, if both exist and fit a segment of `file_size`
 /// bytes holding offsets `[base, end)`.
-async fn load_indexes(dir: &Path, base: Offset, end: Offset, file_size: u64, reader: ReadFile) -> Result<Option<Segment>, LogError> {
+async fn load_indexes(
+    dir: &Path,
+    base: Offset,
+    end: Offset,
+    file_size: u64,
+    reader: ReadFile,
+) -> Result<Option<Segment>, LogError> {
     let offsets = (end.0 - base.0).max(0) as u64;
-    let index = io::read_small_file(&segment::index_path(dir, base)).await.map_err(storage("read offset index"))?;
-    let time_index = io::read_small_file(&segment::time_index_path(dir, base)).await.map_err(storage("read time index"))?;
+    let index =
+        io::read_small_file(&segment::index_path(dir, base)).await.map_err(storage("read offset index"))?;
+    let time_index = io::read_small_file(&segment::time_index_path(dir, base))
+        .await
+        .map_err(storage("read time index"))?;
     let (Some(index), Some(time_index)) = (index, time_index) else { return Ok(None) };
     let (Some(index), Some(time_index)) =
         (OffsetIndex::decode(&index, file_size, offsets), TimeIndex::decode(&time_index, offsets))
@@ -169,16 +188,29 @@ async fn load_indexes(dir: &Path, base: Offset, end: Offset, file_size: u64, rea
 
 /// Rebuilds a segment's metadata by validating its batches from the start; stops at the
 /// first invalid byte or offset discontinuity. `size_bytes` of the result is the valid length.
-async fn scan(base: Offset, reader: ReadFile, file_size: u64, index_interval_bytes: u32) -> Result<Segment, LogError> {
+async fn scan(
+    base: Offset,
+    reader: ReadFile,
+    file_size: u64,
+    index_interval_bytes: u32,
+) -> Result<Segment, LogError> {
     let mut segment = Segment::new(base, reader.clone());
     let mut batches = BatchReader::new(reader, base, file_size);
     loop {
         match batches.batch_at(segment.size_bytes, SCAN_READ_BYTES).await {
             Ok(Some((header, bytes))) if header.base_offset == segment.end.0 => {
                 let last = Offset(header.last_offset());
-                segment.record_batch(segment.end, last, header.max_timestamp, bytes.len() as u64, index_interval_bytes);
+                segment.record_batch(
+                    segment.end,
+                    last,
+                    header.max_timestamp,
+                    bytes.len() as u64,
+                    index_interval_bytes,
+                );
             }
-            Ok(_) | Err(ReadError::Corrupt { .. }) | Err(ReadError::OffsetOutOfRange { .. }) => return Ok(segment),
+            Ok(_) | Err(ReadError::Corrupt { .. }) | Err(ReadError::OffsetOutOfRange { .. }) => {
+                return Ok(segment);
+            }
             Err(ReadError::Storage(error)) => return Err(LogError::Storage(error)),
         }
     }

@@ -27,7 +27,8 @@ impl Log {
             let mut doomed = Vec::new();
             while state.segments.len() > 1 {
                 let oldest = state.segments.front().expect("more than one segment");
-                let expired = retention_ms.is_some_and(|ms| oldest.max_timestamp.is_some_and(|ts| ts < now.0 - ms));
+                let expired =
+                    retention_ms.is_some_and(|ms| oldest.max_timestamp.is_some_and(|ts| ts < now.0 - ms));
                 let oversize = retention_bytes.is_some_and(|bytes| total - oldest.size_bytes >= bytes);
                 if !(expired || oversize) {
                     break;
@@ -68,7 +69,8 @@ impl Log {
             state.log_start = offset;
             state.cache.evict_before(offset);
             let mut doomed = Vec::new();
-            while state.segments.len() > 1 && state.segments.front().is_some_and(|first| first.end <= offset) {
+            while state.segments.len() > 1 && state.segments.front().is_some_and(|first| first.end <= offset)
+            {
                 doomed.extend(state.segments.pop_front().map(|segment| segment.base));
             }
             state.check_positions();
@@ -87,7 +89,8 @@ impl Log {
 /// Removes a segment's log and index files and makes the removal durable. Readers that still
 /// hold the file open finish their reads.
 pub(super) async fn remove_segment_files(dir: &Path, base: Offset) -> Result<(), StorageError> {
-    let paths = [segment::log_path(dir, base), segment::index_path(dir, base), segment::time_index_path(dir, base)];
+    let paths =
+        [segment::log_path(dir, base), segment::index_path(dir, base), segment::time_index_path(dir, base)];
     for path in &paths {
         io::remove_file(path).await.map_err(|e| StorageError::new("remove segment file", e))?;
     }

@@ -59,13 +59,24 @@ impl Segment {
 
     pub fn relative(&self, offset: Offset) -> u32 {
         let relative = offset.0 - self.base.0;
-        assert!((0..=i64::from(u32::MAX)).contains(&relative), "offset {offset} outside segment {}", self.base);
+        assert!(
+            (0..=i64::from(u32::MAX)).contains(&relative),
+            "offset {offset} outside segment {}",
+            self.base
+        );
         relative as u32
     }
 
     /// Accounts for a batch of offsets `[base, last]` and `bytes` bytes now written at
     /// `size_bytes`; adds index entries every `index_interval_bytes`, as Kafka does.
-    pub fn record_batch(&mut self, base: Offset, last: Offset, max_timestamp: i64, bytes: u64, index_interval_bytes: u32) {
+    pub fn record_batch(
+        &mut self,
+        base: Offset,
+        last: Offset,
+        max_timestamp: i64,
+        bytes: u64,
+        index_interval_bytes: u32,
+    ) {
         assert!(base == self.end && last >= base, "batch [{base}, {last}] appended at {}", self.end);
         let position = self.size_bytes as u32;
         let max_timestamp = self.max_timestamp.map_or(max_timestamp, |ts| ts.max(max_timestamp));
@@ -87,10 +98,10 @@ impl Segment {
     /// timestamp, so retention and lookups know it without a scan.
     pub fn sealed_time_index(&self) -> TimeIndex {
         let mut sealed = self.time_index.clone();
-        if let Some(max_timestamp) = self.max_timestamp {
-            if self.end > self.base {
-                sealed.maybe_push(max_timestamp, self.relative(Offset(self.end.0 - 1)));
-            }
+        if let Some(max_timestamp) = self.max_timestamp
+            && self.end > self.base
+        {
+            sealed.maybe_push(max_timestamp, self.relative(Offset(self.end.0 - 1)));
         }
         sealed
     }

@@ -16,7 +16,8 @@ fn everything() -> ReadLimits {
 
 /// Appends a batch and waits until it is acknowledged.
 async fn append(log: &Log, seed: u64, count: usize, value_bytes: usize) -> Result<Offset, AppendError> {
-    let appended = log.append(&encode_batch(seed, count, value_bytes, 1_000 + seed as i64), LeaderEpoch(3))?;
+    let appended =
+        log.append(&encode_batch(seed, count, value_bytes, 1_000 + seed as i64), LeaderEpoch(3))?;
     appended.durable.await?;
     Ok(appended.base_offset)
 }
@@ -98,9 +99,13 @@ fn reads_respect_bytes_upper_bound_and_range() {
         }
         let one = log.read(Offset(5), ReadLimits { bytes_max: 1, ..everything() }).await.expect("read");
         assert_eq!((one.batches, one.next_offset), (1, Offset(8)), "min_one returns the batch holding 5");
-        let none = log.read(Offset(5), ReadLimits { bytes_max: 1, min_one: false, ..everything() }).await.expect("read");
+        let none = log
+            .read(Offset(5), ReadLimits { bytes_max: 1, min_one: false, ..everything() })
+            .await
+            .expect("read");
         assert_eq!(none.batches, 0);
-        let bounded = log.read(Offset(0), ReadLimits { upper: Offset(12), ..everything() }).await.expect("read");
+        let bounded =
+            log.read(Offset(0), ReadLimits { upper: Offset(12), ..everything() }).await.expect("read");
         assert_eq!(bounded.next_offset, Offset(12));
         let at_end = log.read(Offset(40), everything()).await.expect("read at log end");
         assert_eq!(at_end.batches, 0);
@@ -140,14 +145,38 @@ fn concurrent_appends_coalesce_and_share_fsyncs() {
     block_on(async {
         let config = LogConfig { flush: FlushPolicy::FsyncBeforeAck, ..config() };
         let log = Log::open(dir.path(), config).await.expect("open");
-        let appended: Vec<Appended> =
-            (0..50).map(|seed| log.append(&encode_batch(seed, 1, 100, 1), LeaderEpoch(0)).expect("append")).collect();
+        let appended: Vec<Appended> = (0..50)
+            .map(|seed| log.append(&encode_batch(seed, 1, 100, 1), LeaderEpoch(0)).expect("append"))
+            .collect();
         assert!(log.written_offset() < Offset(50), "appends are queued, not written inline");
         for append in appended {
             append.durable.await.expect("durable");
         }
         assert_eq!(log.synced_offset(), Offset(50));
         assert_eq!(read_all(&log).await.len(), 50);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_backlog_does_not_postpone_the_group_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let config = LogConfig { flush: FlushPolicy::FsyncBeforeAck, segment_bytes: 64 << 20, ..config() };
+        let log = Log::open(dir.path(), config).await.expect("open");
+        let batch = encode_batch(1, 16, 1000, 1);
+        let queued = (crate::constants::UNSYNCED_BYTES_MAX as usize * 2) / batch.len();
+        let mut appended: Vec<Appended> =
+            (0..queued).map(|_| log.append(&batch, LeaderEpoch(0)).expect("append")).collect();
+        appended.remove(0).durable.await.expect("first durable");
+        assert!(
+            log.written_offset() < log.log_end_offset(),
+            "the first append was acknowledged before the whole backlog was written"
+        );
+        for append in appended {
+            append.durable.await.expect("durable");
+        }
+        assert_eq!(log.synced_offset(), log.log_end_offset());
         log.close().await.expect("close");
     });
 }
@@ -186,7 +215,10 @@ fn a_failed_fsync_stops_appends_until_reopen() {
         append(&log, 0, 1, 10).await.expect("append");
         fault::arm(fault::Fault::SyncIo);
         assert!(matches!(append(&log, 1, 1, 10).await, Err(AppendError::Storage(_))));
-        assert!(matches!(log.append(&encode_batch(2, 1, 10, 1), LeaderEpoch(0)), Err(AppendError::Storage(_))));
+        assert!(matches!(
+            log.append(&encode_batch(2, 1, 10, 1), LeaderEpoch(0)),
+            Err(AppendError::Storage(_))
+        ));
         assert_eq!(read_all(&log).await.len(), 1, "only the synced batch is visible");
         drop(log);
         let log = Log::open(dir.path(), config).await.expect("reopen");
@@ -272,7 +304,8 @@ fn retention_by_size_and_time_deletes_whole_old_segments() {
         log.close().await.expect("close");
 
         let by_time = LogConfig { retention_ms: Some(1000), ..LogConfig::default() };
-        let log = Log::open(dir.path(), LogConfig { segment_bytes: 64 << 10, ..by_time }).await.expect("reopen");
+        let log =
+            Log::open(dir.path(), LogConfig { segment_bytes: 64 << 10, ..by_time }).await.expect("reopen");
         let outcome = log.enforce_retention(TimestampMs::now()).await.expect("retention");
         assert_eq!(log.segment_count(), 1, "every closed segment is older than a second ({outcome:?})");
         log.close().await.expect("close");
@@ -328,7 +361,8 @@ fn recovery_truncates_a_torn_tail_and_garbage_after_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base_path = dir.path().join(format!("{:020}.log", 0));
     let kept = block_on(async {
-        let log = Log::open(dir.path(), LogConfig { segment_bytes: 1 << 20, ..config() }).await.expect("open");
+        let log =
+            Log::open(dir.path(), LogConfig { segment_bytes: 1 << 20, ..config() }).await.expect("open");
         for seed in 0..30 {
             append(&log, seed, 2, 100).await.expect("append");
         }

@@ -132,6 +132,35 @@ fn raw_run(parent: &std::path::Path, block: usize, bytes: usize, sync_each: bool
     block_on(raw_writes(&parent.join("raw"), block, bytes, sync_each))
 }
 
+/// Reads the whole log from offset 0 in 1 MiB fetches; returns the time taken.
+async fn read_log(log: &Log, expect_cached: bool) -> Duration {
+    let start = Instant::now();
+    let mut from = Offset(0);
+    loop {
+        let limits = ReadLimits { bytes_max: 1 << 20, min_one: true, upper: Offset(i64::MAX) };
+        let read = log.read(from, limits).await.expect("read");
+        if read.batches == 0 {
+            return start.elapsed();
+        }
+        assert_eq!(read.from_cache, expect_cached, "cold reads come from disk, warm ones from cache");
+        from = read.next_offset;
+    }
+}
+
+/// The raw baseline for cold reads: the file read sequentially with 1 MiB O_DIRECT reads.
+async fn raw_reads(path: &std::path::Path) -> Duration {
+    let file = ringmq::io::ReadFile::open(path).expect("open raw file");
+    let start = Instant::now();
+    let mut position = 0u64;
+    loop {
+        let chunk = file.read_at(position, 1 << 20).await.expect("raw read");
+        if chunk.is_empty() {
+            return start.elapsed();
+        }
+        position += chunk.len() as u64;
+    }
+}
+
 fn interleaved(c: &mut Criterion) {
     let _ = c;
     // `cargo test` runs benchmarks once as a smoke test; the ratios need `cargo bench`.
@@ -153,6 +182,28 @@ fn interleaved(c: &mut Criterion) {
         SYNCED_BYTES,
         || raw_run(parent, 1 << 20, SYNCED_BYTES, true),
         || log_appends(parent, FlushPolicy::FsyncBeforeAck, SYNCED_BYTES),
+    );
+    let log_dir = parent.join("cold");
+    let raw_file = parent.join("raw-cold");
+    block_on(async {
+        raw_writes(&raw_file, 1 << 20, BYTES_PER_ITERATION, false).await;
+        let log = Log::open(&log_dir, config(NO_FSYNC)).await.expect("open");
+        append_stream(&log, &producer_batch(), BYTES_PER_ITERATION).await;
+        log.close().await.expect("close");
+    });
+    print_interleaved_ratio(
+        "cold read (1 MiB fetches) vs raw O_DIRECT 1 MiB reads",
+        7,
+        BYTES_PER_ITERATION,
+        || block_on(raw_reads(&raw_file)),
+        || {
+            block_on(async {
+                let log = Log::open(&log_dir, config(NO_FSYNC)).await.expect("reopen: empty cache");
+                let elapsed = read_log(&log, false).await;
+                log.close().await.expect("close");
+                elapsed
+            })
+        },
     );
 }
 
@@ -194,7 +245,6 @@ fn fsync(c: &mut Criterion) {
 
 fn read(c: &mut Criterion) {
     const LOG_BYTES: usize = 64 << 20;
-    const FETCH_BYTES: usize = 1 << 20;
     let dir = bench_dir();
     let cached_config = LogConfig { cache_bytes_max: LOG_BYTES * 2, ..config(NO_FSYNC) };
     let mut group = c.benchmark_group("read");
@@ -215,22 +265,7 @@ fn read(c: &mut Criterion) {
                     };
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let start = Instant::now();
-                        let mut from = Offset(0);
-                        loop {
-                            let limits =
-                                ReadLimits { bytes_max: FETCH_BYTES, min_one: true, upper: Offset(i64::MAX) };
-                            let read = log.read(from, limits).await.expect("read");
-                            if read.batches == 0 {
-                                break;
-                            }
-                            assert_eq!(
-                                read.from_cache, !cold,
-                                "cold reads come from disk, warm ones from cache"
-                            );
-                            from = read.next_offset;
-                        }
-                        total += start.elapsed();
+                        total += read_log(&log, !cold).await;
                     }
                     log.close().await.expect("close");
                     total

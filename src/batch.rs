@@ -29,6 +29,12 @@ const RECORDS_COUNT_AT: usize = 57;
 pub const MAGIC_V2: i8 = 2;
 
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 1 << 3;
+const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x7;
+
+/// The smallest encoding of one v2 record: seven one-byte varints and the attributes byte
+/// (length, attributes, timestamp delta, offset delta, key length -1, value length -1, no
+/// headers).
+const RECORD_BYTES_MIN: usize = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
@@ -140,10 +146,16 @@ pub fn validate(buf: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, Batch
 }
 
 /// Checks what Kafka's log validator requires of a batch a producer sends: the offsets it
-/// claims are exactly the records it holds.
+/// claims are exactly the records it holds, and (uncompressed) that its bytes can hold that
+/// many records, so a lying count cannot claim offsets it does not use.
 pub fn validate_from_producer(header: &BatchHeader) -> Result<(), BatchError> {
+    let uncompressed = header.attributes & ATTRIBUTE_COMPRESSION_MASK == 0;
+    let records_bytes = header.total_bytes().saturating_sub(HEADER_BYTES);
+    let too_many =
+        uncompressed && (header.records_count as usize).saturating_mul(RECORD_BYTES_MIN) > records_bytes;
     let inconsistent = header.records_count <= 0
         || header.last_offset_delta < 0
+        || too_many
         || i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1;
     if inconsistent {
         return Err(BatchError::InconsistentCount {
@@ -253,6 +265,15 @@ mod tests {
         let parsed = validate(&stored, usize::MAX).expect("crc recomputed");
         assert!(parsed.is_log_append_time());
         assert_eq!(parsed.max_timestamp, 77);
+    }
+
+    #[test]
+    fn a_record_count_the_bytes_cannot_hold_is_rejected() {
+        let batch = encode_batch(0, 2, 10, 1);
+        let mut header = validate(&batch, usize::MAX).expect("valid");
+        header.records_count = 1_000_000;
+        header.last_offset_delta = 999_999;
+        assert!(matches!(validate_from_producer(&header), Err(BatchError::InconsistentCount { .. })));
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum Fault {
     WriteIo { after_writes: u32 },
     /// The next fdatasync fails with EIO.
     SyncIo,
+    /// The next segment file creation fails with EMFILE.
+    CreateFile,
 }
 
 thread_local! {
@@ -19,7 +21,7 @@ thread_local! {
 }
 
 /// Arms `fault` on this thread; it stays armed until `clear` (writes keep failing, as a full
-/// disk does) except `SyncIo`, which fires once.
+/// disk does) except `SyncIo` and `CreateFile`, which fire once.
 pub fn arm(fault: Fault) {
     ARMED.with(|armed| armed.set(Some(fault)));
 }
@@ -40,7 +42,17 @@ pub(super) fn on_write() -> std::io::Result<()> {
             armed.set(Some(Fault::WriteIo { after_writes: after_writes - 1 }));
             Ok(())
         }
-        Some(Fault::SyncIo) | None => Ok(()),
+        Some(Fault::SyncIo) | Some(Fault::CreateFile) | None => Ok(()),
+    })
+}
+
+pub(super) fn on_create() -> std::io::Result<()> {
+    ARMED.with(|armed| match armed.get() {
+        Some(Fault::CreateFile) => {
+            armed.set(None);
+            Err(errno(libc::EMFILE))
+        }
+        _ => Ok(()),
     })
 }
 

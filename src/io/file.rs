@@ -37,6 +37,9 @@ pub struct WriteFile {
 impl WriteFile {
     /// Opens (creating if asked) `path` for O_DIRECT reads and writes.
     pub async fn open(path: &Path, create: bool) -> io::Result<WriteFile> {
+        if create {
+            fault::on_create()?;
+        }
         let file = glommio::io::OpenOptions::new()
             .read(true)
             .write(true)

@@ -6,7 +6,7 @@
 //! while a write is in flight go into the next one: batches of many producers coalesce, and
 //! under `FsyncBeforeAck` they share one fdatasync (group commit).
 
-use super::checkpoint::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
+use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
 use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{AppendError, Command, FlushPolicy, LogError, LogState, Shared, StorageError};
@@ -46,7 +46,12 @@ pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {
         let command = shared.state.borrow_mut().commands.pop_front();
         match command {
             Some(Command::Truncate { offset, reply }) => {
-                let _ignored = reply.send(truncate(&shared, &mut appender, offset).await);
+                let result = truncate(&shared, &mut appender, offset).await;
+                if let Err(LogError::Storage(error)) = &result {
+                    // The files and the state may disagree now: trust neither until reopened.
+                    shared.state.borrow_mut().fail(error.clone());
+                }
+                let _ignored = reply.send(result);
             }
             Some(Command::Close { reply }) => {
                 let _ignored = reply.send(close(&shared, appender).await);
@@ -98,8 +103,12 @@ fn needs_roll(state: &LogState, batch: &StoredBatch) -> bool {
         (Some(age_max), Some(first)) => first.elapsed() >= age_max,
         _ => false,
     };
-    let relative_overflow = batch.last.0 - active.base.0 > i64::from(i32::MAX);
-    full || old || relative_overflow
+    full || old || relative_overflow(state, batch)
+}
+
+/// Whether `batch` would take the active segment's relative offsets past what its index holds.
+fn relative_overflow(state: &LogState, batch: &StoredBatch) -> bool {
+    batch.last.0 - state.active().base.0 > i64::from(i32::MAX)
 }
 
 /// Takes the queued batches that go into the active segment in this round.
@@ -110,7 +119,7 @@ fn take_round(state: &mut LogState) -> Vec<StoredBatch> {
         let over_write = bytes + next.len() > WRITE_BYTES_MAX;
         let over_segment =
             state.active().size_bytes + (bytes + next.len()) as u64 > state.config.segment_bytes;
-        if !taken.is_empty() && (over_write || over_segment) {
+        if !taken.is_empty() && (over_write || over_segment || relative_overflow(state, next)) {
             break;
         }
         bytes += next.len();
@@ -204,10 +213,7 @@ async fn sync(shared: &Shared, appender: &Appender) -> bool {
         Err(error) => {
             let error = StorageError::new("fdatasync segment", error);
             tracing::error!(dir = %shared.dir.display(), %error, "fdatasync failed; log refuses appends until reopened");
-            let mut state = shared.state.borrow_mut();
-            state.failed = Some(error.clone());
-            let written = state.written;
-            state.abandon_from(written, AppendError::Storage(error));
+            shared.state.borrow_mut().fail(error);
             false
         }
     }
@@ -234,14 +240,24 @@ async fn seal_active(shared: &Shared, appender: &Appender) -> Result<(), Storage
         .map_err(|e| StorageError::new("write time index", e))
 }
 
-/// Seals the active segment and starts a new one at `base`.
+/// Seals the active segment and starts a new one at `base`. If the new segment cannot be
+/// set up, its file is removed again so the sealed segment stays the last one; if even that
+/// fails, the log fails (its sealed index no longer describes what would be appended).
 async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<(), StorageError> {
     assert_eq!(shared.state.borrow().written, base, "roll with unwritten batches before it");
     seal_active(shared, appender).await?;
     let path = segment::log_path(&shared.dir, base);
-    let writer = WriteFile::open(&path, true).await.map_err(|e| StorageError::new("create segment", e))?;
-    let reader = ReadFile::open(&path).map_err(|e| StorageError::new("open segment", e))?;
-    io::sync_dir(&path).await.map_err(|e| StorageError::new("sync log directory", e))?;
+    let (writer, reader) = match open_new_segment(&path).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            let undone = io::remove_file(&path).await.and(io::sync_dir(&path).await);
+            if let Err(cleanup) = undone {
+                tracing::error!(segment = %path.display(), %cleanup, "cannot remove a half-made segment");
+                shared.state.borrow_mut().fail(error.clone());
+            }
+            return Err(error);
+        }
+    };
     let previous = std::mem::replace(appender, Appender { writer, tail: Vec::new() });
     if let Err(error) = previous.writer.close().await {
         tracing::warn!(%error, "closing a sealed segment failed");
@@ -250,7 +266,18 @@ async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<
     Ok(())
 }
 
+async fn open_new_segment(path: &std::path::Path) -> Result<(WriteFile, ReadFile), StorageError> {
+    let writer = WriteFile::open(path, true).await.map_err(|e| StorageError::new("create segment", e))?;
+    let reader = ReadFile::open(path).map_err(|e| StorageError::new("open segment", e))?;
+    io::sync_dir(path).await.map_err(|e| StorageError::new("sync log directory", e))?;
+    Ok((writer, reader))
+}
+
 async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
+    if let Some(error) = shared.state.borrow().failed.clone() {
+        // A clean-shutdown checkpoint would vouch for data of unknown durability.
+        return Err(LogError::Failed(error));
+    }
     seal_active(shared, &appender).await.map_err(LogError::Storage)?;
     let checkpoint = {
         let state = shared.state.borrow();
@@ -303,6 +330,13 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
         }
     }
     let (cut_position, new_end, scanned_max_timestamp) = find_cut(shared, offset).await?;
+    if new_end < log_start {
+        // The cut batch held the log start (DeleteRecords inside it): the start moves back to
+        // the batch's base, as the log cannot start past its end.
+        io::write_file_atomic(&shared.dir.join(LOG_START_FILE), checkpoint::encode_log_start(new_end))
+            .await
+            .map_err(|e| storage("write log start offset", e))?;
+    }
     appender.writer.truncate(cut_position).await.map_err(|e| storage("truncate segment", e))?;
     appender.writer.fdatasync().await.map_err(|e| storage("fdatasync segment", e))?;
     let reader = shared.state.borrow().active().reader.clone();
@@ -320,6 +354,7 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
         (indexed, scanned) => indexed.or(scanned),
     };
     active.bytes_since_index = 0;
+    state.log_start = state.log_start.min(new_end);
     state.log_end = new_end;
     state.written = new_end;
     state.synced = new_end;

@@ -57,9 +57,9 @@ impl CleanShutdown {
     pub fn decode(data: &[u8]) -> Option<CleanShutdown> {
         let [base, size, end] = unseal::<3>(data)?;
         Some(CleanShutdown {
-            active_base: Offset(base as i64),
+            active_base: Offset(i64::try_from(base).ok()?),
             active_size_bytes: size,
-            log_end: Offset(end as i64),
+            log_end: Offset(i64::try_from(end).ok()?),
         })
     }
 }
@@ -69,7 +69,8 @@ pub fn encode_log_start(offset: Offset) -> Vec<u8> {
 }
 
 pub fn decode_log_start(data: &[u8]) -> Option<Offset> {
-    unseal::<1>(data).map(|[offset]| Offset(offset as i64))
+    let [offset] = unseal::<1>(data)?;
+    i64::try_from(offset).ok().map(Offset)
 }
 
 #[cfg(test)]

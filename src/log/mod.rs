@@ -72,6 +72,8 @@ pub enum AppendError {
     Closed,
     #[error("too many appends are waiting for durability")]
     Backpressure,
+    #[error("the log is being truncated")]
+    Truncating,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,6 +98,10 @@ pub enum LogError {
     BelowLogStart(Offset),
     #[error("offset {requested} is beyond the stable offset {stable}")]
     BeyondStable { requested: Offset, stable: Offset },
+    #[error("the log is being truncated")]
+    Truncating,
+    #[error("the log failed and refuses changes until reopened: {0}")]
+    Failed(StorageError),
     #[error("the log is closing")]
     Closed,
 }
@@ -148,6 +154,11 @@ struct LogState {
     /// accepts no more appends until it is reopened (Kafka takes the log dir offline).
     failed: Option<StorageError>,
     closing: bool,
+    /// Set from a `truncate_to` call until it completes: appends and DeleteRecords are
+    /// refused, and reads return nothing at or after the offset being cut to.
+    truncating: Option<Offset>,
+    /// Counts completed truncations: a read planned before one re-plans after its I/O.
+    truncations: u64,
     unsynced_records: u64,
     unsynced_bytes: u64,
     last_sync_at: Instant,
@@ -192,16 +203,30 @@ impl LogState {
         }
     }
 
-    /// Forgets every batch from `offset` on (none of them acknowledged) and fails their appends.
+    /// Forgets every batch from `offset` on (none of them written) and fails their appends.
+    /// Appends wholly before `offset` keep waiting for their fdatasync.
     fn abandon_from(&mut self, offset: Offset, error: AppendError) {
         assert!(offset >= self.written, "abandoning written batches");
         self.log_end = offset;
         self.pending.clear();
         self.cache.truncate_from(offset);
-        for waiter in self.waiters.drain(..) {
-            let _ignored = waiter.reply.send(Err(error.clone()));
+        while self.waiters.back().is_some_and(|waiter| waiter.end > offset) {
+            if let Some(waiter) = self.waiters.pop_back() {
+                let _ignored = waiter.reply.send(Err(error.clone()));
+            }
         }
         self.check_positions();
+    }
+
+    /// The log can no longer vouch for its files: refuse appends until reopened, fail every
+    /// append not yet acknowledged, keep serving reads of what is stable.
+    fn fail(&mut self, error: StorageError) {
+        let written = self.written;
+        self.abandon_from(written, AppendError::Storage(error.clone()));
+        for waiter in self.waiters.drain(..) {
+            let _ignored = waiter.reply.send(Err(AppendError::Storage(error.clone())));
+        }
+        self.failed = Some(error);
     }
 }
 
@@ -244,6 +269,9 @@ impl Log {
         if state.closing {
             return Err(AppendError::Closed);
         }
+        if state.truncating.is_some() {
+            return Err(AppendError::Truncating);
+        }
         if state.waiters.len() >= APPEND_WAITERS_MAX {
             return Err(AppendError::Backpressure);
         }
@@ -282,7 +310,22 @@ impl Log {
     /// Cuts the log back so `offset` is the next offset (replication uses it to discard a
     /// divergent tail). A batch holding `offset` goes entirely, as in Kafka.
     pub async fn truncate_to(&self, offset: Offset) -> Result<(), LogError> {
-        self.command(|reply| Command::Truncate { offset, reply }).await
+        {
+            let mut state = self.shared.state.borrow_mut();
+            if let Some(error) = &state.failed {
+                return Err(LogError::Failed(error.clone()));
+            }
+            if state.truncating.is_some() {
+                return Err(LogError::Truncating);
+            }
+            // From now on nothing new is appended, so the queue drains and the cut can run.
+            state.truncating = Some(offset);
+        }
+        let result = self.command(|reply| Command::Truncate { offset, reply }).await;
+        let mut state = self.shared.state.borrow_mut();
+        state.truncating = None;
+        state.truncations += 1;
+        result
     }
 
     /// Writes everything queued, syncs it and records a clean shutdown so the next open does

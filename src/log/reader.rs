@@ -132,6 +132,11 @@ pub struct TimestampLookup {
     pub timestamp: i64,
 }
 
+enum Planned {
+    Done(ReadBatches),
+    Segment { view: SegmentView, upper: Offset, truncations: u64 },
+}
+
 /// A segment's read handle and extent, taken so the read can await without borrowing state.
 struct SegmentView {
     reader: ReadFile,
@@ -154,43 +159,58 @@ impl SegmentView {
 impl Log {
     /// Reads whole batches starting with the one holding `from`.
     pub async fn read(&self, from: Offset, limits: ReadLimits) -> Result<ReadBatches, ReadError> {
-        let (view, upper) = {
-            let mut state = self.shared.state.borrow_mut();
-            if from < state.log_start || from > state.log_end {
-                return Err(ReadError::OffsetOutOfRange {
-                    requested: from,
-                    log_start: state.log_start,
-                    log_end: state.log_end,
-                });
-            }
-            let upper = limits.upper.min(state.stable());
-            if from >= upper {
-                return Ok(ReadBatches::empty(from));
-            }
-            if let Some(cached) = state.cache.read(from, upper, limits.bytes_max, limits.min_one) {
-                let mut read = ReadBatches { from_cache: true, ..ReadBatches::empty(from) };
-                for batch in cached {
-                    read.chunks.push(batch.header.clone());
-                    read.chunks.push(batch.body.clone());
-                    read.bytes += batch.len();
-                    read.batches += 1;
-                    read.next_offset = batch.last.next();
-                }
-                return Ok(read);
-            }
-            let Some(segment) = state.segments.iter().find(|segment| segment.end > from) else {
-                return Ok(ReadBatches::empty(from));
+        // A truncation that completes while the segment is being read may have cut what was
+        // read: plan again. Truncations are rare (leader changes), so this loop is short.
+        loop {
+            let (view, upper, truncations) = match self.plan_read(from, limits)? {
+                Planned::Done(read) => return Ok(read),
+                Planned::Segment { view, upper, truncations } => (view, upper, truncations),
             };
-            let start = segment.index.position_for(segment.relative(from.max(segment.base)));
-            (SegmentView::new(segment, start), upper)
+            let result = read_segment(view, from, upper, limits).await;
+            if self.shared.state.borrow().truncations == truncations {
+                return result;
+            }
+        }
+    }
+
+    /// Answers from the cache or says which segment to read, without awaiting.
+    fn plan_read(&self, from: Offset, limits: ReadLimits) -> Result<Planned, ReadError> {
+        let mut state = self.shared.state.borrow_mut();
+        if from < state.log_start || from > state.log_end {
+            return Err(ReadError::OffsetOutOfRange {
+                requested: from,
+                log_start: state.log_start,
+                log_end: state.log_end,
+            });
+        }
+        // While a truncation runs, only batches wholly below its offset are certain to stay.
+        let cutting = state.truncating.unwrap_or(Offset(i64::MAX));
+        let upper = limits.upper.min(state.stable()).min(cutting);
+        if from >= upper {
+            return Ok(Planned::Done(ReadBatches::empty(from)));
+        }
+        if let Some(cached) = state.cache.read(from, upper, limits.bytes_max, limits.min_one) {
+            let mut read = ReadBatches { from_cache: true, ..ReadBatches::empty(from) };
+            for batch in cached {
+                read.chunks.push(batch.header.clone());
+                read.chunks.push(batch.body.clone());
+                read.bytes += batch.len();
+                read.batches += 1;
+                read.next_offset = batch.last.next();
+            }
+            return Ok(Planned::Done(read));
+        }
+        let Some(segment) = state.segments.iter().find(|segment| segment.end > from) else {
+            return Ok(Planned::Done(ReadBatches::empty(from)));
         };
-        read_segment(view, from, upper, limits).await
+        let start = segment.index.position_for(segment.relative(from.max(segment.base)));
+        Ok(Planned::Segment { view: SegmentView::new(segment, start), upper, truncations: state.truncations })
     }
 
     /// The first batch whose largest timestamp is at or after `timestamp` (ListOffsets by time),
     /// among readable batches. `None` if every batch is older.
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampLookup>, ReadError> {
-        let (candidates, upper) = {
+        let (candidates, upper, log_start) = {
             let state = self.shared.state.borrow();
             let candidates: Vec<SegmentView> = state
                 .segments
@@ -201,7 +221,7 @@ impl Log {
                     SegmentView::new(segment, segment.index.position_for(from))
                 })
                 .collect();
-            (candidates, state.stable())
+            (candidates, state.stable().min(state.truncating.unwrap_or(Offset(i64::MAX))), state.log_start)
         };
         for view in candidates {
             let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);
@@ -211,7 +231,8 @@ impl Log {
                     return Ok(None);
                 }
                 if header.max_timestamp >= timestamp {
-                    let offset = Offset(header.base_offset);
+                    // DeleteRecords may have put the log start inside this batch.
+                    let offset = Offset(header.base_offset).max(log_start);
                     return Ok(Some(TimestampLookup { offset, timestamp: header.max_timestamp }));
                 }
                 position += header.total_bytes() as u64;

@@ -73,6 +73,14 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
     let log_end = active.end;
     let first_base = segments.front().map_or(Offset(0), |first| first.base);
     let log_start = persisted_start.map_or(first_base, |start| start.max(first_base)).min(log_end);
+    if persisted_start.is_some_and(|start| start > log_start) {
+        // The data past the recorded start was lost (a machine crash under a policy that
+        // does not sync before acknowledging): record the start the log really has, so records
+        // appended from here on are not hidden after the next restart.
+        io::write_file_atomic(&dir.join(LOG_START_FILE), checkpoint::encode_log_start(log_start))
+            .await
+            .map_err(storage("write log start offset"))?;
+    }
     let active_path = segment::log_path(dir, active.base);
     let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
     let tail = load_tail(&active.reader, active.size_bytes).await?;
@@ -94,6 +102,8 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
         commands: VecDeque::new(),
         failed: None,
         closing: false,
+        truncating: None,
+        truncations: 0,
         unsynced_records: 0,
         unsynced_bytes: 0,
         last_sync_at: Instant::now(),
@@ -158,7 +168,10 @@ async fn load_indexes(
     file_size: u64,
     reader: ReadFile,
 ) -> Result<Option<Segment>, LogError> {
-    let offsets = (end.0 - base.0).max(0) as u64;
+    if end < base || end.0 - base.0 > i64::from(i32::MAX) {
+        return Ok(None);
+    }
+    let offsets = (end.0 - base.0) as u64;
     let index =
         io::read_small_file(&segment::index_path(dir, base)).await.map_err(storage("read offset index"))?;
     let time_index = io::read_small_file(&segment::time_index_path(dir, base))
@@ -198,7 +211,7 @@ async fn scan(
     let mut batches = BatchReader::new(reader, base, file_size);
     loop {
         match batches.batch_at(segment.size_bytes, SCAN_READ_BYTES).await {
-            Ok(Some((header, bytes))) if header.base_offset == segment.end.0 => {
+            Ok(Some((header, bytes))) if plausible(&header, &segment) => {
                 let last = Offset(header.last_offset());
                 segment.record_batch(
                     segment.end,
@@ -214,6 +227,16 @@ async fn scan(
             Err(ReadError::Storage(error)) => return Err(LogError::Storage(error)),
         }
     }
+}
+
+/// Whether a batch that passed its CRC also fits where it was found: next in offset order,
+/// offsets consistent with its record count, within the segment's relative offset range.
+fn plausible(header: &crate::batch::BatchHeader, segment: &Segment) -> bool {
+    header.base_offset == segment.end.0
+        && header.last_offset_delta >= 0
+        && header.records_count > 0
+        && header.records_count <= header.last_offset_delta.saturating_add(1)
+        && header.last_offset() - segment.base.0 <= i64::from(i32::MAX)
 }
 
 /// Base offsets of the segment files in `dir`, ascending. Creates `dir` if missing and

@@ -59,6 +59,9 @@ impl Log {
     pub async fn delete_records_before(&self, offset: Offset) -> Result<Offset, LogError> {
         let doomed = {
             let mut state = self.shared.state.borrow_mut();
+            if state.truncating.is_some() {
+                return Err(LogError::Truncating);
+            }
             let stable = state.stable();
             if offset > stable {
                 return Err(LogError::BeyondStable { requested: offset, stable });

@@ -433,6 +433,128 @@ fn a_clean_close_skips_the_scan_and_a_damaged_checkpoint_forces_it() {
     });
 }
 
+#[test]
+fn truncating_into_a_batch_that_holds_the_log_start_moves_the_start_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        for seed in 0..20 {
+            append(&log, seed, 10, 50).await.expect("append");
+        }
+        log.delete_records_before(Offset(155)).await.expect("delete inside [150, 159]");
+        log.truncate_to(Offset(157)).await.expect("truncate inside the same batch");
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(150), Offset(150)));
+        assert_eq!(append(&log, 99, 1, 10).await.expect("append"), Offset(150));
+        drop(log);
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a crash");
+        assert_eq!(log.log_start_offset(), Offset(150), "the moved start was persisted");
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn appends_and_delete_records_are_refused_while_truncating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        for seed in 0..5 {
+            append(&log, seed, 2, 50).await.expect("append");
+        }
+        {
+            let mut truncation = std::pin::pin!(log.truncate_to(Offset(4)));
+            assert!(
+                futures_lite::future::poll_once(truncation.as_mut()).await.is_none(),
+                "truncation queued"
+            );
+            let refused = log.append(&encode_batch(9, 1, 10, 1), LeaderEpoch(0));
+            assert!(matches!(refused, Err(AppendError::Truncating)));
+            assert!(matches!(log.delete_records_before(Offset(2)).await, Err(LogError::Truncating)));
+            let during = log.read(Offset(0), everything()).await.expect("read during truncation");
+            assert!(during.next_offset <= Offset(4), "nothing being cut is served");
+            truncation.await.expect("truncate");
+        }
+        assert_eq!(append(&log, 10, 1, 10).await.expect("append after truncation"), Offset(4));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_failed_write_does_not_fail_appends_already_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let config = LogConfig { flush: FlushPolicy::FsyncBeforeAck, ..config() };
+        let log = Log::open(dir.path(), config).await.expect("open");
+        fault::arm(fault::Fault::WriteNoSpace { after_writes: 1 });
+        let first = log.append(&encode_batch(1, 1, 10, 1), LeaderEpoch(0)).expect("append");
+        futures_lite::future::yield_now().await; // the flusher takes `first` alone
+        let second = log.append(&encode_batch(2, 1, 10, 1), LeaderEpoch(0)).expect("append");
+        assert!(matches!(second.durable.await, Err(AppendError::Storage(_))));
+        fault::clear();
+        first.durable.await.expect("the written append is synced and acknowledged");
+        assert_eq!(log.log_end_offset(), Offset(1));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn batches_claiming_huge_offset_ranges_get_segments_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        // A "compressed" batch claiming i32::MAX records: the log does not decompress, so it
+        // must store it without letting relative offsets overflow a segment's index.
+        let mut claimed = encode_batch(1, 1, 10, 1).to_vec();
+        claimed[21..23].copy_from_slice(&1i16.to_be_bytes()); // gzip
+        claimed[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes()); // last offset delta
+        claimed[57..61].copy_from_slice(&i32::MAX.to_be_bytes()); // records count
+        let crc = crc32c::crc32c(&claimed[21..]);
+        claimed[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut three = claimed.clone();
+        three.extend_from_slice(&claimed);
+        three.extend_from_slice(&claimed);
+        let appended = log.append(&Bytes::from(three), LeaderEpoch(0)).expect("append");
+        appended.durable.await.expect("durable");
+        assert_eq!(log.log_end_offset(), Offset(3 * i64::from(i32::MAX)));
+        assert_eq!(
+            log.segment_bases(),
+            vec![Offset(0), Offset(i64::from(i32::MAX)), Offset(2 * i64::from(i32::MAX))]
+        );
+        assert_eq!(read_all(&log).await.len(), 3);
+        log.close().await.expect("close");
+        let log = Log::open(dir.path(), config()).await.expect("reopen");
+        assert_eq!(read_all(&log).await.len(), 3);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_failed_roll_keeps_the_sealed_segment_active_and_appends_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        let mut acked = 0;
+        while log.segment_count() == 1 && log.size_bytes() + 2000 < (64 << 10) {
+            append(&log, acked, 1, 1000).await.expect("append");
+            acked += 1;
+        }
+        fault::arm(fault::Fault::CreateFile);
+        let mut failures = 0;
+        for seed in 100..140 {
+            match append(&log, seed, 1, 1000).await {
+                Ok(_) => acked += 1,
+                Err(AppendError::Storage(_)) => failures += 1,
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(failures, 1, "only the append that needed the new segment failed");
+        assert!(log.segment_count() > 1, "the next append rolled");
+        drop(log);
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a crash");
+        assert_eq!(read_all(&log).await.len() as u64, acked);
+        log.close().await.expect("close");
+    });
+}
+
 /// One step of the model-based test.
 #[derive(Clone, Debug)]
 enum Step {

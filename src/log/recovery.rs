@@ -41,10 +41,45 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
         .map_err(storage("read log start offset"))?
         .and_then(|data| checkpoint::decode_log_start(&data));
 
+    let segments = open_segments(dir, &bases, clean, persisted_start, config.index_interval_bytes).await?;
+    let active = segments.back().expect("at least one segment");
+    let log_end = active.end;
+    let first_base = segments.front().map_or(Offset(0), |first| first.base);
+    let log_start = persisted_start.map_or(first_base, |start| start.max(first_base)).min(log_end);
+    if persisted_start.is_some_and(|start| start > log_start) {
+        // The data past the recorded start was lost (a machine crash under a policy that
+        // does not sync before acknowledging): record the start the log really has, so records
+        // appended from here on are not hidden after the next restart.
+        io::write_file_atomic(&dir.join(LOG_START_FILE), checkpoint::encode_log_start(log_start))
+            .await
+            .map_err(storage("write log start offset"))?;
+    }
+    let active_path = segment::log_path(dir, active.base);
+    let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
+    let tail = load_tail(&active.reader, active.size_bytes).await?;
+    io::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
+        .await
+        .map_err(storage("remove clean-shutdown checkpoint"))?;
+    io::sync_dir(&active_path).await.map_err(storage("sync log directory"))?;
+
+    let state = LogState::recovered(config, segments, log_start);
+    state.check_positions();
+    Ok((state, Appender { writer, tail }))
+}
+
+/// Opens every segment in order; stops (deleting the rest) after one that ends early. An
+/// empty directory gets its first segment, at the persisted log start if there is one.
+async fn open_segments(
+    dir: &Path,
+    bases: &[Offset],
+    clean: Option<CleanShutdown>,
+    persisted_start: Option<Offset>,
+    index_interval_bytes: u32,
+) -> Result<VecDeque<Segment>, LogError> {
     let mut segments: VecDeque<Segment> = VecDeque::new();
     for (at, &base) in bases.iter().enumerate() {
         let next_base = bases.get(at + 1).copied();
-        let segment = open_segment(dir, base, next_base, clean, config.index_interval_bytes).await?;
+        let segment = open_segment(dir, base, next_base, clean, index_interval_bytes).await?;
         let complete = next_base.is_none_or(|next| segment.end == next);
         segments.push_back(segment);
         if !complete {
@@ -69,47 +104,33 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
         segments.push_back(Segment::new(base, reader));
     }
 
-    let active = segments.back().expect("at least one segment");
-    let log_end = active.end;
-    let first_base = segments.front().map_or(Offset(0), |first| first.base);
-    let log_start = persisted_start.map_or(first_base, |start| start.max(first_base)).min(log_end);
-    if persisted_start.is_some_and(|start| start > log_start) {
-        // The data past the recorded start was lost (a machine crash under a policy that
-        // does not sync before acknowledging): record the start the log really has, so records
-        // appended from here on are not hidden after the next restart.
-        io::write_file_atomic(&dir.join(LOG_START_FILE), checkpoint::encode_log_start(log_start))
-            .await
-            .map_err(storage("write log start offset"))?;
-    }
-    let active_path = segment::log_path(dir, active.base);
-    let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
-    let tail = load_tail(&active.reader, active.size_bytes).await?;
-    io::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
-        .await
-        .map_err(storage("remove clean-shutdown checkpoint"))?;
-    io::sync_dir(&active_path).await.map_err(storage("sync log directory"))?;
+    Ok(segments)
+}
 
-    let state = LogState {
-        cache: BatchCache::new(config.cache_bytes_max),
-        config,
-        segments,
-        log_start,
-        synced: log_end,
-        written: log_end,
-        log_end,
-        pending: VecDeque::new(),
-        waiters: VecDeque::new(),
-        commands: VecDeque::new(),
-        failed: None,
-        closing: false,
-        truncating: None,
-        truncations: 0,
-        unsynced_records: 0,
-        unsynced_bytes: 0,
-        last_sync_at: Instant::now(),
-    };
-    state.check_positions();
-    Ok((state, Appender { writer, tail }))
+impl LogState {
+    /// The state of a log just opened: everything in its files is written and synced.
+    fn recovered(config: LogConfig, segments: VecDeque<Segment>, log_start: Offset) -> LogState {
+        let log_end = segments.back().expect("at least one segment").end;
+        LogState {
+            cache: BatchCache::new(config.cache_bytes_max),
+            config,
+            segments,
+            log_start,
+            synced: log_end,
+            written: log_end,
+            log_end,
+            pending: VecDeque::new(),
+            waiters: VecDeque::new(),
+            commands: VecDeque::new(),
+            failed: None,
+            closing: false,
+            truncating: None,
+            truncations: 0,
+            unsynced_records: 0,
+            unsynced_bytes: 0,
+            last_sync_at: Instant::now(),
+        }
+    }
 }
 
 /// The segment at `base`, from its index files when they can be trusted, else by a scan that

@@ -4,13 +4,17 @@
 //! - `batch`: the Kafka record batch v2 header: validation, offset assignment.
 //! - `log`: a partition's log on one core: segments, indexes, flusher, recovery, retention.
 //! - `batch_cache`: the newest batches of a partition in memory, for tail reads.
+//! - `server`: `ringmq serve`: shards, connections, Kafka request handlers.
+//! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
 pub mod batch;
 pub mod batch_cache;
+pub mod config;
 pub mod constants;
 pub mod io;
 pub mod log;
+pub mod server;
 pub mod types;
 
 #[doc(hidden)]

@@ -14,16 +14,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker (Kafka listener on 127.0.0.1:9092, data in ./ringmq-data by default).
+    Serve(cli::serve::ServeArgs),
+    /// The configuration reference.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Inspect partition logs on disk.
     #[command(subcommand)]
     Log(cli::log::LogCommand),
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every setting with its default and meaning (TOML keys; `RINGMQ_<KEY>` in the
+    /// environment; `--set KEY=VALUE` on `serve`).
+    Defaults,
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args),
         Command::Log(command) => cli::log::run(command),
+        Command::Config(ConfigCommand::Defaults) => {
+            for setting in ringmq::config::SETTINGS {
+                println!("{} = {:?}\n    {}", setting.key, setting.default, setting.meaning);
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,8 +7,13 @@
 mod aligned;
 pub mod fault;
 mod file;
+mod net;
 mod runtime;
 
 pub use aligned::AlignedBuf;
 pub use file::{ReadFile, WriteBuf, WriteFile, read_small_file, remove_file, sync_dir, write_file_atomic};
-pub use runtime::{Signal, Task, block_on, raise_memlock_limit, sleep, spawn_blocking, spawn_local};
+pub use net::{Listener, Stream, reserve_address};
+pub use runtime::{
+    Signal, Task, block_on, raise_memlock_limit, run_sharded, sleep, spawn_blocking, spawn_detached,
+    spawn_local,
+};

@@ -35,6 +35,33 @@ pub fn raise_memlock_limit() {
     }
 }
 
+/// Runs `shard_main(shard)` on `cores` executors, each pinned to its own CPU, with shard
+/// numbers 0..cores; returns when all of them have returned.
+pub fn run_sharded<G, F>(cores: usize, shard_main: G) -> std::io::Result<()>
+where
+    G: Fn(usize) -> F + Send + Sync + Clone + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    raise_memlock_limit();
+    let next_shard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let placement = glommio::PoolPlacement::MaxSpread(cores, None);
+    let handles = glommio::LocalExecutorPoolBuilder::new(placement)
+        .on_all_shards(move || {
+            let shard = next_shard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shard_main(shard)
+        })
+        .map_err(std::io::Error::from)?;
+    for result in handles.join_all() {
+        result.map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Spawns a task that runs on its own until it finishes (a connection, an accept loop).
+pub fn spawn_detached(future: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local(future).detach();
+}
+
 /// Spawns a task on this core's executor.
 pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     glommio::spawn_local(future)

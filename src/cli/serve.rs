@@ -1,0 +1,57 @@
+//! `ringmq serve`: settings from defaults, `--config FILE`, `RINGMQ_*` variables and flags,
+//! in that order of precedence (later wins).
+
+use clap::Args;
+use ringmq::config::BrokerConfig;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Kafka listener address (default 127.0.0.1:9092).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Address clients are told to connect to (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertised_listener: Option<String>,
+    /// Data directory (default ./ringmq-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Number of shards, one pinned executor per core (default: every available core).
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// A TOML file of settings (keys as listed by the config reference).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Any other setting, as KEY=VALUE; may be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let config = assemble(args)?;
+    ringmq::server::serve(config).map_err(|e| e.to_string())
+}
+
+fn assemble(args: ServeArgs) -> Result<BrokerConfig, String> {
+    let mut config = BrokerConfig::defaults();
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        config.apply_toml(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    }
+    config.apply_env(|name| std::env::var(name).ok()).map_err(|e| e.to_string())?;
+    let mut flags: Vec<(String, String)> = Vec::new();
+    flags.extend(args.listen.map(|v| ("listen".into(), v)));
+    flags.extend(args.advertised_listener.map(|v| ("advertised_listener".into(), v)));
+    flags.extend(args.data_dir.map(|v| ("data_dir".into(), v.display().to_string())));
+    flags.extend(args.cores.map(|v| ("cores".into(), v.to_string())));
+    for setting in &args.settings {
+        let (key, value) =
+            setting.split_once('=').ok_or_else(|| format!("--set {setting}: expected KEY=VALUE"))?;
+        flags.push((key.trim().into(), value.trim().into()));
+    }
+    for (key, value) in flags {
+        config.set(&key, &value).map_err(|e| e.to_string())?;
+    }
+    Ok(config)
+}

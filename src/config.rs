@@ -1,0 +1,352 @@
+//! The broker's settings: embedded defaults, overridden by a TOML file (`--config`), then by
+//! environment variables (`RINGMQ_<KEY>`), then by flags. One table (`SETTINGS`) names every
+//! key, its default and its meaning, so all sources are parsed the same way and an unknown key
+//! or a bad value is an error that names the key.
+
+use crate::constants::BATCH_CACHE_BYTES_DEFAULT;
+use crate::log::{FlushPolicy, LogConfig, TimestampType};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    /// The address clients are told to connect to; defaults to `listen`.
+    pub advertised_listener: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub cores: usize,
+    pub node_id: i32,
+    pub socket_request_max_bytes: usize,
+    pub connections_max_idle: Duration,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
+    pub topic_defaults: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown setting `{0}` (see `ringmq config defaults`)")]
+    UnknownKey(String),
+    #[error("setting `{key}`: {reason}")]
+    BadValue { key: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// One setting: its key, its default (as text, as a user would write it) and its meaning.
+pub struct Setting {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+    apply: fn(&mut BrokerConfig, &str) -> Result<(), String>,
+}
+
+fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse::<T>().map_err(|e| format!("`{value}`: {e}"))
+}
+
+fn address(value: &str) -> Result<SocketAddr, String> {
+    value
+        .to_socket_addrs()
+        .map_err(|e| format!("`{value}` is not HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{value}` resolves to no address"))
+}
+
+/// Milliseconds, with -1 meaning "no limit" as in Kafka.
+fn optional_ms(value: &str) -> Result<Option<i64>, String> {
+    match parse::<i64>(value)? {
+        -1 => Ok(None),
+        ms if ms >= 0 => Ok(Some(ms)),
+        ms => Err(format!("{ms} must be -1 or at least 0")),
+    }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        default: "127.0.0.1:9092",
+        meaning: "address of the Kafka listener (every core accepts on it)",
+        apply: |c, v| {
+            c.listen = address(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "advertised_listener",
+        default: "",
+        meaning: "HOST:PORT clients are told to connect to; empty means the listen address",
+        apply: |c, v| {
+            c.advertised_listener = if v.is_empty() { None } else { Some(address(v)?) };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "data_dir",
+        default: "./ringmq-data",
+        meaning: "directory holding every partition's log",
+        apply: |c, v| {
+            c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "cores",
+        default: "",
+        meaning: "shards (pinned executors); empty means one per available core",
+        apply: |c, v| {
+            let available = available_cores();
+            c.cores = if v.is_empty() { available } else { parse(v)? };
+            if c.cores == 0 || c.cores > available {
+                return Err(format!("{} must be within 1..={available} (available cores)", c.cores));
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "node_id",
+        default: "0",
+        meaning: "this broker's id in metadata",
+        apply: |c, v| {
+            c.node_id = parse(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "socket_request_max_bytes",
+        default: "104857600",
+        meaning: "largest request accepted; a larger frame closes the connection",
+        apply: |c, v| {
+            c.socket_request_max_bytes = parse(v)?;
+            if c.socket_request_max_bytes < 1024 {
+                return Err("must be at least 1024".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "connections_max_idle_ms",
+        default: "600000",
+        meaning: "a connection that sends nothing for this long is closed (also bounds a stalled request)",
+        apply: |c, v| {
+            c.connections_max_idle = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auto_create_topics_enable",
+        default: "true",
+        meaning: "create a topic on first use by Metadata or Produce",
+        apply: |c, v| {
+            c.auto_create_topics = parse(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "num_partitions",
+        default: "1",
+        meaning: "partitions of an auto-created topic",
+        apply: |c, v| {
+            c.num_partitions = parse(v)?;
+            if c.num_partitions < 1 {
+                return Err("must be at least 1".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_segment_bytes",
+        default: "1073741824",
+        meaning: "default segment.bytes",
+        apply: |c, v| {
+            c.topic_defaults.segment_bytes = parse(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_retention_ms",
+        default: "604800000",
+        meaning: "default retention.ms (-1: keep forever)",
+        apply: |c, v| {
+            c.topic_defaults.retention_ms = optional_ms(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_retention_bytes",
+        default: "-1",
+        meaning: "default retention.bytes per partition (-1: no limit)",
+        apply: |c, v| {
+            c.topic_defaults.retention_bytes = optional_ms(v)?.map(|bytes| bytes as u64);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_flush_policy",
+        default: "interval",
+        meaning: "`interval` (acknowledge once written; fsync per flush_messages / flush_ms) or `fsync` (acknowledge after a group fdatasync)",
+        apply: |c, v| {
+            c.topic_defaults.flush = match v {
+                "fsync" => FlushPolicy::FsyncBeforeAck,
+                "interval" => FlushPolicy::Interval { messages: None, interval: None },
+                other => return Err(format!("`{other}` is neither `interval` nor `fsync`")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "message_max_bytes",
+        default: "1048588",
+        meaning: "default max.message.bytes (largest record batch)",
+        apply: |c, v| {
+            c.topic_defaults.message_bytes_max = parse(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_message_timestamp_type",
+        default: "CreateTime",
+        meaning: "default message.timestamp.type: CreateTime or LogAppendTime",
+        apply: |c, v| {
+            c.topic_defaults.timestamp_type = match v {
+                "CreateTime" => TimestampType::CreateTime,
+                "LogAppendTime" => TimestampType::LogAppendTime,
+                other => return Err(format!("`{other}` is neither CreateTime nor LogAppendTime")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "batch_cache_bytes",
+        default: "8388608",
+        meaning: "in-memory cache of the newest batches, per partition",
+        apply: |c, v| {
+            c.topic_defaults.cache_bytes_max = parse(v)?;
+            Ok(())
+        },
+    },
+];
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl BrokerConfig {
+    /// The embedded defaults alone.
+    pub fn defaults() -> BrokerConfig {
+        let mut config = BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_listener: None,
+            data_dir: PathBuf::from("./ringmq-data"),
+            cores: available_cores(),
+            node_id: 0,
+            socket_request_max_bytes: 100 << 20,
+            connections_max_idle: Duration::from_secs(600),
+            auto_create_topics: true,
+            num_partitions: 1,
+            topic_defaults: LogConfig { cache_bytes_max: BATCH_CACHE_BYTES_DEFAULT, ..LogConfig::default() },
+        };
+        for setting in SETTINGS {
+            (setting.apply)(&mut config, setting.default).expect("embedded defaults are valid");
+        }
+        config
+    }
+
+    /// Applies `key = value`, naming the key in any error.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let setting =
+            SETTINGS.iter().find(|s| s.key == key).ok_or_else(|| ConfigError::UnknownKey(key.into()))?;
+        (setting.apply)(self, value).map_err(|reason| ConfigError::BadValue { key: key.into(), reason })
+    }
+
+    /// Applies every top-level key of a TOML document.
+    pub fn apply_toml(&mut self, path: &str, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File { path: path.into(), reason: e.to_string() })?;
+        for (key, value) in &table {
+            let value = match value {
+                toml::Value::String(text) => text.clone(),
+                toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_) => {
+                    value.to_string()
+                }
+                other => {
+                    let reason = format!("expected a string, number or boolean, found {}", other.type_str());
+                    return Err(ConfigError::BadValue { key: key.clone(), reason });
+                }
+            };
+            self.set(key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `RINGMQ_<KEY>` variables (upper case) as `lookup` finds them.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for setting in SETTINGS {
+            if let Some(value) = lookup(&format!("RINGMQ_{}", setting.key.to_uppercase())) {
+                self.set(setting.key, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The address clients connect to, given the concrete listen address.
+    pub fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        self.advertised_listener.unwrap_or(bound)
+    }
+
+    /// Checks what no single setting can: an advertised address clients can reach.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.advertised_listener.is_none() && self.listen.ip().is_unspecified() {
+            let reason =
+                format!("listening on {} needs an advertised_listener clients can reach", self.listen);
+            return Err(ConfigError::BadValue { key: "advertised_listener".into(), reason });
+        }
+        self.topic_defaults
+            .validate()
+            .map_err(|e| ConfigError::BadValue { key: "log_*".into(), reason: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_override_in_order_and_errors_name_the_key() {
+        let mut config = BrokerConfig::defaults();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.data_dir, PathBuf::from("./ringmq-data"));
+        config
+            .apply_toml(
+                "f.toml",
+                "listen = \"127.0.0.1:9999\"\nnum_partitions = 3\nlog_flush_policy = \"fsync\"",
+            )
+            .expect("toml");
+        assert_eq!((config.listen.port(), config.num_partitions), (9999, 3));
+        assert_eq!(config.topic_defaults.flush, FlushPolicy::FsyncBeforeAck);
+        config.apply_env(|name| (name == "RINGMQ_NUM_PARTITIONS").then(|| "5".to_string())).expect("env");
+        assert_eq!(config.num_partitions, 5);
+
+        let unknown = config.apply_toml("f.toml", "lissten = \"x\"");
+        assert_eq!(unknown, Err(ConfigError::UnknownKey("lissten".into())));
+        let bad = config.set("num_partitions", "zero");
+        assert!(matches!(bad, Err(ConfigError::BadValue { key, .. }) if key == "num_partitions"));
+        assert!(matches!(config.set("cores", "100000"), Err(ConfigError::BadValue { .. })));
+        assert!(matches!(config.apply_toml("f.toml", "listen = ["), Err(ConfigError::File { .. })));
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_needs_an_advertised_one() {
+        let mut config = BrokerConfig::defaults();
+        config.set("listen", "0.0.0.0:9092").expect("listen");
+        assert!(config.validate().is_err());
+        config.set("advertised_listener", "127.0.0.1:9092").expect("advertised");
+        assert!(config.validate().is_ok());
+    }
+}

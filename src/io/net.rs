@@ -1,0 +1,74 @@
+use bytes::Bytes;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A TCP listener of this core. Every core binds the same address with SO_REUSEPORT and the
+/// kernel spreads new connections across them.
+pub struct Listener(glommio::net::TcpListener);
+
+impl Listener {
+    pub fn bind(address: SocketAddr) -> io::Result<Listener> {
+        glommio::net::TcpListener::bind(address).map(Listener).map_err(io::Error::from)
+    }
+
+    pub async fn accept(&self) -> io::Result<Stream> {
+        let stream = self.0.accept().await.map_err(io::Error::from)?;
+        stream.set_nodelay(true).map_err(io::Error::from)?;
+        Ok(Stream(stream))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+}
+
+/// Reserves `address` (resolving port 0) with SO_REUSEPORT so that every core can then bind
+/// the same concrete address. The reservation neither listens nor accepts; drop it once the
+/// cores are listening.
+pub fn reserve_address(address: SocketAddr) -> io::Result<(socket2::Socket, SocketAddr)> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
+    Ok((socket, bound))
+}
+
+/// One client connection, owned by the core that accepted it.
+pub struct Stream(glommio::net::TcpStream);
+
+impl Stream {
+    /// Fills `buf` entirely; an end of stream before that is `UnexpectedEof`.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact(buf).await
+    }
+
+    /// Writes every chunk in order, as one vectored stream of bytes: record batches go to the
+    /// socket from the buffers they live in, without being copied into a response buffer.
+    pub async fn write_chunks(&mut self, chunks: &[Bytes]) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|chunk| io::IoSlice::new(chunk)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let written = self.0.write_vectored(slices).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            io::IoSlice::advance_slices(&mut slices, written);
+        }
+        self.0.flush().await
+    }
+
+    /// Bounds how long a read may wait for bytes (slow or stalled clients).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(timeout).map_err(io::Error::from)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.peer_addr().map_err(io::Error::from)
+    }
+}

@@ -1,0 +1,73 @@
+//! Request dispatch: checks the API and version, decodes the request, runs the handler of that
+//! API (one file each) and encodes the response frame. Kafka error codes are chosen by the
+//! handlers; a request that cannot be understood closes the connection, as Kafka does.
+
+mod api_versions;
+mod metadata;
+
+use super::frame::REQUEST_PREFIX_BYTES;
+use super::{Broker, versions};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// What the connection does with a request.
+pub enum Outcome {
+    /// Write these chunks, in order, as the response frame.
+    Respond(Vec<Bytes>),
+    /// Close the connection without answering.
+    Close(String),
+}
+
+fn be_i16(frame: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+pub fn handle(broker: &Broker, frame: Bytes) -> Outcome {
+    assert!(frame.len() >= REQUEST_PREFIX_BYTES, "frames are checked for their prefix when read");
+    let (api_key, version) = (be_i16(&frame, 0), be_i16(&frame, 2));
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api) = ApiKey::try_from(api_key) else {
+        return Outcome::Close(format!("unknown API key {api_key}"));
+    };
+    if !versions::supported(api, version) {
+        if api == ApiKey::ApiVersions {
+            // KIP-511: answer in version 0 with the versions we do support.
+            let response = ResponseKind::ApiVersions(api_versions::unsupported_version());
+            return encode(api, 0, correlation_id, &response);
+        }
+        return Outcome::Close(format!("unsupported version {version} of {api:?}"));
+    }
+    let mut body = frame;
+    if let Err(error) = RequestHeader::decode(&mut body, api.request_header_version(version)) {
+        return Outcome::Close(format!("bad {api:?} v{version} request header: {error}"));
+    }
+    let request = match RequestKind::decode(api, &mut body, version) {
+        Ok(request) => request,
+        Err(error) => return Outcome::Close(format!("bad {api:?} v{version} request: {error}")),
+    };
+    let response = match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+        RequestKind::Metadata(request) => ResponseKind::Metadata(metadata::handle(broker, request)),
+        _ => return Outcome::Close(format!("{api:?} has no handler")),
+    };
+    encode(api, version, correlation_id, &response)
+}
+
+/// The size-prefixed response frame.
+fn encode(api: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> Outcome {
+    let mut frame = BytesMut::with_capacity(256);
+    frame.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encoded = header
+        .encode(&mut frame, api.response_header_version(version))
+        .and_then(|()| response.encode(&mut frame, version));
+    if let Err(error) = encoded {
+        // Our own response does not fit the version the client asked for: a bug, but the
+        // client must not be left waiting for an answer that will never come.
+        return Outcome::Close(format!("cannot encode {api:?} v{version} response: {error}"));
+    }
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Outcome::Respond(vec![frame.freeze()])
+}

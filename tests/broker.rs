@@ -1,0 +1,211 @@
+//! The real `ringmq serve` process, spoken to over TCP: by the rdkafka crate (librdkafka) and
+//! by hand-made frames for the hostile cases.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A broker process on an ephemeral port with its own data directory; killed on drop.
+struct Broker {
+    child: Child,
+    address: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start(extra: &[&str]) -> Broker {
+        let data = tempfile::tempdir().expect("data dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ringmq serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = line_tx.send(line);
+        });
+        let line = line_rx.recv_timeout(Duration::from_secs(30)).expect("the broker reports ready");
+        let address = line
+            .split_whitespace()
+            .skip_while(|word| *word != "listener")
+            .nth(1)
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("ready line names the listener: {line}"));
+        Broker { child, address, _data: data }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.address).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().expect("try_wait").is_none(), "the broker is still running");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request_frame(api: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Bytes {
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("test")));
+    header.encode(&mut frame, api.request_header_version(version)).expect("header");
+    body.encode(&mut frame, version).expect("body");
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    frame.freeze()
+}
+
+fn read_response(stream: &mut TcpStream) -> Bytes {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("response size");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).expect("response body");
+    Bytes::from(body)
+}
+
+fn api_versions(stream: &mut TcpStream, version: i16) -> ApiVersionsResponse {
+    let request = ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("t"))
+        .with_client_software_version(StrBytes::from_static_str("1"));
+    let frame = request_frame(ApiKey::ApiVersions, version.min(4), 7, &request);
+    let mut frame = frame.to_vec();
+    frame[6..8].copy_from_slice(&version.to_be_bytes()); // claim the version asked for
+    stream.write_all(&frame).expect("send");
+    let mut response = read_response(stream);
+    let header = ResponseHeader::decode(&mut response, 0).expect("ApiVersions responses use header v0");
+    assert_eq!(header.correlation_id, 7);
+    ApiVersionsResponse::decode(&mut response, if version > 4 { 0 } else { version }).expect("decode")
+}
+
+/// Whether the broker closed the connection (a read returns end of stream).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0))
+        || matches!(stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+#[test]
+fn api_versions_answers_and_falls_back_to_v0_for_unknown_versions() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let mut stream = broker.connect();
+    let response = api_versions(&mut stream, 3);
+    assert_eq!(response.error_code, 0);
+    assert!(response.api_keys.iter().any(|api| api.api_key == ApiKey::Metadata as i16));
+    let fallback = api_versions(&mut stream, 99);
+    assert_eq!(fallback.error_code, 35, "UNSUPPORTED_VERSION");
+    assert!(
+        fallback.api_keys.iter().any(|api| api.api_key == ApiKey::ApiVersions as i16 && api.max_version >= 3)
+    );
+}
+
+#[test]
+fn librdkafka_fetches_metadata_naming_this_broker() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", "metadata-test")
+        .create()
+        .expect("rdkafka consumer");
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let brokers: Vec<(i32, String, i32)> =
+        metadata.brokers().iter().map(|b| (b.id(), b.host().to_string(), b.port())).collect();
+    assert_eq!(brokers, vec![(0, "127.0.0.1".to_string(), i32::from(broker.address.port()))]);
+    assert!(metadata.topics().is_empty());
+}
+
+#[test]
+fn hostile_frames_close_only_their_connection() {
+    let mut broker = Broker::start(&["--cores", "2", "--set", "socket_request_max_bytes=65536"]);
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("oversize frame", 1_000_000i32.to_be_bytes().to_vec()),
+        ("negative size", (-5i32).to_be_bytes().to_vec()),
+        ("size below a header", 3i32.to_be_bytes().to_vec()),
+        ("unknown API key", [&10i32.to_be_bytes()[..], &[0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0, 0]].concat()),
+        (
+            "garbage Metadata body",
+            [&12i32.to_be_bytes()[..], &[0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0x7f]].concat(),
+        ),
+    ];
+    for (case, bytes) in cases {
+        let mut stream = broker.connect();
+        stream.write_all(&bytes).expect("send");
+        assert!(closed(&mut stream), "{case}: connection closed");
+        broker.assert_alive();
+        assert_eq!(api_versions(&mut broker.connect(), 3).error_code, 0, "{case}: others are served");
+    }
+}
+
+#[test]
+fn stalled_and_idle_clients_do_not_hold_up_others() {
+    let broker = Broker::start(&["--cores", "2"]);
+    // A slowloris: half a frame, then nothing.
+    let mut stalled = broker.connect();
+    stalled.write_all(&100i32.to_be_bytes()).expect("send");
+    stalled.write_all(&[0, 18, 0]).expect("send");
+    // A thousand idle connections.
+    let idle: Vec<TcpStream> = (0..1000).map(|_| broker.connect()).collect();
+    let mut stream = broker.connect();
+    for _ in 0..3 {
+        assert_eq!(api_versions(&mut stream, 3).error_code, 0);
+    }
+    drop(idle);
+}
+
+#[test]
+fn a_request_split_across_writes_is_reassembled() {
+    let broker = Broker::start(&["--cores", "1"]);
+    let mut stream = broker.connect();
+    let request = ApiVersionsRequest::default();
+    let frame = request_frame(ApiKey::ApiVersions, 0, 9, &request);
+    for byte in frame.chunk() {
+        stream.write_all(&[*byte]).expect("send one byte");
+    }
+    let mut response = read_response(&mut stream);
+    assert_eq!(ResponseHeader::decode(&mut response, 0).expect("header").correlation_id, 9);
+}
+
+#[test]
+fn bad_settings_fail_at_start_naming_the_key() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--set", "num_partitions=zero"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("num_partitions"));
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("ringmq.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nunknown_key = 1\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown_key"));
+}

@@ -87,6 +87,11 @@ impl BatchHeader {
     /// Reads the header at the start of `buf`. Checks only what is needed to know the batch's
     /// extent (length and magic); `validate` checks the rest.
     pub fn parse(buf: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
+        // The magic byte decides how the rest reads: check it first, so an older message
+        // format is reported as such rather than as a length that does not fit v2.
+        if let Some(&magic) = buf.get(MAGIC_AT).filter(|&&magic| magic as i8 != MAGIC_V2) {
+            return Err(BatchError::BadMagic(magic as i8));
+        }
         if buf.len() < HEADER_BYTES {
             return Err(BatchError::Truncated { need: HEADER_BYTES, have: buf.len() });
         }
@@ -99,9 +104,6 @@ impl BatchHeader {
             return Err(BatchError::TooLarge { len: total, max: batch_bytes_max });
         }
         let magic = buf[MAGIC_AT] as i8;
-        if magic != MAGIC_V2 {
-            return Err(BatchError::BadMagic(magic));
-        }
         Ok(BatchHeader {
             base_offset: be_i64(buf, BASE_OFFSET_AT),
             batch_length,

@@ -5,6 +5,7 @@
 //! - `log`: a partition's log on one core: segments, indexes, flusher, recovery, retention.
 //! - `batch_cache`: the newest batches of a partition in memory, for tail reads.
 //! - `server`: `ringmq serve`: shards, connections, Kafka request handlers.
+//! - `shard`: one core's partitions and topic table; cross-core messages.
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
@@ -15,6 +16,7 @@ pub mod constants;
 pub mod io;
 pub mod log;
 pub mod server;
+pub mod shard;
 pub mod types;
 
 #[doc(hidden)]

@@ -2,12 +2,16 @@
 //! by hand-made frames for the hostile cases.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_lite::future::block_on;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +21,7 @@ use std::time::Duration;
 struct Broker {
     child: Child,
     address: SocketAddr,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Broker {
@@ -44,13 +48,21 @@ impl Broker {
             .nth(1)
             .and_then(|address| address.parse().ok())
             .unwrap_or_else(|| panic!("ready line names the listener: {line}"));
-        Broker { child, address, _data: data }
+        Broker { child, address, data }
     }
 
     fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.address).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         stream
+    }
+
+    /// SIGKILLs the broker and returns its data directory.
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.data, data)
     }
 
     fn assert_alive(&mut self) {
@@ -208,4 +220,193 @@ fn bad_settings_fail_at_start_naming_the_key() {
         .expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown_key"));
+}
+
+fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("admin client")
+}
+
+#[test]
+fn admin_client_creates_topics_and_metadata_lists_them() {
+    let broker = Broker::start(&["--cores", "2"]);
+    let admin = admin(&broker);
+    let options = AdminOptions::new();
+    let orders = NewTopic::new("orders", 6, TopicReplication::Fixed(1)).set("retention.ms", "60000");
+    let results = block_on(admin.create_topics([&orders], &options)).expect("create_topics");
+    assert_eq!(results, vec![Ok("orders".to_string())]);
+    let again = block_on(admin.create_topics([&orders], &options)).expect("create_topics");
+    assert!(matches!(&again[0], Err((_, code)) if format!("{code:?}") == "TopicAlreadyExists"), "{again:?}");
+    let bad_name = NewTopic::new("no/slashes", 1, TopicReplication::Fixed(1));
+    let replicated = NewTopic::new("replicated", 1, TopicReplication::Fixed(3));
+    let bad_config = NewTopic::new("bad-config", 1, TopicReplication::Fixed(1)).set("no.such.config", "1");
+    let refused = block_on(admin.create_topics([&bad_name, &replicated, &bad_config], &options))
+        .expect("create_topics");
+    let codes: Vec<String> =
+        refused.iter().map(|r| format!("{:?}", r.as_ref().map_err(|(_, code)| code))).collect();
+    assert_eq!(codes, ["Err(InvalidTopic)", "Err(InvalidReplicationFactor)", "Err(InvalidConfig)"]);
+
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("consumer");
+    let metadata = consumer.fetch_metadata(Some("orders"), Duration::from_secs(10)).expect("metadata");
+    let topic = &metadata.topics()[0];
+    assert_eq!((topic.name(), topic.partitions().len(), topic.error()), ("orders", 6, None));
+    assert!(topic.partitions().iter().all(|p| p.leader() == 0 && p.isr() == [0]));
+}
+
+/// Every record count per partition stored under `dir`, read back with the storage engine
+/// (the broker must be stopped), as (first offset, batch record count) per batch.
+fn stored_batches(dir: &std::path::Path, topic: &str, partitions: i32) -> Vec<Vec<(i64, i32)>> {
+    use ringmq::log::{Log, LogConfig, ReadLimits};
+    use ringmq::types::Offset;
+    (0..partitions)
+        .map(|partition| {
+            ringmq::io::block_on(async {
+                let log = Log::open(&dir.join(format!("{topic}-{partition}")), LogConfig::default())
+                    .await
+                    .expect("open");
+                let mut batches = Vec::new();
+                let mut from = Offset(0);
+                loop {
+                    let limits = ReadLimits { bytes_max: 1 << 20, min_one: true, upper: Offset(i64::MAX) };
+                    let read = log.read(from, limits).await.expect("read");
+                    if read.batches == 0 {
+                        break;
+                    }
+                    let bytes = read.to_vec();
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        let header = ringmq::batch::validate(&bytes[at..], usize::MAX).expect("valid");
+                        batches.push((header.base_offset, header.records_count));
+                        at += header.total_bytes();
+                    }
+                    from = read.next_offset;
+                }
+                log.close().await.expect("close");
+                batches
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn librdkafka_produces_to_every_partition_with_acks_0_1_and_all() {
+    const PER_ACKS: usize = 3000;
+    let broker = Broker::start(&["--cores", "2", "--set", "num_partitions=4"]);
+    let mut acked_offsets = std::collections::BTreeMap::new();
+    for acks in ["1", "all", "0"] {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.address.to_string())
+            .set("acks", acks)
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .expect("producer");
+        let deliveries: Vec<_> = (0..PER_ACKS)
+            .map(|i| {
+                let key = format!("key-{}", i % 97);
+                let value = format!("acks={acks} record {i}");
+                let record = FutureRecord::to("auto-created").key(&key).payload(&value);
+                producer.send_result(record).map_err(|(error, _)| error).expect("enqueue")
+            })
+            .collect();
+        for delivery in deliveries {
+            let delivered =
+                block_on(delivery).expect("delivery report").map_err(|(error, _)| error).expect("delivered");
+            if acks != "0" {
+                assert!(
+                    acked_offsets.insert((delivered.partition, delivered.offset), acks).is_none(),
+                    "offsets are unique"
+                );
+            }
+        }
+    }
+    let data = broker.kill();
+    let stored = stored_batches(data.path(), "auto-created", 4);
+    let total: i64 = stored.iter().flatten().map(|&(_, count)| i64::from(count)).sum();
+    assert_eq!(total, 3 * PER_ACKS as i64, "every record of every acks setting is stored");
+    for batches in &stored {
+        assert!(!batches.is_empty(), "keys spread records over every partition");
+        let mut next = 0;
+        for &(base, count) in batches {
+            assert_eq!(base, next, "offsets are contiguous");
+            next = base + i64::from(count);
+        }
+    }
+    for (partition, offset) in acked_offsets.keys() {
+        let batches = &stored[*partition as usize];
+        assert!(batches.iter().any(|&(base, count)| (base..base + i64::from(count)).contains(offset)));
+    }
+}
+
+#[test]
+fn librdkafka_consumes_every_record_with_each_codec_and_lists_offsets() {
+    use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+    const PER_CODEC: usize = 2000;
+    let broker = Broker::start(&["--cores", "2", "--set", "num_partitions=3"]);
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let mut sent = std::collections::BTreeMap::new();
+    for (c, codec) in codecs.iter().enumerate() {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.address.to_string())
+            .set("compression.type", *codec)
+            .set("linger.ms", "2")
+            .create()
+            .expect("producer");
+        let deliveries: Vec<_> = (0..PER_CODEC)
+            .map(|i| {
+                let (key, value) =
+                    (format!("{codec}-{i}"), format!("value {i} via {codec}").repeat(1 + i % 5));
+                let timestamp = 1_700_000_000_000 + (c * PER_CODEC + i) as i64;
+                let headers =
+                    OwnedHeaders::new().insert(Header { key: "codec", value: Some(codec.as_bytes()) });
+                sent.insert(key.clone(), (value.clone(), timestamp));
+                let record = FutureRecord::to("consumed")
+                    .key(&key)
+                    .payload(&value)
+                    .timestamp(timestamp)
+                    .headers(headers);
+                producer.send_result(record).map_err(|(error, _)| error).expect("enqueue")
+            })
+            .collect();
+        for delivery in deliveries {
+            block_on(delivery).expect("report").map_err(|(error, _)| error).expect("delivered");
+        }
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", "unused-for-assign")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..3 {
+        assignment.add_partition_offset("consumed", partition, KafkaOffset::Beginning).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut received = std::collections::BTreeMap::new();
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while received.len() < sent.len() && std::time::Instant::now() < give_up {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.expect("message");
+        let key = String::from_utf8(message.key().expect("key").to_vec()).expect("utf-8 key");
+        let value = String::from_utf8(message.payload().expect("value").to_vec()).expect("utf-8 value");
+        let header = message.headers().map(|h| h.get(0)).map(|h| h.value.map(<[u8]>::to_vec));
+        let codec = key.split('-').next().expect("codec in key").as_bytes().to_vec();
+        assert_eq!(header, Some(Some(codec)), "header of {key}");
+        let timestamp = message.timestamp().to_millis().expect("timestamp");
+        assert!(received.insert(key, (value, timestamp)).is_none(), "each record once");
+    }
+    assert_eq!(received, sent, "every record, byte for byte, with its timestamp");
+
+    let (low, high) = consumer.fetch_watermarks("consumed", 1, Duration::from_secs(10)).expect("watermarks");
+    assert_eq!(low, 0);
+    assert!(high > 0);
+    let mut by_time = TopicPartitionList::new();
+    by_time
+        .add_partition_offset("consumed", 0, KafkaOffset::Offset(1_700_000_000_000 + 4 * PER_CODEC as i64))
+        .expect("tpl");
+    let found = consumer.offsets_for_times(by_time, Duration::from_secs(10)).expect("offsets_for_times");
+    let offset = found.elements()[0].offset();
+    assert!(matches!(offset, KafkaOffset::Offset(o) if o > 0 && o < high), "{offset:?} within (0, {high})");
 }

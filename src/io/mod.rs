@@ -7,11 +7,13 @@
 mod aligned;
 pub mod fault;
 mod file;
+mod mesh;
 mod net;
 mod runtime;
 
 pub use aligned::AlignedBuf;
 pub use file::{ReadFile, WriteBuf, WriteFile, read_small_file, remove_file, sync_dir, write_file_atomic};
+pub use mesh::{Inbox, Mesh, MeshBuilder, mesh};
 pub use net::{Listener, Stream, reserve_address};
 pub use runtime::{
     Signal, Task, block_on, raise_memlock_limit, run_sharded, sleep, spawn_blocking, spawn_detached,

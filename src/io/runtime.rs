@@ -39,7 +39,7 @@ pub fn raise_memlock_limit() {
 /// numbers 0..cores; returns when all of them have returned.
 pub fn run_sharded<G, F>(cores: usize, shard_main: G) -> std::io::Result<()>
 where
-    G: Fn(usize) -> F + Send + Sync + Clone + 'static,
+    G: FnOnce(usize) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + 'static,
 {
     raise_memlock_limit();

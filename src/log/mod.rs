@@ -162,6 +162,10 @@ struct LogState {
     unsynced_records: u64,
     unsynced_bytes: u64,
     last_sync_at: Instant,
+    /// Readers (long-polling fetches) to wake when the stable offset moves past
+    /// `stable_notified`.
+    readers_waiting: Vec<std::task::Waker>,
+    stable_notified: Offset,
 }
 
 impl LogState {
@@ -195,6 +199,12 @@ impl LogState {
     fn ack_waiters(&mut self) {
         self.check_positions();
         let stable = self.stable();
+        if stable > self.stable_notified {
+            self.stable_notified = stable;
+            for reader in self.readers_waiting.drain(..) {
+                reader.wake();
+            }
+        }
         while self.waiters.front().is_some_and(|waiter| waiter.end <= stable) {
             if let Some(waiter) = self.waiters.pop_front() {
                 // The appender may have stopped waiting (request cancelled); nothing to tell.
@@ -347,6 +357,25 @@ impl Log {
         self.shared.state.borrow_mut().commands.push_back(make(reply));
         self.shared.wake_flusher.notify();
         receiver.await.unwrap_or(Err(LogError::Closed))
+    }
+
+    /// Resolves once the stable offset is beyond `offset`: new records a consumer positioned at
+    /// `offset` can read. For long-polling fetches; cancel by dropping.
+    pub async fn wait_for_records_at(&self, offset: Offset) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared.state.borrow_mut();
+            if state.stable() > offset {
+                return Poll::Ready(());
+            }
+            state.readers_waiting.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether batches get the broker's time (topic `message.timestamp.type=LogAppendTime`).
+    pub fn log_append_time_enabled(&self) -> bool {
+        self.shared.state.borrow().config.timestamp_type == TimestampType::LogAppendTime
     }
 
     pub fn log_start_offset(&self) -> Offset {

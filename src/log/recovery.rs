@@ -129,6 +129,8 @@ impl LogState {
             unsynced_records: 0,
             unsynced_bytes: 0,
             last_sync_at: Instant::now(),
+            readers_waiting: Vec::new(),
+            stable_notified: log_end,
         }
     }
 }

@@ -4,9 +4,11 @@
 use super::handlers::{self, Outcome};
 use super::{Broker, frame};
 use crate::io::Stream;
+use crate::shard::Shard;
+use std::rc::Rc;
 use std::sync::Arc;
 
-pub async fn serve(mut stream: Stream, broker: Arc<Broker>) {
+pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>) {
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
     // Idle and stalled clients (slowloris) are cut off instead of holding a task forever.
     if let Err(error) = stream.set_read_timeout(Some(broker.idle_timeout)) {
@@ -22,7 +24,8 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>) {
                 return;
             }
         };
-        match handlers::handle(&broker, request) {
+        match handlers::handle(&broker, &shard, request).await {
+            Outcome::Silent => {}
             Outcome::Respond(chunks) => {
                 if let Err(error) = stream.write_chunks(&chunks).await {
                     tracing::debug!(%peer, %error, "closing connection: write failed");

@@ -6,12 +6,16 @@
 //! What the shards share is immutable (`Broker`).
 
 mod connection;
+mod errors;
+mod fetch_response;
 mod frame;
 mod handlers;
 mod versions;
 
 use crate::config::{BrokerConfig, ConfigError};
 use crate::io;
+use crate::shard::topics::TopicTable;
+use crate::shard::{MESH_CHANNEL_CAPACITY, Shard, ShardMessage};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -61,14 +65,17 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         request_bytes_max: config.socket_request_max_bytes,
         idle_timeout: config.connections_max_idle,
     });
+    let topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
     let (ready, shards_ready) = mpsc::channel::<Result<(), String>>();
     let cores = config.cores;
-    let shards = {
-        let broker = broker.clone();
-        std::thread::spawn(move || {
-            io::run_sharded(cores, move |shard| shard_main(shard, broker.clone(), ready.clone()))
-        })
+    let start = ShardStart {
+        broker: broker.clone(),
+        config: Arc::new(config),
+        topics,
+        mesh: io::mesh(cores, MESH_CHANNEL_CAPACITY),
+        ready,
     };
+    let shards = std::thread::spawn(move || io::run_sharded(cores, move |_| shard_main(start.clone())));
     for _ in 0..cores {
         match shards_ready.recv() {
             Ok(Ok(())) => {}
@@ -90,22 +97,45 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
     }
 }
 
-async fn shard_main(shard: usize, broker: Arc<Broker>, ready: mpsc::Sender<Result<(), String>>) {
+/// What every shard starts from; cloned into each.
+#[derive(Clone)]
+struct ShardStart {
+    broker: Arc<Broker>,
+    config: Arc<BrokerConfig>,
+    topics: TopicTable,
+    mesh: io::MeshBuilder<ShardMessage>,
+    ready: mpsc::Sender<Result<(), String>>,
+}
+
+async fn shard_main(start: ShardStart) {
+    let ShardStart { broker, config, topics, mesh, ready } = start;
+    let started = match mesh.join().await {
+        Ok(mesh) => Shard::start(mesh, config, topics).await,
+        Err(error) => Err(error.to_string()),
+    };
+    let shard = match started {
+        Ok(shard) => shard,
+        Err(reason) => {
+            let _main_thread_reports_it = ready.send(Err(reason));
+            return;
+        }
+    };
+    let id = shard.id();
     let listener = match io::Listener::bind(broker.listen) {
         Ok(listener) => listener,
         Err(error) => {
             let _main_thread_reports_it =
-                ready.send(Err(format!("core {shard}: listen on {}: {error}", broker.listen)));
+                ready.send(Err(format!("core {id}: listen on {}: {error}", broker.listen)));
             return;
         }
     };
     let _main_thread_waits = ready.send(Ok(()));
     loop {
         match listener.accept().await {
-            Ok(stream) => io::spawn_detached(connection::serve(stream, broker.clone())),
+            Ok(stream) => io::spawn_detached(connection::serve(stream, broker.clone(), shard.clone())),
             Err(error) => {
                 // Out of file descriptors or similar: back off instead of spinning.
-                tracing::warn!(shard, %error, "accept failed");
+                tracing::warn!(shard = id, %error, "accept failed");
                 io::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -3,9 +3,20 @@
 
 use kafka_protocol::messages::ApiKey;
 
-/// (API, lowest version, highest version). Only APIs whose handlers exist are listed.
-pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[(ApiKey::ApiVersions, 0, 4), (ApiKey::Metadata, 0, 13)];
+/// (API, lowest advertised version, lowest version decoded, highest version). Only APIs whose
+/// handlers exist are listed. Produce is advertised from v0 because librdkafka derives features
+/// (compression among them) from the advertised range; it then uses the highest version, and
+/// a request below the decodable one closes the connection.
+pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
+    (ApiKey::Produce, 0, 3, 12),
+    (ApiKey::Fetch, 4, 4, 16),
+    (ApiKey::ListOffsets, 1, 1, 6),
+    (ApiKey::Metadata, 0, 0, 12),
+    (ApiKey::ApiVersions, 0, 0, 4),
+    (ApiKey::CreateTopics, 2, 2, 7),
+];
 
+/// Whether requests of `api` at `version` are decoded and answered.
 pub fn supported(api: ApiKey, version: i16) -> bool {
-    SUPPORTED.iter().any(|&(key, min, max)| key == api && (min..=max).contains(&version))
+    SUPPORTED.iter().any(|&(key, _, decoded_min, max)| key == api && (decoded_min..=max).contains(&version))
 }

@@ -8,7 +8,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 pub fn handle() -> ApiVersionsResponse {
     let api_keys = SUPPORTED
         .iter()
-        .map(|&(api, min, max)| {
+        .map(|&(api, min, _, max)| {
             ApiVersion::default().with_api_key(api as i16).with_min_version(min).with_max_version(max)
         })
         .collect();

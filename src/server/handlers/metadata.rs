@@ -1,32 +1,86 @@
-//! Metadata: the brokers of the cluster and the topics asked about.
+//! Metadata: this broker, and the topics asked about (all of them if none are named),
+//! creating unknown ones when auto-creation is on and the client allows it.
 
 use crate::server::Broker;
+use crate::shard::topics::TopicMeta;
+use crate::shard::{NewTopic, Shard};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponseTopic};
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-pub fn handle(broker: &Broker, request: MetadataRequest) -> MetadataResponse {
+pub async fn handle(
+    broker: &Broker,
+    shard: &Shard,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let this_broker = MetadataResponseBroker::default()
         .with_node_id(BrokerId(broker.node_id))
         .with_host(StrBytes::from_string(broker.advertised.ip().to_string()))
         .with_port(i32::from(broker.advertised.port()));
-    // No topic exists until topics can be created (CreateTopics and auto-creation build on
-    // the partition registry): every topic asked about is unknown.
-    let topics = request
-        .topics
-        .unwrap_or_default()
-        .into_iter()
-        .map(|topic| {
-            MetadataResponseTopic::default()
-                .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                .with_name(topic.name)
-                .with_topic_id(topic.topic_id)
-        })
-        .collect();
+    // v0 asks for every topic with an empty list; later versions with a null one.
+    let requested = request.topics.filter(|topics| version > 0 || !topics.is_empty());
+    let topics = match requested {
+        None => shard.all_topics().iter().map(|topic| describe(broker, topic)).collect(),
+        Some(requested) => {
+            let auto_create = request.allow_auto_topic_creation || version < 4;
+            let mut topics = Vec::with_capacity(requested.len());
+            for wanted in requested {
+                let found = match &wanted.name {
+                    Some(name) => find_or_create(shard, name, auto_create).await,
+                    None => shard.topic_by_id(wanted.topic_id),
+                };
+                topics.push(match found {
+                    Some(topic) => describe(broker, &topic),
+                    None => MetadataResponseTopic::default()
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                        .with_name(wanted.name)
+                        .with_topic_id(wanted.topic_id),
+                });
+            }
+            topics
+        }
+    };
     MetadataResponse::default()
         .with_brokers(vec![this_broker])
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
         .with_controller_id(BrokerId(broker.node_id))
         .with_topics(topics)
+}
+
+async fn find_or_create(shard: &Shard, name: &TopicName, auto_create: bool) -> Option<TopicMeta> {
+    if let Some(topic) = shard.topic(name) {
+        return Some(topic);
+    }
+    if !(auto_create && shard.config().auto_create_topics) {
+        return None;
+    }
+    let partitions = shard.config().num_partitions;
+    let new =
+        NewTopic { name: name.to_string(), partitions, configs: Default::default(), validate_only: false };
+    // An invalid name or a concurrent creation: answer with what the table holds.
+    let _created_or_refused = shard.create_topic(new).await;
+    shard.topic(name)
+}
+
+/// A topic as Metadata shows it: this broker leads every partition (epoch 0, no replicas).
+fn describe(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(broker.node_id);
+    let partitions = (0..topic.partitions())
+        .map(|partition| {
+            MetadataResponsePartition::default()
+                .with_partition_index(partition)
+                .with_leader_id(node)
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+        .with_topic_id(topic.id)
+        .with_partitions(partitions)
 }

@@ -3,18 +3,26 @@
 //! handlers; a request that cannot be understood closes the connection, as Kafka does.
 
 mod api_versions;
+mod create_topics;
+mod fetch;
+mod list_offsets;
 mod metadata;
+mod produce;
 
 use super::frame::REQUEST_PREFIX_BYTES;
 use super::{Broker, versions};
+use crate::shard::Shard;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use std::rc::Rc;
 
 /// What the connection does with a request.
 pub enum Outcome {
     /// Write these chunks, in order, as the response frame.
     Respond(Vec<Bytes>),
+    /// Send nothing (a produce with acks=0).
+    Silent,
     /// Close the connection without answering.
     Close(String),
 }
@@ -23,13 +31,14 @@ fn be_i16(frame: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([frame[at], frame[at + 1]])
 }
 
-pub fn handle(broker: &Broker, frame: Bytes) -> Outcome {
+pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome {
     assert!(frame.len() >= REQUEST_PREFIX_BYTES, "frames are checked for their prefix when read");
     let (api_key, version) = (be_i16(&frame, 0), be_i16(&frame, 2));
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(api) = ApiKey::try_from(api_key) else {
         return Outcome::Close(format!("unknown API key {api_key}"));
     };
+    tracing::trace!(?api, version, correlation_id, "request");
     if !versions::supported(api, version) {
         if api == ApiKey::ApiVersions {
             // KIP-511: answer in version 0 with the versions we do support.
@@ -48,7 +57,22 @@ pub fn handle(broker: &Broker, frame: Bytes) -> Outcome {
     };
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
-        RequestKind::Metadata(request) => ResponseKind::Metadata(metadata::handle(broker, request)),
+        RequestKind::Metadata(request) => {
+            ResponseKind::Metadata(metadata::handle(broker, shard, request, version).await)
+        }
+        RequestKind::CreateTopics(request) => {
+            ResponseKind::CreateTopics(create_topics::handle(shard, request).await)
+        }
+        RequestKind::Fetch(request) => {
+            return Outcome::Respond(fetch::handle(shard, request, version, correlation_id).await);
+        }
+        RequestKind::ListOffsets(request) => {
+            ResponseKind::ListOffsets(list_offsets::handle(shard, request).await)
+        }
+        RequestKind::Produce(request) => match produce::handle(shard, request).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Outcome::Silent,
+        },
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };
     encode(api, version, correlation_id, &response)

@@ -1,0 +1,49 @@
+//! The one place where ringmq's errors become Kafka error codes.
+
+use crate::batch::BatchError;
+use crate::log::AppendError;
+use crate::log::ReadError;
+use crate::shard::{CreateTopicError, FetchError, ProduceError};
+use kafka_protocol::error::ResponseError;
+
+pub fn produce(error: &ProduceError) -> ResponseError {
+    match error {
+        ProduceError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        ProduceError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
+        ProduceError::Append(AppendError::Batch(BatchError::TooLarge { .. })) => {
+            ResponseError::MessageTooLarge
+        }
+        ProduceError::Append(AppendError::Batch(BatchError::BadMagic(_))) => {
+            ResponseError::UnsupportedForMessageFormat
+        }
+        ProduceError::Append(AppendError::Batch(_)) => ResponseError::CorruptMessage,
+        ProduceError::Append(AppendError::Storage(_)) => ResponseError::KafkaStorageError,
+        // Retriable: the client tries again shortly.
+        ProduceError::Append(AppendError::Backpressure) => ResponseError::RequestTimedOut,
+        ProduceError::Append(AppendError::Closed | AppendError::Truncating) => {
+            ResponseError::NotLeaderOrFollower
+        }
+    }
+}
+
+pub fn create_topic(error: &CreateTopicError) -> ResponseError {
+    match error {
+        CreateTopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        CreateTopicError::InvalidName(_) => ResponseError::InvalidTopicException,
+        CreateTopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        CreateTopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        CreateTopicError::Storage(_) => ResponseError::KafkaStorageError,
+        CreateTopicError::ShardUnavailable => ResponseError::RequestTimedOut,
+    }
+}
+
+pub fn fetch(error: &FetchError) -> ResponseError {
+    match error {
+        FetchError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        FetchError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
+        FetchError::Read(ReadError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange,
+        FetchError::Read(ReadError::Storage(_) | ReadError::Corrupt { .. }) => {
+            ResponseError::KafkaStorageError
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! ListOffsets: the earliest or latest offset of a partition, or the first batch at or after a
+//! timestamp.
+
+use crate::server::errors;
+use crate::shard::Shard;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+pub async fn handle(shard: &Shard, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let meta = shard.topic(&topic.name);
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let response =
+                ListOffsetsPartitionResponse::default().with_partition_index(partition.partition_index);
+            let listed = match &meta {
+                Some(meta) => shard.list_offset(meta, partition.partition_index, partition.timestamp).await,
+                None => Err(crate::shard::FetchError::UnknownTopicOrPartition),
+            };
+            partitions.push(match listed {
+                Ok((offset, timestamp)) => {
+                    response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(0)
+                }
+                Err(error) => {
+                    response.with_error_code(errors::fetch(&error).code()).with_offset(-1).with_timestamp(-1)
+                }
+            });
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions));
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

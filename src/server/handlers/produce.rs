@@ -1,0 +1,66 @@
+//! Produce: each partition's record batches go to the shard that owns the partition, all
+//! partitions at once; the answer lists every partition in request order.
+
+use crate::io;
+use crate::server::errors;
+use crate::shard::{NewTopic, ProduceError, Shard};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use std::rc::Rc;
+
+/// The response, or `None` for acks=0 (Kafka sends none).
+pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let mut pending = Vec::new();
+    for topic_data in request.topic_data {
+        let name = topic_data.name.to_string();
+        let topic = match shard.topic(&name) {
+            Some(topic) => Some(topic),
+            None if shard.config().auto_create_topics => {
+                let partitions = shard.config().num_partitions;
+                let new = NewTopic {
+                    name: name.clone(),
+                    partitions,
+                    configs: Default::default(),
+                    validate_only: false,
+                };
+                // A concurrent creation of the same topic is as good as ours.
+                let _created_or_already_there = shard.create_topic(new).await;
+                shard.topic(&name)
+            }
+            None => None,
+        };
+        let partitions = topic_data.partition_data.into_iter().map(|data| {
+            let (shard, topic) = (shard.clone(), topic.clone());
+            let task = io::spawn_local(async move {
+                let (Some(topic), Some(records)) = (topic, data.records) else {
+                    return Err(ProduceError::UnknownTopicOrPartition);
+                };
+                shard.produce(&topic, data.index, records, acks).await
+            });
+            (data.index, task)
+        });
+        pending.push((topic_data.name, partitions.collect::<Vec<_>>()));
+    }
+    let mut responses = Vec::with_capacity(pending.len());
+    for (name, partitions) in pending {
+        let mut partition_responses = Vec::with_capacity(partitions.len());
+        for (index, task) in partitions {
+            let response = PartitionProduceResponse::default().with_index(index);
+            partition_responses.push(match task.await {
+                Ok(produced) => response
+                    .with_base_offset(produced.base_offset.0)
+                    .with_log_append_time_ms(produced.log_append_time.map_or(-1, |time| time.0))
+                    .with_log_start_offset(produced.log_start_offset.0),
+                Err(error) => {
+                    tracing::debug!(topic = %name.0, partition = index, %error, "produce refused");
+                    response.with_error_code(errors::produce(&error).code()).with_base_offset(-1)
+                }
+            });
+        }
+        responses.push(
+            TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses),
+        );
+    }
+    (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}

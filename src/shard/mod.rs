@@ -1,0 +1,497 @@
+//! A shard: one core's share of the broker. It owns the logs of the partitions placed on it
+//! and a copy of the topic table; other shards reach its partitions only by message over the
+//! channel mesh (`ShardMessage`), never by sharing them.
+//!
+//! Shard 0 also owns topic creation: it checks the request, places the partitions, persists
+//! the table and tells every shard (itself included) before it answers.
+
+pub mod topics;
+
+use crate::config::BrokerConfig;
+use crate::io::{self, Mesh};
+use crate::log::{AppendError, Log, ReadError, ReadLimits};
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
+use bytes::Bytes;
+use futures_channel::oneshot;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use topics::{TopicMeta, TopicTable};
+
+/// The shard that owns the topic table.
+pub const METADATA_SHARD: usize = 0;
+/// Messages in flight between any two shards before a sender waits.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// What one shard asks of another. Every request carries the channel its answer comes back on.
+pub enum ShardMessage {
+    CreateTopic {
+        topic: NewTopic,
+        reply: oneshot::Sender<Result<TopicMeta, CreateTopicError>>,
+    },
+    TopicCreated {
+        topic: TopicMeta,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Produce {
+        topic: String,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        reply: oneshot::Sender<ProduceResult>,
+    },
+    Fetch {
+        read: PartitionRead,
+        reply: oneshot::Sender<Fetched>,
+    },
+    /// Answer once any of these partitions has records at its offset, or at the deadline.
+    WaitForRecords {
+        partitions: Vec<(String, i32, Offset)>,
+        deadline: Instant,
+        reply: oneshot::Sender<()>,
+    },
+    ListOffsets {
+        topic: String,
+        partition: i32,
+        timestamp: i64,
+        reply: oneshot::Sender<ListedOffset>,
+    },
+}
+
+/// One partition's part of a fetch.
+#[derive(Clone, Debug)]
+pub struct PartitionRead {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: Offset,
+    pub bytes_max: usize,
+    /// Return one batch even if it is larger than `bytes_max`.
+    pub min_one: bool,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("the owning shard is unavailable")]
+    ShardUnavailable,
+}
+
+/// What a fetch of one partition found: its batches (chunks to send as they are) and positions.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub error: Option<FetchError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub chunks: Vec<Bytes>,
+    pub bytes: usize,
+}
+
+impl Fetched {
+    fn failed(error: FetchError) -> Fetched {
+        Fetched { error: Some(error), high_watermark: -1, log_start_offset: -1, ..Fetched::default() }
+    }
+}
+
+/// The answer to ListOffsets for one partition: an offset and the timestamp it was found by
+/// (-1 for each when none applies).
+pub type ListedOffset = Result<(i64, i64), FetchError>;
+
+/// ListOffsets' special timestamps.
+pub const LATEST_TIMESTAMP: i64 = -1;
+pub const EARLIEST_TIMESTAMP: i64 = -2;
+
+#[derive(Clone, Debug)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+    /// Check everything, create nothing (CreateTopics' validate_only).
+    pub validate_only: bool,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CreateTopicError {
+    #[error("topic `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("a topic needs 1 to {max} partitions, not {0}", max = topics::PARTITIONS_MAX)]
+    InvalidPartitions(i32),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("{0}")]
+    Storage(String),
+    #[error("the metadata shard is unavailable")]
+    ShardUnavailable,
+}
+
+/// Where a produce went.
+#[derive(Clone, Debug)]
+pub struct Produced {
+    pub base_offset: Offset,
+    pub log_append_time: Option<TimestampMs>,
+    pub log_start_offset: Offset,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error("the owning shard is unavailable")]
+    ShardUnavailable,
+}
+
+pub type ProduceResult = Result<Produced, ProduceError>;
+
+/// One core's state. Lives on that core (`Rc`); everything in it is touched only there.
+pub struct Shard {
+    id: usize,
+    shards: usize,
+    config: Arc<BrokerConfig>,
+    topics: RefCell<TopicTable>,
+    logs: RefCell<HashMap<(String, i32), Rc<Log>>>,
+    mesh: Mesh<ShardMessage>,
+    /// Shard 0 only: names being created, and the next shard to place a partition on.
+    creating: RefCell<BTreeSet<String>>,
+    next_owner: Cell<usize>,
+}
+
+impl Shard {
+    /// Joins the mesh, opens the logs of the partitions placed on this shard and starts
+    /// serving other shards' messages.
+    pub async fn start(
+        mut mesh: Mesh<ShardMessage>,
+        config: Arc<BrokerConfig>,
+        topics: TopicTable,
+    ) -> Result<Rc<Shard>, String> {
+        let inboxes = mesh.take_inboxes();
+        let shard = Rc::new(Shard {
+            id: mesh.shard(),
+            shards: mesh.shards(),
+            config,
+            topics: RefCell::new(TopicTable::default()),
+            logs: RefCell::new(HashMap::new()),
+            mesh,
+            creating: RefCell::new(BTreeSet::new()),
+            next_owner: Cell::new(0),
+        });
+        for topic in topics.iter() {
+            shard.apply_topic_created(topic.clone()).await?;
+        }
+        for (_, inbox) in inboxes {
+            let shard = shard.clone();
+            io::spawn_detached(async move {
+                while let Some(message) = inbox.recv().await {
+                    io::spawn_detached(shard.clone().handle(message));
+                }
+            });
+        }
+        Ok(shard)
+    }
+
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.topics.borrow().get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: uuid::Uuid) -> Option<TopicMeta> {
+        self.topics.borrow().by_id(id).cloned()
+    }
+
+    pub fn all_topics(&self) -> Vec<TopicMeta> {
+        self.topics.borrow().iter().cloned().collect()
+    }
+
+    /// The shard that owns `partition` of `topic` (placements survive a change of core count).
+    fn owner(&self, topic: &TopicMeta, partition: i32) -> Option<usize> {
+        topic.owner(partition).map(|owner| owner % self.shards)
+    }
+
+    async fn handle(self: Rc<Self>, message: ShardMessage) {
+        // A requester that stopped waiting (its connection closed) is not an error.
+        match message {
+            ShardMessage::CreateTopic { topic, reply } => {
+                let _gone = reply.send(self.create_topic(topic).await);
+            }
+            ShardMessage::TopicCreated { topic, reply } => {
+                let _gone = reply.send(self.apply_topic_created(topic).await);
+            }
+            ShardMessage::Produce { topic, partition, records, acks, reply } => {
+                let _gone = reply.send(self.produce_here(&topic, partition, &records, acks).await);
+            }
+            ShardMessage::Fetch { read, reply } => {
+                let _gone = reply.send(self.fetch_here(&read).await);
+            }
+            ShardMessage::WaitForRecords { partitions, deadline, mut reply } => {
+                futures_lite::future::or(self.wait_here(&partitions, deadline), async {
+                    reply.cancellation().await;
+                })
+                .await;
+                let _gone = reply.send(());
+            }
+            ShardMessage::ListOffsets { topic, partition, timestamp, reply } => {
+                let _gone = reply.send(self.list_offset_here(&topic, partition, timestamp).await);
+            }
+        }
+    }
+
+    fn log(&self, topic: &str, partition: i32) -> Option<Rc<Log>> {
+        self.logs.borrow().get(&(topic.to_string(), partition)).cloned()
+    }
+
+    /// Reads one partition on the shard that owns it.
+    pub async fn fetch(&self, topic: &TopicMeta, read: PartitionRead) -> Fetched {
+        let Some(owner) = self.owner(topic, read.partition) else {
+            return Fetched::failed(FetchError::UnknownTopicOrPartition);
+        };
+        if owner == self.id {
+            return self.fetch_here(&read).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.mesh.send_to(owner, ShardMessage::Fetch { read, reply }).await.is_err() {
+            return Fetched::failed(FetchError::ShardUnavailable);
+        }
+        answer.await.unwrap_or_else(|_| Fetched::failed(FetchError::ShardUnavailable))
+    }
+
+    async fn fetch_here(&self, read: &PartitionRead) -> Fetched {
+        let Some(log) = self.log(&read.topic, read.partition) else {
+            return Fetched::failed(FetchError::UnknownTopicOrPartition);
+        };
+        let limits =
+            ReadLimits { bytes_max: read.bytes_max, min_one: read.min_one, upper: log.stable_offset() };
+        let result = log.read(read.offset, limits).await;
+        let (high_watermark, log_start_offset) = (log.stable_offset().0, log.log_start_offset().0);
+        match result {
+            Ok(batches) => Fetched {
+                error: None,
+                high_watermark,
+                log_start_offset,
+                chunks: batches.chunks,
+                bytes: batches.bytes,
+            },
+            Err(error) => {
+                Fetched { error: Some(error.into()), high_watermark, log_start_offset, ..Fetched::default() }
+            }
+        }
+    }
+
+    /// Waits until any of `partitions` (topic, partition, offset) has records at its offset,
+    /// or until `deadline`.
+    pub async fn wait_for_records(&self, partitions: Vec<(TopicMeta, i32, Offset)>, deadline: Instant) {
+        let mut by_owner: BTreeMap<usize, Vec<(String, i32, Offset)>> = BTreeMap::new();
+        for (topic, partition, offset) in partitions {
+            if let Some(owner) = self.owner(&topic, partition) {
+                by_owner.entry(owner).or_default().push((topic.name.clone(), partition, offset));
+            }
+        }
+        let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = Vec::new();
+        for (owner, partitions) in by_owner {
+            if owner == self.id {
+                waits.push(Box::pin(async move { self.wait_here(&partitions, deadline).await }));
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::WaitForRecords { partitions, deadline, reply };
+            if self.mesh.send_to(owner, message).await.is_ok() {
+                waits.push(Box::pin(async move {
+                    let _answered_or_gone = answer.await;
+                }));
+            }
+        }
+        if waits.is_empty() {
+            return;
+        }
+        let sleep = deadline.saturating_duration_since(Instant::now());
+        futures_lite::future::or(first_of(waits), io::sleep(sleep)).await;
+    }
+
+    async fn wait_here(&self, partitions: &[(String, i32, Offset)], deadline: Instant) {
+        let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = Vec::new();
+        for (topic, partition, offset) in partitions {
+            if let Some(log) = self.log(topic, *partition) {
+                let offset = *offset;
+                waits.push(Box::pin(async move { log.wait_for_records_at(offset).await }));
+            }
+        }
+        let sleep = deadline.saturating_duration_since(Instant::now());
+        futures_lite::future::or(first_of(waits), io::sleep(sleep)).await;
+    }
+
+    /// ListOffsets for one partition: the earliest or latest offset, or the first batch at or
+    /// after a timestamp.
+    pub async fn list_offset(&self, topic: &TopicMeta, partition: i32, timestamp: i64) -> ListedOffset {
+        let owner = self.owner(topic, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
+        if owner == self.id {
+            return self.list_offset_here(&topic.name, partition, timestamp).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::ListOffsets { topic: topic.name.clone(), partition, timestamp, reply };
+        if self.mesh.send_to(owner, message).await.is_err() {
+            return Err(FetchError::ShardUnavailable);
+        }
+        answer.await.unwrap_or(Err(FetchError::ShardUnavailable))
+    }
+
+    async fn list_offset_here(&self, topic: &str, partition: i32, timestamp: i64) -> ListedOffset {
+        let log = self.log(topic, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
+        match timestamp {
+            EARLIEST_TIMESTAMP => Ok((log.log_start_offset().0, -1)),
+            LATEST_TIMESTAMP => Ok((log.stable_offset().0, -1)),
+            _ => Ok(log
+                .offset_for_timestamp(timestamp)
+                .await?
+                .map_or((-1, -1), |found| (found.offset.0, found.timestamp))),
+        }
+    }
+
+    /// Creates a topic (asking shard 0 if this is not shard 0); returns it once every shard
+    /// knows it and the owners of its partitions have opened their logs.
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<TopicMeta, CreateTopicError> {
+        if self.id != METADATA_SHARD {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::CreateTopic { topic, reply };
+            if self.mesh.send_to(METADATA_SHARD, message).await.is_err() {
+                return Err(CreateTopicError::ShardUnavailable);
+            }
+            return answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable));
+        }
+        topics::validate_name(&topic.name).map_err(CreateTopicError::InvalidName)?;
+        if !(1..=topics::PARTITIONS_MAX).contains(&topic.partitions) {
+            return Err(CreateTopicError::InvalidPartitions(topic.partitions));
+        }
+        topics::log_config(&self.config, &topic.configs).map_err(CreateTopicError::InvalidConfig)?;
+        if self.topics.borrow().get(&topic.name).is_some()
+            || !self.creating.borrow_mut().insert(topic.name.clone())
+        {
+            return Err(CreateTopicError::AlreadyExists(topic.name));
+        }
+        let result = if topic.validate_only {
+            // Everything checked; the topic that would be made, with no id since none is.
+            let owners = vec![0; topic.partitions as usize];
+            Ok(TopicMeta {
+                name: topic.name.clone(),
+                id: uuid::Uuid::nil(),
+                owners,
+                configs: topic.configs.clone(),
+            })
+        } else {
+            self.place_and_announce(&topic).await
+        };
+        self.creating.borrow_mut().remove(&topic.name);
+        result
+    }
+
+    async fn place_and_announce(&self, topic: &NewTopic) -> Result<TopicMeta, CreateTopicError> {
+        let first = self.next_owner.get();
+        let owners = (0..topic.partitions as usize).map(|p| ((first + p) % self.shards) as u16).collect();
+        self.next_owner.set(first + topic.partitions as usize);
+        let meta = TopicMeta {
+            name: topic.name.clone(),
+            id: uuid::Uuid::new_v4(),
+            owners,
+            configs: topic.configs.clone(),
+        };
+        let mut table = self.topics.borrow().clone();
+        table.insert(meta.clone());
+        let encoded = table.encode().map_err(CreateTopicError::Storage)?;
+        io::write_file_atomic(&self.config.data_dir.join(topics::TOPICS_FILE), encoded)
+            .await
+            .map_err(|e| CreateTopicError::Storage(format!("write topic table: {e}")))?;
+        for shard in 0..self.shards {
+            let announced = if shard == self.id {
+                self.apply_topic_created(meta.clone()).await
+            } else {
+                let (reply, answer) = oneshot::channel();
+                let message = ShardMessage::TopicCreated { topic: meta.clone(), reply };
+                match self.mesh.send_to(shard, message).await {
+                    Ok(()) => answer.await.unwrap_or(Err(format!("shard {shard} did not answer"))),
+                    Err(_) => Err(format!("shard {shard} is unavailable")),
+                }
+            };
+            announced.map_err(CreateTopicError::Storage)?;
+        }
+        Ok(meta)
+    }
+
+    /// Records a topic in this shard's table and opens the logs of its partitions placed here.
+    async fn apply_topic_created(&self, topic: TopicMeta) -> Result<(), String> {
+        let log_config = topics::log_config(&self.config, &topic.configs)?;
+        for partition in 0..topic.partitions() {
+            if self.owner(&topic, partition) != Some(self.id)
+                || self.logs.borrow().contains_key(&(topic.name.clone(), partition))
+            {
+                continue;
+            }
+            let dir = topics::partition_dir(&self.config.data_dir, &topic.name, partition);
+            let log = Log::open(&dir, log_config.clone())
+                .await
+                .map_err(|e| format!("open {}: {e}", dir.display()))?;
+            self.logs.borrow_mut().insert((topic.name.clone(), partition), Rc::new(log));
+        }
+        self.topics.borrow_mut().insert(topic);
+        Ok(())
+    }
+
+    /// Appends `records` to `partition` of `topic` on the shard that owns it. With `acks` 0 the
+    /// answer comes once the batches are queued; otherwise once they are durable.
+    pub async fn produce(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+    ) -> ProduceResult {
+        let owner = self.owner(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
+        if owner == self.id {
+            return self.produce_here(&topic.name, partition, &records, acks).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::Produce { topic: topic.name.clone(), partition, records, acks, reply };
+        if self.mesh.send_to(owner, message).await.is_err() {
+            return Err(ProduceError::ShardUnavailable);
+        }
+        answer.await.unwrap_or(Err(ProduceError::ShardUnavailable))
+    }
+
+    async fn produce_here(&self, topic: &str, partition: i32, records: &Bytes, acks: i16) -> ProduceResult {
+        let log = self.log(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
+        let appended = log.append(records, LeaderEpoch(0))?;
+        let log_append_time = log.log_append_time_enabled().then_some(appended.log_append_time);
+        if acks != 0 {
+            appended.durable.await?;
+        }
+        Ok(Produced {
+            base_offset: appended.base_offset,
+            log_append_time,
+            log_start_offset: log.log_start_offset(),
+        })
+    }
+}
+
+/// Resolves when the first of `futures` does; never if there are none.
+async fn first_of(mut futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>>) {
+    std::future::poll_fn(|cx| {
+        for future in futures.iter_mut() {
+            if future.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

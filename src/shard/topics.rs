@@ -1,0 +1,192 @@
+//! The topics this broker holds: names, ids, partition owners (shard per partition) and
+//! per-topic config overrides. Every shard has its own copy; shard 0 owns the truth, persists
+//! it (`topics.toml` in the data directory) and tells the others of every change.
+
+use crate::config::BrokerConfig;
+use crate::log::{FlushPolicy, LogConfig, TimestampType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub const TOPICS_FILE: &str = "topics.toml";
+/// Kafka's limit on topic names.
+const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Most partitions one topic may have on this broker.
+pub const PARTITIONS_MAX: i32 = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    /// The topic id (UUID) clients see in Metadata and Fetch v13+.
+    pub id: uuid::Uuid,
+    /// The shard owning each partition, by partition index.
+    pub owners: Vec<u16>,
+    /// Topic config overrides, by Kafka name (`retention.ms`, …).
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    pub fn partitions(&self) -> i32 {
+        self.owners.len() as i32
+    }
+
+    pub fn owner(&self, partition: i32) -> Option<usize> {
+        usize::try_from(partition).ok().and_then(|p| self.owners.get(p)).map(|&shard| usize::from(shard))
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TopicTable {
+    #[serde(default)]
+    topics: BTreeMap<String, TopicMeta>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsFileError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+impl TopicTable {
+    pub fn get(&self, name: &str) -> Option<&TopicMeta> {
+        self.topics.get(name)
+    }
+
+    pub fn by_id(&self, id: uuid::Uuid) -> Option<&TopicMeta> {
+        self.topics.values().find(|topic| topic.id == id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TopicMeta> {
+        self.topics.values()
+    }
+
+    pub fn insert(&mut self, topic: TopicMeta) {
+        self.topics.insert(topic.name.clone(), topic);
+    }
+
+    pub fn load(data_dir: &Path) -> Result<TopicTable, TopicsFileError> {
+        let path = data_dir.join(TOPICS_FILE);
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| TopicsFileError::Corrupt { path: shown, reason: e.to_string() }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(TopicTable::default()),
+            Err(source) => Err(TopicsFileError::Io { path: shown, source }),
+        }
+    }
+
+    /// The table as written to `topics.toml`.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        toml::to_string(self).map(String::into_bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Kafka's rule: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!("topic name must have 1 to {TOPIC_NAME_BYTES_MAX} characters"));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be `.` or `..`".into());
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!(
+            "topic name contains `{bad}`; allowed are ASCII letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// A partition's directory: `<data-dir>/<topic>-<partition>`.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> std::path::PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|_| format!("{key}: `{value}` is not a valid number"))
+}
+
+/// The log settings of a topic: the broker's defaults with the topic's overrides.
+pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Result<LogConfig, String> {
+    let mut log = config.topic_defaults.clone();
+    let (mut flush_messages, mut flush_interval) = (None, None);
+    for (key, value) in overrides {
+        match key.as_str() {
+            "retention.ms" => log.retention_ms = Some(number::<i64>(key, value)?).filter(|ms| *ms >= 0),
+            "retention.bytes" => log.retention_bytes = u64::try_from(number::<i64>(key, value)?).ok(),
+            "segment.bytes" => log.segment_bytes = number(key, value)?,
+            "segment.ms" => log.segment_age_max = Some(Duration::from_millis(number(key, value)?)),
+            "max.message.bytes" => log.message_bytes_max = number(key, value)?,
+            "index.interval.bytes" => log.index_interval_bytes = number(key, value)?,
+            "flush.messages" => flush_messages = Some(number::<u64>(key, value)?),
+            "flush.ms" => flush_interval = Some(Duration::from_millis(number(key, value)?)),
+            "message.timestamp.type" => {
+                log.timestamp_type = match value.as_str() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    other => return Err(format!("{key}: `{other}` is neither CreateTime nor LogAppendTime")),
+                }
+            }
+            // Accepted and stored: what Kafka clients set routinely and the log honours anyway.
+            "cleanup.policy" if value == "delete" => {}
+            "min.insync.replicas" => {
+                number::<i32>(key, value)?;
+            }
+            other => return Err(format!("unsupported topic config `{other}`")),
+        }
+    }
+    if flush_messages.is_some() || flush_interval.is_some() {
+        log.flush = FlushPolicy::Interval { messages: flush_messages, interval: flush_interval };
+    }
+    log.validate().map_err(|e| e.to_string())?;
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kafka_rules() {
+        assert!(validate_name("orders.v1_eu-west").is_ok());
+        for bad in ["", ".", "..", "a/b", "spaces here", &"x".repeat(250)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_map_to_log_settings_and_unknown_ones_are_refused() {
+        let config = BrokerConfig::defaults();
+        let overrides: BTreeMap<String, String> =
+            [("retention.ms", "1000"), ("segment.bytes", "1048576"), ("flush.messages", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let log = log_config(&config, &overrides).expect("valid");
+        assert_eq!((log.retention_ms, log.segment_bytes), (Some(1000), 1 << 20));
+        assert_eq!(log.flush, FlushPolicy::Interval { messages: Some(1), interval: None });
+        let unknown: BTreeMap<String, String> = [("no.such".to_string(), "1".to_string())].into();
+        assert!(log_config(&config, &unknown).is_err());
+    }
+
+    #[test]
+    fn the_table_round_trips_through_its_file() {
+        let mut table = TopicTable::default();
+        let configs = [("retention.ms".to_string(), "5".to_string())].into();
+        table.insert(TopicMeta {
+            name: "t".into(),
+            id: uuid::Uuid::new_v4(),
+            owners: vec![0, 1, 0],
+            configs,
+        });
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join(TOPICS_FILE), table.encode().expect("encode")).expect("write");
+        let loaded = TopicTable::load(dir.path()).expect("load");
+        assert_eq!(loaded.get("t"), table.get("t"));
+        assert_eq!(loaded.get("t").and_then(|t| t.owner(2)), Some(0));
+    }
+}

@@ -22,11 +22,16 @@ struct Broker {
     child: Child,
     address: SocketAddr,
     data: tempfile::TempDir,
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Broker {
     fn start(extra: &[&str]) -> Broker {
-        let data = tempfile::tempdir().expect("data dir");
+        Broker::start_in(tempfile::tempdir().expect("data dir"), extra)
+    }
+
+    /// Starts a broker on an existing data directory and waits for its ready line.
+    fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
@@ -35,20 +40,36 @@ impl Broker {
             .spawn()
             .expect("spawn ringmq serve");
         let stdout = child.stdout.take().expect("stdout");
-        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let (line_tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = line_tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = line_rx.recv_timeout(Duration::from_secs(30)).expect("the broker reports ready");
+        let line = lines.recv_timeout(Duration::from_secs(30)).expect("the broker reports ready");
         let address = line
             .split_whitespace()
             .skip_while(|word| *word != "listener")
             .nth(1)
             .and_then(|address| address.parse().ok())
             .unwrap_or_else(|| panic!("ready line names the listener: {line}"));
-        Broker { child, address, data }
+        Broker { child, address, data, lines }
+    }
+
+    /// SIGTERMs the broker and waits for it to exit; returns whether it exited 0 after saying
+    /// it stopped, and its data directory.
+    fn terminate(mut self) -> (bool, tempfile::TempDir) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM sent");
+        let status = self.child.wait().expect("wait");
+        let said_stopped =
+            self.lines.recv_timeout(Duration::from_secs(5)).is_ok_and(|l| l.contains("stopped"));
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("placeholder"));
+        (status.success() && said_stopped, data)
     }
 
     fn connect(&self) -> TcpStream {
@@ -373,17 +394,7 @@ fn librdkafka_consumes_every_record_with_each_codec_and_lists_offsets() {
             block_on(delivery).expect("report").map_err(|(error, _)| error).expect("delivered");
         }
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address.to_string())
-        .set("group.id", "unused-for-assign")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..3 {
-        assignment.add_partition_offset("consumed", partition, KafkaOffset::Beginning).expect("assign");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = assigned_from_start(&broker, "consumed", 3);
     let mut received = std::collections::BTreeMap::new();
     let give_up = std::time::Instant::now() + Duration::from_secs(60);
     while received.len() < sent.len() && std::time::Instant::now() < give_up {
@@ -409,4 +420,79 @@ fn librdkafka_consumes_every_record_with_each_codec_and_lists_offsets() {
     let found = consumer.offsets_for_times(by_time, Duration::from_secs(10)).expect("offsets_for_times");
     let offset = found.elements()[0].offset();
     assert!(matches!(offset, KafkaOffset::Offset(o) if o > 0 && o < high), "{offset:?} within (0, {high})");
+}
+
+fn produce_all(broker: &Broker, topic: &str, keys: std::ops::Range<usize>) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    let deliveries: Vec<_> = keys
+        .map(|i| {
+            let key = format!("k{i}");
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&key))
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    deliveries
+        .into_iter()
+        .map(|d| block_on(d).expect("report").map_err(|(e, _)| e).expect("delivered"))
+        .map(|delivery| (delivery.partition, delivery.offset))
+        .collect()
+}
+
+/// A consumer assigned every partition of `topic` from the beginning (no group coordination).
+fn assigned_from_start(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
+    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", "unused-for-assign")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, KafkaOffset::Beginning).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+fn consume_keys(broker: &Broker, topic: &str, partitions: i32, expected: usize) -> Vec<String> {
+    use rdkafka::message::Message;
+    let consumer = assigned_from_start(broker, topic, partitions);
+    let mut keys = Vec::new();
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while keys.len() < expected && std::time::Instant::now() < give_up {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.expect("message");
+            keys.push(String::from_utf8(message.key().expect("key").to_vec()).expect("utf-8"));
+        }
+    }
+    keys.sort();
+    keys
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_a_restart_serves_everything_acknowledged() {
+    let broker = Broker::start(&["--cores", "2", "--set", "num_partitions=4"]);
+    let before = produce_all(&broker, "durable", 0..2000);
+    let (clean, data) = broker.terminate();
+    assert!(clean, "exit status 0 after the stopped line");
+    for partition in 0..4 {
+        let checkpoint = data.path().join(format!("durable-{partition}")).join("clean-shutdown");
+        assert!(checkpoint.exists(), "{} written by the graceful stop", checkpoint.display());
+    }
+    let broker = Broker::start_in(data, &["--cores", "2"]);
+    let mut expected: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
+    expected.sort();
+    assert_eq!(consume_keys(&broker, "durable", 4, 2000), expected, "everything acknowledged is served");
+    let after = produce_all(&broker, "durable", 2000..2100);
+    for (partition, offset) in &after {
+        let last_before = before.iter().filter(|(p, _)| p == partition).map(|(_, o)| *o).max().unwrap_or(-1);
+        assert!(*offset > last_before, "offsets continue after the restart");
+    }
 }

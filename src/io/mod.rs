@@ -16,6 +16,6 @@ pub use file::{ReadFile, WriteBuf, WriteFile, read_small_file, remove_file, sync
 pub use mesh::{Inbox, Mesh, MeshBuilder, mesh};
 pub use net::{Listener, Stream, reserve_address};
 pub use runtime::{
-    Signal, Task, block_on, raise_memlock_limit, run_sharded, sleep, spawn_blocking, spawn_detached,
+    Latch, Signal, Task, block_on, raise_memlock_limit, run_sharded, sleep, spawn_blocking, spawn_detached,
     spawn_local,
 };

@@ -112,3 +112,40 @@ impl Signal {
         .await
     }
 }
+
+/// A one-way switch any number of tasks on this core can wait for: once `set`, every current
+/// and future `wait` returns at once (shutdown).
+#[derive(Clone, Default)]
+pub struct Latch {
+    inner: Rc<LatchInner>,
+}
+
+#[derive(Default)]
+struct LatchInner {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Latch {
+    pub fn set(&self) {
+        self.inner.set.set(true);
+        for waiter in self.inner.waiters.borrow_mut().drain(..) {
+            waiter.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.inner.set.get()
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.inner.set.get() {
+                return Poll::Ready(());
+            }
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}

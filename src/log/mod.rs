@@ -249,7 +249,8 @@ struct Shared {
 /// One partition's log. Lives on its owning core.
 pub struct Log {
     shared: Rc<Shared>,
-    flusher: Option<Task<()>>,
+    /// Kept so the flusher lives as long as the log (dropping a task cancels it).
+    _flusher: Task<()>,
 }
 
 impl Log {
@@ -264,7 +265,7 @@ impl Log {
             wake_flusher: Signal::default(),
         });
         let flusher = crate::io::spawn_local(appender::run(shared.clone(), appender));
-        Ok(Log { shared, flusher: Some(flusher) })
+        Ok(Log { shared, _flusher: flusher })
     }
 
     /// Validates `records` (one or more v2 batches, as a produce request carries them),
@@ -340,13 +341,10 @@ impl Log {
 
     /// Writes everything queued, syncs it and records a clean shutdown so the next open does
     /// not scan. Appends after this fail with `Closed`.
-    pub async fn close(mut self) -> Result<(), LogError> {
+    pub async fn close(&self) -> Result<(), LogError> {
         self.shared.state.borrow_mut().closing = true;
-        let result = self.command(|reply| Command::Close { reply }).await;
-        if let Some(flusher) = self.flusher.take() {
-            flusher.await;
-        }
-        result
+        // The flusher answers once the checkpoint is written, then ends.
+        self.command(|reply| Command::Close { reply }).await
     }
 
     async fn command(

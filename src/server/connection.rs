@@ -3,12 +3,15 @@
 
 use super::handlers::{self, Outcome};
 use super::{Broker, frame};
-use crate::io::Stream;
+use crate::io::{Latch, Stream};
 use crate::shard::Shard;
 use std::rc::Rc;
 use std::sync::Arc;
 
-pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>) {
+/// Serves one connection until the client closes it, it misbehaves, or the broker stops
+/// (`stopping`: the connection then closes before reading another request, never in the middle
+/// of answering one).
+pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, stopping: Latch) {
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
     // Idle and stalled clients (slowloris) are cut off instead of holding a task forever.
     if let Err(error) = stream.set_read_timeout(Some(broker.idle_timeout)) {
@@ -16,10 +19,16 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>) {
         return;
     }
     loop {
-        let request = match frame::read(&mut stream, broker.request_bytes_max).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(error) => {
+        let next = async { Some(frame::read(&mut stream, broker.request_bytes_max).await) };
+        let request = match futures_lite::future::or(next, async {
+            stopping.wait().await;
+            None
+        })
+        .await
+        {
+            None | Some(Ok(None)) => return,
+            Some(Ok(Some(request))) => request,
+            Some(Err(error)) => {
                 tracing::debug!(%peer, %error, "closing connection");
                 return;
             }

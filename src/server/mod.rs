@@ -16,9 +16,12 @@ use crate::config::{BrokerConfig, ConfigError};
 use crate::io;
 use crate::shard::topics::TopicTable;
 use crate::shard::{MESH_CHANNEL_CAPACITY, Shard, ShardMessage};
+use std::cell::Cell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -66,6 +69,10 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         idle_timeout: config.connections_max_idle,
     });
     let topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(io_error("install signal handler"))?;
+    }
     let (ready, shards_ready) = mpsc::channel::<Result<(), String>>();
     let cores = config.cores;
     let start = ShardStart {
@@ -74,6 +81,7 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         topics,
         mesh: io::mesh(cores, MESH_CHANNEL_CAPACITY),
         ready,
+        stop,
     };
     let shards = std::thread::spawn(move || io::run_sharded(cores, move |_| shard_main(start.clone())));
     for _ in 0..cores {
@@ -92,9 +100,13 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
     writeln!(stdout, "{line}").and_then(|()| stdout.flush()).map_err(io_error("write to stdout"))?;
     drop(stdout);
     match shards.join() {
-        Ok(result) => result.map_err(io_error("run shards")),
-        Err(_) => Err(ServeError::Shard("a shard panicked".into())),
+        Ok(result) => result.map_err(io_error("run shards"))?,
+        Err(_) => return Err(ServeError::Shard("a shard panicked".into())),
     }
+    if let Err(error) = writeln!(std::io::stdout(), "ringmq stopped: every partition log closed") {
+        tracing::info!(%error, "stopped (stdout is gone)");
+    }
+    Ok(())
 }
 
 /// What every shard starts from; cloned into each.
@@ -105,10 +117,12 @@ struct ShardStart {
     topics: TopicTable,
     mesh: io::MeshBuilder<ShardMessage>,
     ready: mpsc::Sender<Result<(), String>>,
+    /// Set by SIGTERM or SIGINT.
+    stop: Arc<AtomicBool>,
 }
 
 async fn shard_main(start: ShardStart) {
-    let ShardStart { broker, config, topics, mesh, ready } = start;
+    let ShardStart { broker, config, topics, mesh, ready, stop } = start;
     let started = match mesh.join().await {
         Ok(mesh) => Shard::start(mesh, config, topics).await,
         Err(error) => Err(error.to_string()),
@@ -130,15 +144,78 @@ async fn shard_main(start: ShardStart) {
         }
     };
     let _main_thread_waits = ready.send(Ok(()));
+    let stopping = io::Latch::default();
+    io::spawn_detached(watch_for_stop(stop, stopping.clone()));
+    let connections = Connections::default();
     loop {
-        match listener.accept().await {
-            Ok(stream) => io::spawn_detached(connection::serve(stream, broker.clone(), shard.clone())),
-            Err(error) => {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let open = connections.opened();
+                let (broker, shard, stopping) = (broker.clone(), shard.clone(), stopping.clone());
+                io::spawn_detached(async move {
+                    connection::serve(stream, broker, shard, stopping).await;
+                    drop(open);
+                });
+            }
+            Some(Err(error)) => {
                 // Out of file descriptors or similar: back off instead of spinning.
                 tracing::warn!(shard = id, %error, "accept failed");
                 io::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+    drop(listener);
+    futures_lite::future::or(connections.all_closed(), io::sleep(SHUTDOWN_DRAIN_MAX)).await;
+    shard.close_logs().await;
+}
+
+/// How long a graceful stop waits for in-flight requests before closing the logs anyway.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Turns the process-wide stop flag (set by a signal handler, which can do nothing else) into
+/// this shard's latch.
+async fn watch_for_stop(stop: Arc<AtomicBool>, stopping: io::Latch) {
+    while !stop.load(Ordering::Relaxed) {
+        io::sleep(Duration::from_millis(50)).await;
+    }
+    stopping.set();
+}
+
+/// The open connections of one shard, so a graceful stop can wait for them.
+#[derive(Default)]
+struct Connections {
+    open: Rc<Cell<usize>>,
+    closed: io::Signal,
+}
+
+struct OpenConnection {
+    open: Rc<Cell<usize>>,
+    closed: io::Signal,
+}
+
+impl Connections {
+    fn opened(&self) -> OpenConnection {
+        self.open.set(self.open.get() + 1);
+        OpenConnection { open: self.open.clone(), closed: self.closed.clone() }
+    }
+
+    async fn all_closed(&self) {
+        while self.open.get() > 0 {
+            self.closed.wait().await;
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.set(self.open.get() - 1);
+        self.closed.notify();
     }
 }
 

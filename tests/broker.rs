@@ -496,3 +496,30 @@ fn sigterm_stops_cleanly_and_a_restart_serves_everything_acknowledged() {
         assert!(*offset > last_before, "offsets continue after the restart");
     }
 }
+
+#[test]
+fn list_offsets_answers_at_every_advertised_version() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
+    let broker = Broker::start(&["--cores", "1"]);
+    produce_all(&broker, "listed", 0..10);
+    let mut stream = broker.connect();
+    for version in 1..=6 {
+        let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1);
+        let topic = ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("listed")))
+            .with_partitions(vec![partition]);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![topic]);
+        stream
+            .write_all(&request_frame(ApiKey::ListOffsets, version, version.into(), &request))
+            .expect("send");
+        let mut response = read_response(&mut stream);
+        ResponseHeader::decode(&mut response, ApiKey::ListOffsets.response_header_version(version))
+            .expect("header");
+        let response = ListOffsetsResponse::decode(&mut response, version).expect("decode");
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!((partition.error_code, partition.offset), (0, 10), "v{version}");
+    }
+}

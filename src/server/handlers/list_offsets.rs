@@ -22,7 +22,8 @@ pub async fn handle(shard: &Shard, request: ListOffsetsRequest) -> ListOffsetsRe
             };
             partitions.push(match listed {
                 Ok((offset, timestamp)) => {
-                    response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(0)
+                    // leader_epoch stays -1 (unknown): a value would not encode before v4.
+                    response.with_offset(offset).with_timestamp(timestamp)
                 }
                 Err(error) => {
                     response.with_error_code(errors::fetch(&error).code()).with_offset(-1).with_timestamp(-1)

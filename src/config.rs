@@ -21,6 +21,7 @@ pub struct BrokerConfig {
     pub connections_max_idle: Duration,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
+    pub retention_check_interval: Duration,
     /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
     pub topic_defaults: LogConfig,
 }
@@ -160,6 +161,18 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "log_retention_check_interval_ms",
+        default: "300000",
+        meaning: "how often each core applies retention (time and size) to its partitions",
+        apply: |c, v| {
+            c.retention_check_interval = Duration::from_millis(parse(v)?);
+            if c.retention_check_interval.is_zero() {
+                return Err("must be positive".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_segment_bytes",
         default: "1073741824",
         meaning: "default segment.bytes",
@@ -249,6 +262,7 @@ impl BrokerConfig {
             connections_max_idle: Duration::from_secs(600),
             auto_create_topics: true,
             num_partitions: 1,
+            retention_check_interval: Duration::from_secs(300),
             topic_defaults: LogConfig { cache_bytes_max: BATCH_CACHE_BYTES_DEFAULT, ..LogConfig::default() },
         };
         for setting in SETTINGS {

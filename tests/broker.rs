@@ -523,3 +523,81 @@ fn list_offsets_answers_at_every_advertised_version() {
         assert_eq!((partition.error_code, partition.offset), (0, 10), "v{version}");
     }
 }
+
+#[test]
+fn admin_client_deletes_topics_grows_partitions_and_deletes_records() {
+    use rdkafka::admin::NewPartitions;
+    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+    let broker = Broker::start(&["--cores", "2"]);
+    let admin = admin(&broker);
+    let options = AdminOptions::new();
+    let topic = NewTopic::new("grown", 2, TopicReplication::Fixed(1));
+    block_on(admin.create_topics([&topic], &options)).expect("create");
+    produce_all(&broker, "grown", 0..200);
+
+    let grown = block_on(admin.create_partitions([&NewPartitions::new("grown", 5)], &options)).expect("grow");
+    assert_eq!(grown, vec![Ok("grown".to_string())]);
+    let shrink =
+        block_on(admin.create_partitions([&NewPartitions::new("grown", 3)], &options)).expect("shrink");
+    assert!(matches!(&shrink[0], Err((_, code)) if format!("{code:?}") == "InvalidPartitions"), "{shrink:?}");
+    let consumer = assigned_from_start(&broker, "grown", 5);
+    let metadata = consumer.fetch_metadata(Some("grown"), Duration::from_secs(10)).expect("metadata");
+    assert_eq!(metadata.topics()[0].partitions().len(), 5);
+
+    let (_, high) = consumer.fetch_watermarks("grown", 0, Duration::from_secs(10)).expect("watermarks");
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset("grown", 0, KafkaOffset::Offset(high / 2)).expect("tpl");
+    let deleted = block_on(admin.delete_records(&cut, &options)).expect("delete records");
+    assert_eq!(deleted.elements()[0].offset(), KafkaOffset::Offset(high / 2), "the new low watermark");
+    let (low, _) = consumer.fetch_watermarks("grown", 0, Duration::from_secs(10)).expect("watermarks");
+    assert_eq!(low, high / 2);
+
+    let removed = block_on(admin.delete_topics(&["grown", "never-was"], &options)).expect("delete topics");
+    assert_eq!(removed[0], Ok("grown".to_string()));
+    assert!(
+        matches!(&removed[1], Err((_, code)) if format!("{code:?}") == "UnknownTopicOrPartition"),
+        "{removed:?}"
+    );
+    let partition_dir = broker.data.path().join("grown-0");
+    assert!(!partition_dir.exists(), "the partition's data is gone");
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    assert!(metadata.topics().iter().all(|t| t.name() != "grown"));
+}
+
+#[test]
+fn retention_runs_in_the_background() {
+    let broker = Broker::start(&[
+        "--cores",
+        "1",
+        "--set",
+        "log_retention_check_interval_ms=50",
+        "--set",
+        "log_segment_bytes=65536",
+        "--set",
+        "log_retention_bytes=65536",
+    ]);
+    let payload = "x".repeat(1000);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("batch.size", "2000")
+        .create()
+        .expect("producer");
+    let deliveries: Vec<_> = (0..500)
+        .map(|_| {
+            producer
+                .send_result(FutureRecord::<(), _>::to("retained").payload(&payload))
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    for delivery in deliveries {
+        block_on(delivery).expect("report").map_err(|(e, _)| e).expect("delivered");
+    }
+    let consumer = assigned_from_start(&broker, "retained", 1);
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    let mut low = 0;
+    while low == 0 && std::time::Instant::now() < give_up {
+        low = consumer.fetch_watermarks("retained", 0, Duration::from_secs(10)).expect("watermarks").0;
+    }
+    assert!(low > 0, "old segments were deleted and the log start moved");
+}

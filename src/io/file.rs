@@ -179,3 +179,13 @@ pub async fn sync_dir(path: &Path) -> io::Result<()> {
     let path = path.to_path_buf();
     spawn_blocking(move || sync_dir_blocking(&path)).await
 }
+
+/// Removes a directory and everything in it; one already gone is not an error.
+pub async fn remove_dir_all(path: &Path) -> io::Result<()> {
+    let path = path.to_path_buf();
+    spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => sync_dir_blocking(&path),
+    })
+    .await
+}

@@ -3,7 +3,7 @@
 use crate::batch::BatchError;
 use crate::log::AppendError;
 use crate::log::ReadError;
-use crate::shard::{CreateTopicError, FetchError, ProduceError};
+use crate::shard::{CreateTopicError, DeleteRecordsError, FetchError, ProduceError};
 use kafka_protocol::error::ResponseError;
 
 pub fn produce(error: &ProduceError) -> ResponseError {
@@ -34,6 +34,7 @@ pub fn create_topic(error: &CreateTopicError) -> ResponseError {
         CreateTopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         CreateTopicError::Storage(_) => ResponseError::KafkaStorageError,
         CreateTopicError::ShardUnavailable => ResponseError::RequestTimedOut,
+        CreateTopicError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
     }
 }
 
@@ -45,5 +46,15 @@ pub fn fetch(error: &FetchError) -> ResponseError {
         FetchError::Read(ReadError::Storage(_) | ReadError::Corrupt { .. }) => {
             ResponseError::KafkaStorageError
         }
+    }
+}
+
+pub fn delete_records(error: &DeleteRecordsError) -> ResponseError {
+    match error {
+        DeleteRecordsError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        DeleteRecordsError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
+        DeleteRecordsError::Log(crate::log::LogError::Truncating) => ResponseError::NotLeaderOrFollower,
+        DeleteRecordsError::Log(_) => ResponseError::KafkaStorageError,
+        DeleteRecordsError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
     }
 }

@@ -145,6 +145,7 @@ async fn shard_main(start: ShardStart) {
     };
     let _main_thread_waits = ready.send(Ok(()));
     let stopping = io::Latch::default();
+    io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
     io::spawn_detached(watch_for_stop(stop, stopping.clone()));
     let connections = Connections::default();
     loop {
@@ -173,6 +174,17 @@ async fn shard_main(start: ShardStart) {
     drop(listener);
     futures_lite::future::or(connections.all_closed(), io::sleep(SHUTDOWN_DRAIN_MAX)).await;
     shard.close_logs().await;
+}
+
+/// Applies retention on this shard every `log_retention_check_interval_ms` until the stop.
+async fn apply_retention(shard: Rc<Shard>, stopping: io::Latch) {
+    let interval = shard.config().retention_check_interval;
+    while !stopping.is_set() {
+        futures_lite::future::or(io::sleep(interval), stopping.wait()).await;
+        if !stopping.is_set() {
+            shard.enforce_retention().await;
+        }
+    }
 }
 
 /// How long a graceful stop waits for in-flight requests before closing the logs anyway.

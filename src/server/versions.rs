@@ -14,6 +14,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Metadata, 0, 0, 12),
     (ApiKey::ApiVersions, 0, 0, 4),
     (ApiKey::CreateTopics, 2, 2, 7),
+    (ApiKey::DeleteTopics, 1, 1, 6),
+    (ApiKey::DeleteRecords, 0, 0, 2),
+    (ApiKey::CreatePartitions, 0, 0, 3),
+    (ApiKey::DescribeCluster, 0, 0, 1),
 ];
 
 /// Whether requests of `api` at `version` are decoded and answered.

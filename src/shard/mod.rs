@@ -9,7 +9,7 @@ pub mod topics;
 
 use crate::config::BrokerConfig;
 use crate::io::{self, Mesh};
-use crate::log::{AppendError, Log, ReadError, ReadLimits};
+use crate::log::{AppendError, Log, LogError, ReadError, ReadLimits};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -58,6 +58,42 @@ pub enum ShardMessage {
         timestamp: i64,
         reply: oneshot::Sender<ListedOffset>,
     },
+    /// To shard 0: delete a topic (answered once every shard dropped it).
+    DeleteTopic {
+        name: String,
+        reply: oneshot::Sender<Result<TopicMeta, CreateTopicError>>,
+    },
+    /// From shard 0: drop a deleted topic, closing and removing the partitions placed here.
+    TopicDeleted {
+        topic: TopicMeta,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// To shard 0: grow a topic to `partitions` partitions.
+    CreatePartitions {
+        name: String,
+        partitions: i32,
+        validate_only: bool,
+        reply: oneshot::Sender<Result<TopicMeta, CreateTopicError>>,
+    },
+    /// DeleteRecords on the owning shard: move the log start to `offset` (-1: the high watermark).
+    DeleteRecords {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reply: oneshot::Sender<Result<i64, DeleteRecordsError>>,
+    },
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DeleteRecordsError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("offset {0} is beyond the high watermark")]
+    OffsetOutOfRange(i64),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the owning shard is unavailable")]
+    ShardUnavailable,
 }
 
 /// One partition's part of a fetch.
@@ -128,6 +164,8 @@ pub enum CreateTopicError {
     Storage(String),
     #[error("the metadata shard is unavailable")]
     ShardUnavailable,
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
 }
 
 /// Where a produce went.
@@ -257,6 +295,18 @@ impl Shard {
             }
             ShardMessage::ListOffsets { topic, partition, timestamp, reply } => {
                 let _gone = reply.send(self.list_offset_here(&topic, partition, timestamp).await);
+            }
+            ShardMessage::DeleteTopic { name, reply } => {
+                let _gone = reply.send(self.delete_topic(&name).await);
+            }
+            ShardMessage::TopicDeleted { topic, reply } => {
+                let _gone = reply.send(self.apply_topic_deleted(&topic).await);
+            }
+            ShardMessage::CreatePartitions { name, partitions, validate_only, reply } => {
+                let _gone = reply.send(self.create_partitions(&name, partitions, validate_only).await);
+            }
+            ShardMessage::DeleteRecords { topic, partition, offset, reply } => {
+                let _gone = reply.send(self.delete_records_here(&topic, partition, offset).await);
             }
         }
     }
@@ -409,35 +459,186 @@ impl Shard {
     }
 
     async fn place_and_announce(&self, topic: &NewTopic) -> Result<TopicMeta, CreateTopicError> {
-        let first = self.next_owner.get();
-        let owners = (0..topic.partitions as usize).map(|p| ((first + p) % self.shards) as u16).collect();
-        self.next_owner.set(first + topic.partitions as usize);
-        let meta = TopicMeta {
+        let mut meta = TopicMeta {
             name: topic.name.clone(),
             id: uuid::Uuid::new_v4(),
-            owners,
+            owners: Vec::new(),
             configs: topic.configs.clone(),
         };
+        self.place_partitions(&mut meta, topic.partitions);
+        self.persist_with(Some(&meta), None).await?;
+        self.announce(
+            |reply| ShardMessage::TopicCreated { topic: meta.clone(), reply },
+            || self.apply_topic_created(meta.clone()),
+        )
+        .await?;
+        Ok(meta)
+    }
+
+    /// Places new partitions up to `partitions` on the shards, round-robin.
+    fn place_partitions(&self, topic: &mut TopicMeta, partitions: i32) {
+        while topic.partitions() < partitions {
+            let next = self.next_owner.get();
+            topic.owners.push((next % self.shards) as u16);
+            self.next_owner.set(next + 1);
+        }
+    }
+
+    /// Writes the topic table with `changed` put in and `deleted` taken out (shard 0 only).
+    async fn persist_with(
+        &self,
+        changed: Option<&TopicMeta>,
+        deleted: Option<&str>,
+    ) -> Result<(), CreateTopicError> {
         let mut table = self.topics.borrow().clone();
-        table.insert(meta.clone());
+        if let Some(topic) = changed {
+            table.insert(topic.clone());
+        }
+        if let Some(name) = deleted {
+            table.remove(name);
+        }
         let encoded = table.encode().map_err(CreateTopicError::Storage)?;
         io::write_file_atomic(&self.config.data_dir.join(topics::TOPICS_FILE), encoded)
             .await
-            .map_err(|e| CreateTopicError::Storage(format!("write topic table: {e}")))?;
+            .map_err(|e| CreateTopicError::Storage(format!("write topic table: {e}")))
+    }
+
+    /// Tells every shard of a change (`message` for the others, `here` for this one) and waits
+    /// until each has applied it.
+    async fn announce<F, M>(&self, message: M, here: impl FnOnce() -> F) -> Result<(), CreateTopicError>
+    where
+        F: std::future::Future<Output = Result<(), String>>,
+        M: Fn(oneshot::Sender<Result<(), String>>) -> ShardMessage,
+    {
+        let mut here = Some(here);
         for shard in 0..self.shards {
-            let announced = if shard == self.id {
-                self.apply_topic_created(meta.clone()).await
+            let applied = if shard == self.id {
+                match here.take() {
+                    Some(apply) => apply().await,
+                    None => Ok(()),
+                }
             } else {
                 let (reply, answer) = oneshot::channel();
-                let message = ShardMessage::TopicCreated { topic: meta.clone(), reply };
-                match self.mesh.send_to(shard, message).await {
+                match self.mesh.send_to(shard, message(reply)).await {
                     Ok(()) => answer.await.unwrap_or(Err(format!("shard {shard} did not answer"))),
                     Err(_) => Err(format!("shard {shard} is unavailable")),
                 }
             };
-            announced.map_err(CreateTopicError::Storage)?;
+            applied.map_err(CreateTopicError::Storage)?;
         }
-        Ok(meta)
+        Ok(())
+    }
+
+    /// Deletes a topic and its partitions' data (asking shard 0 if this is not shard 0).
+    pub async fn delete_topic(&self, name: &str) -> Result<TopicMeta, CreateTopicError> {
+        if self.id != METADATA_SHARD {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::DeleteTopic { name: name.into(), reply };
+            if self.mesh.send_to(METADATA_SHARD, message).await.is_err() {
+                return Err(CreateTopicError::ShardUnavailable);
+            }
+            return answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable));
+        }
+        let topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
+        self.persist_with(None, Some(name)).await?;
+        let deleted = |reply| ShardMessage::TopicDeleted { topic: topic.clone(), reply };
+        self.announce(deleted, || self.apply_topic_deleted(&topic)).await?;
+        Ok(topic)
+    }
+
+    /// Drops a deleted topic here: its logs are closed and their directories removed.
+    async fn apply_topic_deleted(&self, topic: &TopicMeta) -> Result<(), String> {
+        self.topics.borrow_mut().remove(&topic.name);
+        for partition in 0..topic.partitions() {
+            let removed = self.logs.borrow_mut().remove(&(topic.name.clone(), partition));
+            let Some(log) = removed else { continue };
+            if let Err(error) = log.close().await {
+                tracing::warn!(topic = topic.name, partition, %error, "closing a deleted partition failed");
+            }
+            let dir = topics::partition_dir(&self.config.data_dir, &topic.name, partition);
+            io::remove_dir_all(&dir).await.map_err(|e| format!("remove {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Grows a topic to `partitions` partitions (asking shard 0 if this is not shard 0).
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: i32,
+        validate_only: bool,
+    ) -> Result<TopicMeta, CreateTopicError> {
+        if self.id != METADATA_SHARD {
+            let (reply, answer) = oneshot::channel();
+            let message =
+                ShardMessage::CreatePartitions { name: name.into(), partitions, validate_only, reply };
+            if self.mesh.send_to(METADATA_SHARD, message).await.is_err() {
+                return Err(CreateTopicError::ShardUnavailable);
+            }
+            return answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable));
+        }
+        let mut topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
+        if partitions <= topic.partitions() || partitions > topics::PARTITIONS_MAX {
+            return Err(CreateTopicError::InvalidPartitions(partitions));
+        }
+        if validate_only {
+            return Ok(topic);
+        }
+        self.place_partitions(&mut topic, partitions);
+        self.persist_with(Some(&topic), None).await?;
+        let grown = |reply| ShardMessage::TopicCreated { topic: topic.clone(), reply };
+        self.announce(grown, || self.apply_topic_created(topic.clone())).await?;
+        Ok(topic)
+    }
+
+    /// DeleteRecords for one partition, on the shard that owns it: the new low watermark.
+    pub async fn delete_records(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, DeleteRecordsError> {
+        let owner = self.owner(topic, partition).ok_or(DeleteRecordsError::UnknownTopicOrPartition)?;
+        if owner == self.id {
+            return self.delete_records_here(&topic.name, partition, offset).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::DeleteRecords { topic: topic.name.clone(), partition, offset, reply };
+        if self.mesh.send_to(owner, message).await.is_err() {
+            return Err(DeleteRecordsError::ShardUnavailable);
+        }
+        answer.await.unwrap_or(Err(DeleteRecordsError::ShardUnavailable))
+    }
+
+    async fn delete_records_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, DeleteRecordsError> {
+        let log = self.log(topic, partition).ok_or(DeleteRecordsError::UnknownTopicOrPartition)?;
+        let high_watermark = log.stable_offset().0;
+        let offset = if offset == -1 { high_watermark } else { offset };
+        if offset < 0 || offset > high_watermark {
+            return Err(DeleteRecordsError::OffsetOutOfRange(offset));
+        }
+        Ok(log.delete_records_before(Offset(offset)).await?.0)
+    }
+
+    /// Applies retention (time and size) to every log placed here.
+    pub async fn enforce_retention(&self) {
+        let logs: Vec<((String, i32), Rc<Log>)> =
+            self.logs.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((topic, partition), log) in logs {
+            match log.enforce_retention(TimestampMs::now()).await {
+                Ok(outcome) if outcome.segments_deleted > 0 => {
+                    let bytes = outcome.bytes_deleted;
+                    tracing::info!(topic, partition, segments = outcome.segments_deleted, bytes, "retention");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(topic, partition, %error, "retention failed"),
+            }
+        }
     }
 
     /// Records a topic in this shard's table and opens the logs of its partitions placed here.

@@ -68,6 +68,10 @@ impl TopicTable {
         self.topics.insert(topic.name.clone(), topic);
     }
 
+    pub fn remove(&mut self, name: &str) {
+        self.topics.remove(name);
+    }
+
     pub fn load(data_dir: &Path) -> Result<TopicTable, TopicsFileError> {
         let path = data_dir.join(TOPICS_FILE);
         let shown = path.display().to_string();

@@ -2,6 +2,7 @@
 //! API (one file each) and encodes the response frame. Kafka error codes are chosen by the
 //! handlers; a request that cannot be understood closes the connection, as Kafka does.
 
+mod admin;
 mod api_versions;
 mod create_topics;
 mod fetch;
@@ -65,6 +66,16 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome
         }
         RequestKind::Fetch(request) => {
             return Outcome::Respond(fetch::handle(shard, request, version, correlation_id).await);
+        }
+        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(admin::describe_cluster(broker)),
+        RequestKind::DeleteTopics(request) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(shard, request).await)
+        }
+        RequestKind::CreatePartitions(request) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(shard, request).await)
+        }
+        RequestKind::DeleteRecords(request) => {
+            ResponseKind::DeleteRecords(admin::delete_records(shard, request).await)
         }
         RequestKind::ListOffsets(request) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, request).await)

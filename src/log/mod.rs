@@ -371,6 +371,22 @@ impl Log {
         .await
     }
 
+    /// Applies changed topic settings to the open log (retention, roll, limits, timestamps,
+    /// flush parameters). The flush policy's kind and the cache size stay as opened.
+    pub fn reconfigure(&self, config: LogConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        let mut state = self.shared.state.borrow_mut();
+        let same_kind = matches!(
+            (&state.config.flush, &config.flush),
+            (FlushPolicy::FsyncBeforeAck, FlushPolicy::FsyncBeforeAck)
+                | (FlushPolicy::Interval { .. }, FlushPolicy::Interval { .. })
+        );
+        let flush = if same_kind { config.flush } else { state.config.flush };
+        let cache_bytes_max = state.config.cache_bytes_max;
+        state.config = LogConfig { flush, cache_bytes_max, ..config };
+        Ok(())
+    }
+
     /// Whether batches get the broker's time (topic `message.timestamp.type=LogAppendTime`).
     pub fn log_append_time_enabled(&self) -> bool {
         self.shared.state.borrow().config.timestamp_type == TimestampType::LogAppendTime

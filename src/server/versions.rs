@@ -18,6 +18,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 0, 2),
     (ApiKey::CreatePartitions, 0, 0, 3),
     (ApiKey::DescribeCluster, 0, 0, 1),
+    (ApiKey::DescribeConfigs, 1, 1, 4),
+    (ApiKey::AlterConfigs, 0, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 0, 1),
 ];
 
 /// Whether requests of `api` at `version` are decoded and answered.

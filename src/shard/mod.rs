@@ -75,6 +75,13 @@ pub enum ShardMessage {
         validate_only: bool,
         reply: oneshot::Sender<Result<TopicMeta, CreateTopicError>>,
     },
+    /// To shard 0: replace a topic's config overrides.
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+        reply: oneshot::Sender<Result<TopicMeta, CreateTopicError>>,
+    },
     /// DeleteRecords on the owning shard: move the log start to `offset` (-1: the high watermark).
     DeleteRecords {
         topic: String,
@@ -305,6 +312,9 @@ impl Shard {
             ShardMessage::CreatePartitions { name, partitions, validate_only, reply } => {
                 let _gone = reply.send(self.create_partitions(&name, partitions, validate_only).await);
             }
+            ShardMessage::AlterTopicConfigs { name, configs, validate_only, reply } => {
+                let _gone = reply.send(self.alter_topic_configs(&name, configs, validate_only).await);
+            }
             ShardMessage::DeleteRecords { topic, partition, offset, reply } => {
                 let _gone = reply.send(self.delete_records_here(&topic, partition, offset).await);
             }
@@ -425,12 +435,7 @@ impl Shard {
     /// knows it and the owners of its partitions have opened their logs.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<TopicMeta, CreateTopicError> {
         if self.id != METADATA_SHARD {
-            let (reply, answer) = oneshot::channel();
-            let message = ShardMessage::CreateTopic { topic, reply };
-            if self.mesh.send_to(METADATA_SHARD, message).await.is_err() {
-                return Err(CreateTopicError::ShardUnavailable);
-            }
-            return answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable));
+            return self.ask_metadata_shard(|reply| ShardMessage::CreateTopic { topic, reply }).await;
         }
         topics::validate_name(&topic.name).map_err(CreateTopicError::InvalidName)?;
         if !(1..=topics::PARTITIONS_MAX).contains(&topic.partitions) {
@@ -473,6 +478,18 @@ impl Shard {
         )
         .await?;
         Ok(meta)
+    }
+
+    /// Sends a topic-table change to shard 0 and waits for its answer.
+    async fn ask_metadata_shard<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<Result<T, CreateTopicError>>) -> ShardMessage,
+    ) -> Result<T, CreateTopicError> {
+        let (reply, answer) = oneshot::channel();
+        if self.mesh.send_to(METADATA_SHARD, message(reply)).await.is_err() {
+            return Err(CreateTopicError::ShardUnavailable);
+        }
+        answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable))
     }
 
     /// Places new partitions up to `partitions` on the shards, round-robin.
@@ -532,12 +549,9 @@ impl Shard {
     /// Deletes a topic and its partitions' data (asking shard 0 if this is not shard 0).
     pub async fn delete_topic(&self, name: &str) -> Result<TopicMeta, CreateTopicError> {
         if self.id != METADATA_SHARD {
-            let (reply, answer) = oneshot::channel();
-            let message = ShardMessage::DeleteTopic { name: name.into(), reply };
-            if self.mesh.send_to(METADATA_SHARD, message).await.is_err() {
-                return Err(CreateTopicError::ShardUnavailable);
-            }
-            return answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable));
+            return self
+                .ask_metadata_shard(|reply| ShardMessage::DeleteTopic { name: name.into(), reply })
+                .await;
         }
         let topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
         self.persist_with(None, Some(name)).await?;
@@ -569,13 +583,13 @@ impl Shard {
         validate_only: bool,
     ) -> Result<TopicMeta, CreateTopicError> {
         if self.id != METADATA_SHARD {
-            let (reply, answer) = oneshot::channel();
-            let message =
-                ShardMessage::CreatePartitions { name: name.into(), partitions, validate_only, reply };
-            if self.mesh.send_to(METADATA_SHARD, message).await.is_err() {
-                return Err(CreateTopicError::ShardUnavailable);
-            }
-            return answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable));
+            let message = |reply| ShardMessage::CreatePartitions {
+                name: name.into(),
+                partitions,
+                validate_only,
+                reply,
+            };
+            return self.ask_metadata_shard(message).await;
         }
         let mut topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
         if partitions <= topic.partitions() || partitions > topics::PARTITIONS_MAX {
@@ -588,6 +602,31 @@ impl Shard {
         self.persist_with(Some(&topic), None).await?;
         let grown = |reply| ShardMessage::TopicCreated { topic: topic.clone(), reply };
         self.announce(grown, || self.apply_topic_created(topic.clone())).await?;
+        Ok(topic)
+    }
+
+    /// Replaces a topic's config overrides (asking shard 0 if this is not shard 0); every
+    /// shard's copy changes and the owners reconfigure their open logs.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicMeta, CreateTopicError> {
+        if self.id != METADATA_SHARD {
+            let message =
+                |reply| ShardMessage::AlterTopicConfigs { name: name.into(), configs, validate_only, reply };
+            return self.ask_metadata_shard(message).await;
+        }
+        let mut topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
+        topics::log_config(&self.config, &configs).map_err(CreateTopicError::InvalidConfig)?;
+        if validate_only {
+            return Ok(topic);
+        }
+        topic.configs = configs;
+        self.persist_with(Some(&topic), None).await?;
+        let changed = |reply| ShardMessage::TopicCreated { topic: topic.clone(), reply };
+        self.announce(changed, || self.apply_topic_created(topic.clone())).await?;
         Ok(topic)
     }
 
@@ -645,9 +684,11 @@ impl Shard {
     async fn apply_topic_created(&self, topic: TopicMeta) -> Result<(), String> {
         let log_config = topics::log_config(&self.config, &topic.configs)?;
         for partition in 0..topic.partitions() {
-            if self.owner(&topic, partition) != Some(self.id)
-                || self.logs.borrow().contains_key(&(topic.name.clone(), partition))
-            {
+            if self.owner(&topic, partition) != Some(self.id) {
+                continue;
+            }
+            if let Some(log) = self.log(&topic.name, partition) {
+                log.reconfigure(log_config.clone()).map_err(|e| e.to_string())?;
                 continue;
             }
             let dir = topics::partition_dir(&self.config.data_dir, &topic.name, partition);

@@ -143,11 +143,54 @@ pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -
             other => return Err(format!("unsupported topic config `{other}`")),
         }
     }
-    if flush_messages.is_some() || flush_interval.is_some() {
-        log.flush = FlushPolicy::Interval { messages: flush_messages, interval: flush_interval };
+    // flush.messages / flush.ms tune the interval policy. Under a broker that fsyncs before
+    // every acknowledgement they change nothing: that is already stronger, and a log never
+    // switches between the two while it runs.
+    if let FlushPolicy::Interval { messages, interval } = log.flush {
+        log.flush = FlushPolicy::Interval {
+            messages: flush_messages.or(messages),
+            interval: flush_interval.or(interval),
+        };
     }
     log.validate().map_err(|e| e.to_string())?;
     Ok(log)
+}
+
+/// Every topic config this broker understands with its effective value for a topic with
+/// `overrides`: (name, value, whether the topic overrides it).
+pub fn describe(
+    config: &BrokerConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String, bool)>, String> {
+    let log = log_config(config, overrides)?;
+    const UNBOUNDED: i64 = i64::MAX; // Kafka's value for "never" in flush.*
+    let (flush_messages, flush_ms) = match log.flush {
+        FlushPolicy::Interval { messages, interval } => {
+            (messages.map_or(UNBOUNDED, |m| m as i64), interval.map_or(UNBOUNDED, |i| i.as_millis() as i64))
+        }
+        FlushPolicy::FsyncBeforeAck => (1, 0),
+    };
+    let timestamp_type = match log.timestamp_type {
+        TimestampType::CreateTime => "CreateTime",
+        TimestampType::LogAppendTime => "LogAppendTime",
+    };
+    let effective = [
+        ("cleanup.policy", "delete".to_string()),
+        ("flush.messages", flush_messages.to_string()),
+        ("flush.ms", flush_ms.to_string()),
+        ("index.interval.bytes", log.index_interval_bytes.to_string()),
+        ("max.message.bytes", log.message_bytes_max.to_string()),
+        ("message.timestamp.type", timestamp_type.to_string()),
+        ("min.insync.replicas", "1".to_string()),
+        ("retention.bytes", log.retention_bytes.map_or(-1, |b| b as i64).to_string()),
+        ("retention.ms", log.retention_ms.unwrap_or(-1).to_string()),
+        ("segment.bytes", log.segment_bytes.to_string()),
+        ("segment.ms", log.segment_age_max.map_or(UNBOUNDED, |d| d.as_millis() as i64).to_string()),
+    ];
+    Ok(effective
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value, overrides.contains_key(name)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 mod admin;
 mod api_versions;
+mod configs;
 mod create_topics;
 mod fetch;
 mod list_offsets;
@@ -66,6 +67,15 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome
         }
         RequestKind::Fetch(request) => {
             return Outcome::Respond(fetch::handle(shard, request, version, correlation_id).await);
+        }
+        RequestKind::DescribeConfigs(request) => {
+            ResponseKind::DescribeConfigs(configs::describe(broker, shard, request).await)
+        }
+        RequestKind::AlterConfigs(request) => {
+            ResponseKind::AlterConfigs(configs::alter(shard, request).await)
+        }
+        RequestKind::IncrementalAlterConfigs(request) => {
+            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(shard, request).await)
         }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(admin::describe_cluster(broker)),
         RequestKind::DeleteTopics(request) => {

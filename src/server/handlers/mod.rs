@@ -33,29 +33,58 @@ fn be_i16(frame: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([frame[at], frame[at + 1]])
 }
 
-pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome {
-    assert!(frame.len() >= REQUEST_PREFIX_BYTES, "frames are checked for their prefix when read");
+/// A request frame, understood: what the handlers get.
+pub struct Request {
+    pub api: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub body: RequestKind,
+}
+
+/// What to do with a frame that is not a request we serve.
+pub enum Refused {
+    /// Answer this frame's ApiVersions request, in version 0 (KIP-511).
+    UnsupportedApiVersions { correlation_id: i32 },
+    /// Close the connection, for this reason.
+    Close(String),
+}
+
+/// Decodes a request frame (everything after the size), checking the API and version first.
+/// Pure: no I/O, no state, every input gives an answer (fuzzed in `tests::fuzz`).
+pub fn decode_request(frame: Bytes) -> Result<Request, Refused> {
+    if frame.len() < REQUEST_PREFIX_BYTES {
+        return Err(Refused::Close(format!("request of {} bytes has no header", frame.len())));
+    }
     let (api_key, version) = (be_i16(&frame, 0), be_i16(&frame, 2));
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(api) = ApiKey::try_from(api_key) else {
-        return Outcome::Close(format!("unknown API key {api_key}"));
+        return Err(Refused::Close(format!("unknown API key {api_key}")));
     };
     tracing::trace!(?api, version, correlation_id, "request");
     if !versions::supported(api, version) {
         if api == ApiKey::ApiVersions {
-            // KIP-511: answer in version 0 with the versions we do support.
-            let response = ResponseKind::ApiVersions(api_versions::unsupported_version());
-            return encode(api, 0, correlation_id, &response);
+            return Err(Refused::UnsupportedApiVersions { correlation_id });
         }
-        return Outcome::Close(format!("unsupported version {version} of {api:?}"));
+        return Err(Refused::Close(format!("unsupported version {version} of {api:?}")));
     }
     let mut body = frame;
     if let Err(error) = RequestHeader::decode(&mut body, api.request_header_version(version)) {
-        return Outcome::Close(format!("bad {api:?} v{version} request header: {error}"));
+        return Err(Refused::Close(format!("bad {api:?} v{version} request header: {error}")));
     }
-    let request = match RequestKind::decode(api, &mut body, version) {
+    match RequestKind::decode(api, &mut body, version) {
+        Ok(request) => Ok(Request { api, version, correlation_id, body: request }),
+        Err(error) => Err(Refused::Close(format!("bad {api:?} v{version} request: {error}"))),
+    }
+}
+
+pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome {
+    let Request { api, version, correlation_id, body: request } = match decode_request(frame) {
         Ok(request) => request,
-        Err(error) => return Outcome::Close(format!("bad {api:?} v{version} request: {error}")),
+        Err(Refused::UnsupportedApiVersions { correlation_id }) => {
+            let response = ResponseKind::ApiVersions(api_versions::unsupported_version());
+            return encode(ApiKey::ApiVersions, 0, correlation_id, &response);
+        }
+        Err(Refused::Close(reason)) => return Outcome::Close(reason),
     };
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
@@ -116,3 +145,6 @@ fn encode(api: ApiKey, version: i16, correlation_id: i32, response: &ResponseKin
     frame[..4].copy_from_slice(&size.to_be_bytes());
     Outcome::Respond(vec![frame.freeze()])
 }
+
+#[cfg(test)]
+mod tests;

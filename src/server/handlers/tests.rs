@@ -3,7 +3,7 @@
 //! every frame gets an answer (a request or a refusal) and nothing panics. A bounded fuzz run:
 //! `PROPTEST_CASES` raises the count.
 
-use super::{decode_request, versions, Refused};
+use super::{Refused, decode_request, versions};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -60,7 +60,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), 1u8..=255).prop_map(|(at, bits)| Mutation::Flip { at, bits }),
         any::<usize>().prop_map(|keep| Mutation::Truncate { keep }),
         proptest::collection::vec(any::<u8>(), 1..64).prop_map(|bytes| Mutation::Append { bytes }),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Mutation::Overwrite { at, bytes }),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Overwrite { at, bytes }),
     ]
 }
 

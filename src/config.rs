@@ -22,6 +22,7 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub retention_check_interval: Duration,
+    pub spin_before_park: Duration,
     /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
     pub topic_defaults: LogConfig,
 }
@@ -161,6 +162,15 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "spin_before_park_us",
+        default: "0",
+        meaning: "an idle core polls this long before sleeping: 100 cut a cross-core round trip from ~40 to ~13 us on a 2-vCPU VM, at the cost of CPU while idle",
+        apply: |c, v| {
+            c.spin_before_park = Duration::from_micros(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_retention_check_interval_ms",
         default: "300000",
         meaning: "how often each core applies retention (time and size) to its partitions",
@@ -263,6 +273,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             num_partitions: 1,
             retention_check_interval: Duration::from_secs(300),
+            spin_before_park: Duration::ZERO,
             topic_defaults: LogConfig { cache_bytes_max: BATCH_CACHE_BYTES_DEFAULT, ..LogConfig::default() },
         };
         for setting in SETTINGS {

@@ -363,7 +363,7 @@ fn librdkafka_produces_to_every_partition_with_acks_0_1_and_all() {
 fn librdkafka_consumes_every_record_with_each_codec_and_lists_offsets() {
     use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
     use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-    const PER_CODEC: usize = 2000;
+    const PER_CODEC: usize = 20_000;
     let broker = Broker::start(&["--cores", "2", "--set", "num_partitions=3"]);
     let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
     let mut sent = std::collections::BTreeMap::new();

@@ -36,8 +36,9 @@ pub fn raise_memlock_limit() {
 }
 
 /// Runs `shard_main(shard)` on `cores` executors, each pinned to its own CPU, with shard
-/// numbers 0..cores; returns when all of them have returned.
-pub fn run_sharded<G, F>(cores: usize, shard_main: G) -> std::io::Result<()>
+/// numbers 0..cores; returns when all of them have returned. An idle executor polls for
+/// `spin_before_park` before sleeping in the kernel (shorter cross-core wake-ups, more CPU).
+pub fn run_sharded<G, F>(cores: usize, spin_before_park: Duration, shard_main: G) -> std::io::Result<()>
 where
     G: FnOnce(usize) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + 'static,
@@ -45,7 +46,11 @@ where
     raise_memlock_limit();
     let next_shard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let placement = glommio::PoolPlacement::MaxSpread(cores, None);
-    let handles = glommio::LocalExecutorPoolBuilder::new(placement)
+    let mut builder = glommio::LocalExecutorPoolBuilder::new(placement);
+    if !spin_before_park.is_zero() {
+        builder = builder.spin_before_park(spin_before_park);
+    }
+    let handles = builder
         .on_all_shards(move || {
             let shard = next_shard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shard_main(shard)

@@ -74,7 +74,7 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         signal_hook::flag::register(signal, stop.clone()).map_err(io_error("install signal handler"))?;
     }
     let (ready, shards_ready) = mpsc::channel::<Result<(), String>>();
-    let cores = config.cores;
+    let (cores, spin) = (config.cores, config.spin_before_park);
     let start = ShardStart {
         broker: broker.clone(),
         config: Arc::new(config),
@@ -83,7 +83,7 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         ready,
         stop,
     };
-    let shards = std::thread::spawn(move || io::run_sharded(cores, move |_| shard_main(start.clone())));
+    let shards = std::thread::spawn(move || io::run_sharded(cores, spin, move |_| shard_main(start.clone())));
     for _ in 0..cores {
         match shards_ready.recv() {
             Ok(Ok(())) => {}

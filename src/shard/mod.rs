@@ -333,11 +333,8 @@ impl Shard {
         if owner == self.id {
             return self.fetch_here(&read).await;
         }
-        let (reply, answer) = oneshot::channel();
-        if self.mesh.send_to(owner, ShardMessage::Fetch { read, reply }).await.is_err() {
-            return Fetched::failed(FetchError::ShardUnavailable);
-        }
-        answer.await.unwrap_or_else(|_| Fetched::failed(FetchError::ShardUnavailable))
+        let unavailable = || Fetched::failed(FetchError::ShardUnavailable);
+        self.ask(owner, |reply| ShardMessage::Fetch { read, reply }, unavailable).await
     }
 
     async fn fetch_here(&self, read: &PartitionRead) -> Fetched {
@@ -411,12 +408,9 @@ impl Shard {
         if owner == self.id {
             return self.list_offset_here(&topic.name, partition, timestamp).await;
         }
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::ListOffsets { topic: topic.name.clone(), partition, timestamp, reply };
-        if self.mesh.send_to(owner, message).await.is_err() {
-            return Err(FetchError::ShardUnavailable);
-        }
-        answer.await.unwrap_or(Err(FetchError::ShardUnavailable))
+        let message =
+            |reply| ShardMessage::ListOffsets { topic: topic.name.clone(), partition, timestamp, reply };
+        self.ask(owner, message, || Err(FetchError::ShardUnavailable)).await
     }
 
     async fn list_offset_here(&self, topic: &str, partition: i32, timestamp: i64) -> ListedOffset {
@@ -485,11 +479,22 @@ impl Shard {
         &self,
         message: impl FnOnce(oneshot::Sender<Result<T, CreateTopicError>>) -> ShardMessage,
     ) -> Result<T, CreateTopicError> {
+        self.ask(METADATA_SHARD, message, || Err(CreateTopicError::ShardUnavailable)).await
+    }
+
+    /// Sends a request to another shard and waits for its answer; `unavailable()` if the
+    /// shard cannot be reached or drops the request.
+    async fn ask<T>(
+        &self,
+        shard: usize,
+        message: impl FnOnce(oneshot::Sender<T>) -> ShardMessage,
+        unavailable: impl FnOnce() -> T,
+    ) -> T {
         let (reply, answer) = oneshot::channel();
-        if self.mesh.send_to(METADATA_SHARD, message(reply)).await.is_err() {
-            return Err(CreateTopicError::ShardUnavailable);
+        if self.mesh.send_to(shard, message(reply)).await.is_err() {
+            return unavailable();
         }
-        answer.await.unwrap_or(Err(CreateTopicError::ShardUnavailable))
+        answer.await.unwrap_or_else(|_| unavailable())
     }
 
     /// Places new partitions up to `partitions` on the shards, round-robin.
@@ -641,12 +646,9 @@ impl Shard {
         if owner == self.id {
             return self.delete_records_here(&topic.name, partition, offset).await;
         }
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::DeleteRecords { topic: topic.name.clone(), partition, offset, reply };
-        if self.mesh.send_to(owner, message).await.is_err() {
-            return Err(DeleteRecordsError::ShardUnavailable);
-        }
-        answer.await.unwrap_or(Err(DeleteRecordsError::ShardUnavailable))
+        let message =
+            |reply| ShardMessage::DeleteRecords { topic: topic.name.clone(), partition, offset, reply };
+        self.ask(owner, message, || Err(DeleteRecordsError::ShardUnavailable)).await
     }
 
     async fn delete_records_here(
@@ -714,12 +716,9 @@ impl Shard {
         if owner == self.id {
             return self.produce_here(&topic.name, partition, &records, acks).await;
         }
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::Produce { topic: topic.name.clone(), partition, records, acks, reply };
-        if self.mesh.send_to(owner, message).await.is_err() {
-            return Err(ProduceError::ShardUnavailable);
-        }
-        answer.await.unwrap_or(Err(ProduceError::ShardUnavailable))
+        let message =
+            |reply| ShardMessage::Produce { topic: topic.name.clone(), partition, records, acks, reply };
+        self.ask(owner, message, || Err(ProduceError::ShardUnavailable)).await
     }
 
     async fn produce_here(&self, topic: &str, partition: i32, records: &Bytes, acks: i16) -> ProduceResult {

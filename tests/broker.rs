@@ -671,3 +671,36 @@ fn admin_client_describes_and_alters_topic_configs() {
     assert!(data_dir.is_read_only);
     assert_eq!(data_dir.value.as_deref(), broker.data.path().to_str());
 }
+
+#[test]
+fn log_append_time_topics_carry_the_broker_clock() {
+    use rdkafka::message::{Message, Timestamp};
+    let broker = Broker::start(&["--cores", "2"]);
+    let admin = admin(&broker);
+    let topic = NewTopic::new("stamped", 1, TopicReplication::Fixed(1))
+        .set("message.timestamp.type", "LogAppendTime");
+    block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("create");
+    let before =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("producer");
+    let record = FutureRecord::to("stamped").key("k").payload("v").timestamp(1_000);
+    block_on(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"))
+        .expect("report")
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    let consumer = assigned_from_start(&broker, "stamped", 1);
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < give_up, "the record arrives");
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = message.expect("message");
+        match message.timestamp() {
+            Timestamp::LogAppendTime(at) => {
+                assert!(at >= before, "the broker's time, not the producer's 1000")
+            }
+            other => panic!("expected a log append time, got {other:?}"),
+        }
+        break;
+    }
+}

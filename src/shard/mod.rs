@@ -261,12 +261,32 @@ impl Shard {
         self.topics.borrow().iter().cloned().collect()
     }
 
+    /// The logs this shard owns, taken out of the map so callers can await on each.
+    fn owned_logs(&self) -> Vec<((String, i32), Rc<Log>)> {
+        self.logs.borrow().iter().map(|(key, log)| (key.clone(), log.clone())).collect()
+    }
+
+    /// The topic, created with the broker's defaults if it does not exist and
+    /// `auto_create_topics_enable` is on (Metadata and Produce create topics on first use).
+    pub async fn topic_or_auto_create(&self, name: &str) -> Option<TopicMeta> {
+        if let Some(topic) = self.topic(name) {
+            return Some(topic);
+        }
+        if !self.config.auto_create_topics {
+            return None;
+        }
+        let partitions = self.config.num_partitions;
+        let new =
+            NewTopic { name: name.to_string(), partitions, configs: BTreeMap::new(), validate_only: false };
+        // An invalid name or a concurrent creation of the same topic: the table says which.
+        let _created_or_refused = self.create_topic(new).await;
+        self.topic(name)
+    }
+
     /// Closes every log this shard owns: queued appends written, synced, clean-shutdown
     /// checkpoints written. For a graceful stop, once no request is in flight.
     pub async fn close_logs(&self) {
-        let logs: Vec<((String, i32), Rc<Log>)> =
-            self.logs.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for ((topic, partition), log) in logs {
+        for ((topic, partition), log) in self.owned_logs() {
             if let Err(error) = log.close().await {
                 tracing::error!(topic, partition, %error, "closing a partition log failed");
             }
@@ -668,9 +688,7 @@ impl Shard {
 
     /// Applies retention (time and size) to every log placed here.
     pub async fn enforce_retention(&self) {
-        let logs: Vec<((String, i32), Rc<Log>)> =
-            self.logs.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for ((topic, partition), log) in logs {
+        for ((topic, partition), log) in self.owned_logs() {
             match log.enforce_retention(TimestampMs::now()).await {
                 Ok(outcome) if outcome.segments_deleted > 0 => {
                     let bytes = outcome.bytes_deleted;

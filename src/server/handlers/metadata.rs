@@ -2,8 +2,8 @@
 //! creating unknown ones when auto-creation is on and the client allows it.
 
 use crate::server::Broker;
+use crate::shard::Shard;
 use crate::shard::topics::TopicMeta;
-use crate::shard::{NewTopic, Shard};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -30,7 +30,8 @@ pub async fn handle(
             let mut topics = Vec::with_capacity(requested.len());
             for wanted in requested {
                 let found = match &wanted.name {
-                    Some(name) => find_or_create(shard, name, auto_create).await,
+                    Some(name) if auto_create => shard.topic_or_auto_create(name).await,
+                    Some(name) => shard.topic(name),
                     None => shard.topic_by_id(wanted.topic_id),
                 };
                 topics.push(match found {
@@ -49,21 +50,6 @@ pub async fn handle(
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
         .with_controller_id(BrokerId(broker.node_id))
         .with_topics(topics)
-}
-
-async fn find_or_create(shard: &Shard, name: &TopicName, auto_create: bool) -> Option<TopicMeta> {
-    if let Some(topic) = shard.topic(name) {
-        return Some(topic);
-    }
-    if !(auto_create && shard.config().auto_create_topics) {
-        return None;
-    }
-    let partitions = shard.config().num_partitions;
-    let new =
-        NewTopic { name: name.to_string(), partitions, configs: Default::default(), validate_only: false };
-    // An invalid name or a concurrent creation: answer with what the table holds.
-    let _created_or_refused = shard.create_topic(new).await;
-    shard.topic(name)
 }
 
 /// A topic as Metadata shows it: this broker leads every partition (epoch 0, no replicas).

@@ -3,7 +3,7 @@
 
 use crate::io;
 use crate::server::errors;
-use crate::shard::{NewTopic, ProduceError, Shard};
+use crate::shard::{ProduceError, Shard};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use std::rc::Rc;
@@ -14,22 +14,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest) -> Option<Produc
     let mut pending = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
-        let topic = match shard.topic(&name) {
-            Some(topic) => Some(topic),
-            None if shard.config().auto_create_topics => {
-                let partitions = shard.config().num_partitions;
-                let new = NewTopic {
-                    name: name.clone(),
-                    partitions,
-                    configs: Default::default(),
-                    validate_only: false,
-                };
-                // A concurrent creation of the same topic is as good as ours.
-                let _created_or_already_there = shard.create_topic(new).await;
-                shard.topic(&name)
-            }
-            None => None,
-        };
+        let topic = shard.topic_or_auto_create(&name).await;
         let partitions = topic_data.partition_data.into_iter().map(|data| {
             let (shard, topic) = (shard.clone(), topic.clone());
             let task = io::spawn_local(async move {

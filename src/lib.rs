@@ -6,6 +6,7 @@
 //! - `batch_cache`: the newest batches of a partition in memory, for tail reads.
 //! - `server`: `ringmq serve`: shards, connections, Kafka request handlers.
 //! - `shard`: one core's partitions and topic table; cross-core messages.
+//! - `group`: the consumer-group coordinator; groups live on the core owning their offsets partition.
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
@@ -13,6 +14,7 @@ pub mod batch;
 pub mod batch_cache;
 pub mod config;
 pub mod constants;
+pub mod group;
 pub mod io;
 pub mod log;
 pub mod server;

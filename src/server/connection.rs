@@ -12,7 +12,9 @@ use std::sync::Arc;
 /// (`stopping`: the connection then closes before reading another request, never in the middle
 /// of answering one).
 pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, stopping: Latch) {
-    let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    let peer_address = stream.peer_addr().ok();
+    let peer = peer_address.map(|address| address.to_string()).unwrap_or_default();
+    let client_host = peer_address.map(|address| format!("/{}", address.ip())).unwrap_or_default();
     // Idle and stalled clients (slowloris) are cut off instead of holding a task forever.
     if let Err(error) = stream.set_read_timeout(Some(broker.idle_timeout)) {
         tracing::warn!(%peer, %error, "cannot set a read timeout; closing");
@@ -33,7 +35,7 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, st
                 return;
             }
         };
-        match handlers::handle(&broker, &shard, request).await {
+        match handlers::handle(&broker, &shard, request, &client_host).await {
             Outcome::Silent => {}
             Outcome::Respond(chunks) => {
                 if let Err(error) = stream.write_chunks(&chunks).await {

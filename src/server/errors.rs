@@ -9,6 +9,7 @@ use kafka_protocol::error::ResponseError;
 pub fn produce(error: &ProduceError) -> ResponseError {
     match error {
         ProduceError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        ProduceError::InternalTopic => ResponseError::InvalidTopicException,
         ProduceError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
         ProduceError::Append(AppendError::Batch(BatchError::TooLarge { .. })) => {
             ResponseError::MessageTooLarge

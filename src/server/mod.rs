@@ -54,6 +54,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeErro
 /// until the process is stopped.
 pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
     config.validate()?;
+    abort_on_panic();
     let data_dir = config.data_dir.display().to_string();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_error(format!("create data directory {data_dir}")))?;
@@ -68,7 +69,10 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         request_bytes_max: config.socket_request_max_bytes,
         idle_timeout: config.connections_max_idle,
     });
-    let topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
+    let mut topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
+    topics
+        .ensure_offsets_topic(&config.data_dir, config.groups.offsets_topic_partitions, config.cores)
+        .map_err(|e| ServeError::Shard(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(io_error("install signal handler"))?;
@@ -176,13 +180,14 @@ async fn shard_main(start: ShardStart) {
     shard.close_logs().await;
 }
 
-/// Applies retention on this shard every `log_retention_check_interval_ms` until the stop.
+/// Applies retention (and expires and compacts group offsets) on this shard every `log_retention_check_interval_ms` until the stop.
 async fn apply_retention(shard: Rc<Shard>, stopping: io::Latch) {
     let interval = shard.config().retention_check_interval;
     while !stopping.is_set() {
         futures_lite::future::or(io::sleep(interval), stopping.wait()).await;
         if !stopping.is_set() {
             shard.enforce_retention().await;
+            shard.groups().maintain().await;
         }
     }
 }
@@ -229,6 +234,16 @@ impl Drop for OpenConnection {
         self.open.set(self.open.get() - 1);
         self.closed.notify();
     }
+}
+
+/// A panic is a bug; a broker with one core dead would keep its port (SO_REUSEPORT) and
+/// swallow the connections the kernel gives that core. Better to exit and be restarted.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
 }
 
 /// The cluster id, created on the first start and kept in the data directory.

@@ -21,6 +21,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 1, 4),
     (ApiKey::AlterConfigs, 0, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 0, 1),
+    (ApiKey::FindCoordinator, 0, 0, 6),
+    (ApiKey::JoinGroup, 0, 0, 9),
+    (ApiKey::SyncGroup, 0, 0, 5),
+    (ApiKey::Heartbeat, 0, 0, 4),
+    (ApiKey::LeaveGroup, 0, 0, 5),
+    (ApiKey::OffsetCommit, 2, 2, 9),
+    (ApiKey::OffsetFetch, 1, 1, 9),
+    (ApiKey::OffsetDelete, 0, 0, 0),
+    (ApiKey::DescribeGroups, 0, 0, 6),
+    (ApiKey::ListGroups, 0, 0, 5),
+    (ApiKey::DeleteGroups, 0, 0, 2),
 ];
 
 /// Whether requests of `api` at `version` are decoded and answered.

@@ -8,6 +8,7 @@
 pub mod topics;
 
 use crate::config::BrokerConfig;
+use crate::group::{self, Coordinator};
 use crate::io::{self, Mesh};
 use crate::log::{AppendError, Log, LogError, ReadError, ReadLimits};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
@@ -25,8 +26,14 @@ pub const METADATA_SHARD: usize = 0;
 /// Messages in flight between any two shards before a sender waits.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
+/// Work run on another shard (with that shard's state): how group requests reach the core
+/// that owns the group.
+pub type RemoteTask =
+    Box<dyn FnOnce(Rc<Shard>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
+
 /// What one shard asks of another. Every request carries the channel its answer comes back on.
 pub enum ShardMessage {
+    Run(RemoteTask),
     CreateTopic {
         topic: NewTopic,
         reply: oneshot::Sender<Result<TopicMeta, CreateTopicError>>,
@@ -187,6 +194,8 @@ pub struct Produced {
 pub enum ProduceError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("clients cannot write to an internal topic")]
+    InternalTopic,
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error("the owning shard is unavailable")]
@@ -203,6 +212,7 @@ pub struct Shard {
     topics: RefCell<TopicTable>,
     logs: RefCell<HashMap<(String, i32), Rc<Log>>>,
     mesh: Mesh<ShardMessage>,
+    groups: Rc<Coordinator>,
     /// Shard 0 only: names being created, and the next shard to place a partition on.
     creating: RefCell<BTreeSet<String>>,
     next_owner: Cell<usize>,
@@ -217,6 +227,8 @@ impl Shard {
         topics: TopicTable,
     ) -> Result<Rc<Shard>, String> {
         let inboxes = mesh.take_inboxes();
+        let offsets_partitions = topics.get(group::OFFSETS_TOPIC).map_or(1, TopicMeta::partitions);
+        let groups = Coordinator::new(config.groups.clone(), offsets_partitions);
         let shard = Rc::new(Shard {
             id: mesh.shard(),
             shards: mesh.shards(),
@@ -224,12 +236,14 @@ impl Shard {
             topics: RefCell::new(TopicTable::default()),
             logs: RefCell::new(HashMap::new()),
             mesh,
+            groups,
             creating: RefCell::new(BTreeSet::new()),
             next_owner: Cell::new(0),
         });
         for topic in topics.iter() {
             shard.apply_topic_created(topic.clone()).await?;
         }
+        shard.load_groups().await?;
         for (_, inbox) in inboxes {
             let shard = shard.clone();
             io::spawn_detached(async move {
@@ -243,6 +257,56 @@ impl Shard {
 
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// How many shards (cores) the broker runs.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn groups(&self) -> &Rc<Coordinator> {
+        &self.groups
+    }
+
+    /// Rebuilds the groups of the offsets partitions this shard owns.
+    async fn load_groups(&self) -> Result<(), String> {
+        let Some(topic) = self.topic(group::OFFSETS_TOPIC) else { return Ok(()) };
+        for partition in 0..topic.partitions() {
+            if self.owner(&topic, partition) != Some(self.id) {
+                continue;
+            }
+            let Some(log) = self.log(&topic.name, partition) else { continue };
+            let records = self.groups.load(partition, log).await?;
+            tracing::debug!(shard = self.id, partition, records, "loaded an offsets partition");
+        }
+        Ok(())
+    }
+
+    /// The shard that coordinates `group`: the owner of its offsets partition.
+    pub fn group_shard(&self, group: &str) -> Option<usize> {
+        let topic = self.topic(group::OFFSETS_TOPIC)?;
+        self.owner(&topic, group::partition_for(group, topic.partitions()))
+    }
+
+    /// Runs `task` on `shard` (here if it is this one) and returns its result; `None` if that
+    /// shard cannot be reached.
+    pub async fn run_on<T, F, Fut>(self: &Rc<Self>, shard: usize, task: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        if shard == self.id {
+            return Some(task(self.clone()).await);
+        }
+        let (reply, answer) = oneshot::channel();
+        let remote: RemoteTask = Box::new(move |shard: Rc<Shard>| {
+            Box::pin(async move {
+                let _gone = reply.send(task(shard).await);
+            })
+        });
+        self.mesh.send_to(shard, ShardMessage::Run(remote)).await.ok()?;
+        answer.await.ok()
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -301,6 +365,7 @@ impl Shard {
     async fn handle(self: Rc<Self>, message: ShardMessage) {
         // A requester that stopped waiting (its connection closed) is not an error.
         match message {
+            ShardMessage::Run(task) => task(self).await,
             ShardMessage::CreateTopic { topic, reply } => {
                 let _gone = reply.send(self.create_topic(topic).await);
             }
@@ -579,6 +644,9 @@ impl Shard {
                 .await;
         }
         let topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
+        if topics::is_internal(name) {
+            return Err(CreateTopicError::InvalidName(format!("`{name}` is internal and cannot be deleted")));
+        }
         self.persist_with(None, Some(name)).await?;
         let deleted = |reply| ShardMessage::TopicDeleted { topic: topic.clone(), reply };
         self.announce(deleted, || self.apply_topic_deleted(&topic)).await?;
@@ -617,6 +685,11 @@ impl Shard {
             return self.ask_metadata_shard(message).await;
         }
         let mut topic = self.topic(name).ok_or_else(|| CreateTopicError::UnknownTopic(name.into()))?;
+        if topics::is_internal(name) {
+            return Err(CreateTopicError::InvalidName(format!(
+                "`{name}` is internal; its partitions are fixed"
+            )));
+        }
         if partitions <= topic.partitions() || partitions > topics::PARTITIONS_MAX {
             return Err(CreateTopicError::InvalidPartitions(partitions));
         }
@@ -730,6 +803,9 @@ impl Shard {
         records: Bytes,
         acks: i16,
     ) -> ProduceResult {
+        if topics::is_internal(&topic.name) {
+            return Err(ProduceError::InternalTopic);
+        }
         let owner = self.owner(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
         if owner == self.id {
             return self.produce_here(&topic.name, partition, &records, acks).await;

@@ -87,6 +87,43 @@ impl TopicTable {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         toml::to_string(self).map(String::into_bytes).map_err(|e| e.to_string())
     }
+
+    /// Adds the group coordinator's internal topic if it does not exist yet, its partitions
+    /// spread over `cores` in turn, and writes the table. Runs before the shards start.
+    pub fn ensure_offsets_topic(
+        &mut self,
+        data_dir: &Path,
+        partitions: i32,
+        cores: usize,
+    ) -> Result<(), TopicsFileError> {
+        if self.get(crate::group::OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        // Never deleted by time or size; the coordinator compacts it itself.
+        let configs = [("retention.ms", "-1"), ("retention.bytes", "-1"), ("segment.bytes", "104857600")];
+        self.insert(TopicMeta {
+            name: crate::group::OFFSETS_TOPIC.to_string(),
+            id: uuid::Uuid::new_v4(),
+            owners: (0..partitions).map(|p| (p as usize % cores.max(1)) as u16).collect(),
+            configs: configs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        });
+        let path = data_dir.join(TOPICS_FILE);
+        let tmp = data_dir.join(format!("{TOPICS_FILE}.tmp"));
+        let io = |source| TopicsFileError::Io { path: path.display().to_string(), source };
+        let encoded = self
+            .encode()
+            .map_err(|reason| TopicsFileError::Corrupt { path: path.display().to_string(), reason })?;
+        std::fs::write(&tmp, encoded)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+            .map_err(io)
+    }
+}
+
+/// Whether `name` is a topic clients may not produce to or delete (Kafka's internal topics).
+pub fn is_internal(name: &str) -> bool {
+    name == crate::group::OFFSETS_TOPIC
 }
 
 /// Kafka's rule: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.

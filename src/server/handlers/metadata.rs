@@ -3,7 +3,7 @@
 
 use crate::server::Broker;
 use crate::shard::Shard;
-use crate::shard::topics::TopicMeta;
+use crate::shard::topics::{self, TopicMeta};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -68,5 +68,6 @@ fn describe(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
         .with_topic_id(topic.id)
+        .with_is_internal(topics::is_internal(&topic.name))
         .with_partitions(partitions)
 }

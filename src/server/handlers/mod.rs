@@ -7,12 +7,14 @@ mod api_versions;
 mod configs;
 mod create_topics;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
 
 use super::frame::REQUEST_PREFIX_BYTES;
 use super::{Broker, versions};
+use crate::group::ClientInfo;
 use crate::shard::Shard;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
@@ -38,6 +40,8 @@ pub struct Request {
     pub api: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    /// The client id from the request header ("" if none).
+    pub client_id: String,
     pub body: RequestKind,
 }
 
@@ -68,17 +72,20 @@ pub fn decode_request(frame: Bytes) -> Result<Request, Refused> {
         return Err(Refused::Close(format!("unsupported version {version} of {api:?}")));
     }
     let mut body = frame;
-    if let Err(error) = RequestHeader::decode(&mut body, api.request_header_version(version)) {
-        return Err(Refused::Close(format!("bad {api:?} v{version} request header: {error}")));
-    }
+    let header = match RequestHeader::decode(&mut body, api.request_header_version(version)) {
+        Ok(header) => header,
+        Err(error) => return Err(Refused::Close(format!("bad {api:?} v{version} request header: {error}"))),
+    };
+    let client_id = header.client_id.map(|id| id.to_string()).unwrap_or_default();
     match RequestKind::decode(api, &mut body, version) {
-        Ok(request) => Ok(Request { api, version, correlation_id, body: request }),
+        Ok(request) => Ok(Request { api, version, correlation_id, client_id, body: request }),
         Err(error) => Err(Refused::Close(format!("bad {api:?} v{version} request: {error}"))),
     }
 }
 
-pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome {
-    let Request { api, version, correlation_id, body: request } = match decode_request(frame) {
+/// Answers one request frame from a client at `client_host` (Kafka's "/1.2.3.4" form).
+pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Outcome {
+    let Request { api, version, correlation_id, client_id, body: request } = match decode_request(frame) {
         Ok(request) => request,
         Err(Refused::UnsupportedApiVersions { correlation_id }) => {
             let response = ResponseKind::ApiVersions(api_versions::unsupported_version());
@@ -123,6 +130,36 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes) -> Outcome
             Some(response) => ResponseKind::Produce(response),
             None => return Outcome::Silent,
         },
+        RequestKind::FindCoordinator(request) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(broker, request, version))
+        }
+        RequestKind::JoinGroup(request) => {
+            let client = ClientInfo { client_id, client_host: client_host.to_string() };
+            ResponseKind::JoinGroup(groups::join(shard, request, version, client).await)
+        }
+        RequestKind::SyncGroup(request) => {
+            ResponseKind::SyncGroup(groups::sync(shard, request, version).await)
+        }
+        RequestKind::Heartbeat(request) => ResponseKind::Heartbeat(groups::heartbeat(shard, request).await),
+        RequestKind::LeaveGroup(request) => {
+            ResponseKind::LeaveGroup(groups::leave(shard, request, version).await)
+        }
+        RequestKind::OffsetCommit(request) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, request).await)
+        }
+        RequestKind::OffsetFetch(request) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, request, version).await)
+        }
+        RequestKind::OffsetDelete(request) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(shard, request).await)
+        }
+        RequestKind::DescribeGroups(request) => {
+            ResponseKind::DescribeGroups(groups::describe(shard, request, version).await)
+        }
+        RequestKind::ListGroups(request) => ResponseKind::ListGroups(groups::list(shard, request).await),
+        RequestKind::DeleteGroups(request) => {
+            ResponseKind::DeleteGroups(groups::delete(shard, request).await)
+        }
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };
     encode(api, version, correlation_id, &response)

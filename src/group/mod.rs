@@ -1,0 +1,284 @@
+//! The group coordinator (Kafka's classic consumer-group protocol). Every group belongs to one
+//! partition of the internal `__consumer_offsets` topic, chosen as Kafka chooses it (the Java
+//! hash of the group id), and so to the core that owns that partition: that core holds the
+//! group's state machine and writes its offsets and metadata to that partition. Nothing here
+//! is shared between cores; a request for a group on another core travels there by message.
+//!
+//! - `state`: one group's members, generation, assignment and offsets.
+//! - `membership`: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, and the timers that expire
+//!   sessions and end rebalances.
+//! - `offsets`: OffsetCommit, OffsetFetch, OffsetDelete.
+//! - `admin`: DescribeGroups, ListGroups, DeleteGroups.
+//! - `store`: the records of the offsets topic, in Kafka's formats.
+
+mod admin;
+mod membership;
+pub mod offsets;
+pub mod state;
+pub mod store;
+
+use crate::config::GroupConfig;
+use crate::log::{AppendError, Log, ReadLimits};
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
+use state::{Group, GroupState};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use store::Entry;
+
+/// The internal topic holding committed offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Longest metadata string an offset commit may carry (Kafka's offset.metadata.max.bytes).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Longest group id accepted (group ids are written into the offsets topic's keys).
+pub const GROUP_ID_BYTES_MAX: usize = 1024;
+
+/// The partition of `__consumer_offsets` that holds `group`: Kafka's
+/// `Utils.abs(groupId.hashCode) % partitions`, so tools that locate a group in Kafka's offsets
+/// topic find it in ours.
+pub fn partition_for(group: &str, partitions: i32) -> i32 {
+    let hash =
+        group.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)));
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % partitions.max(1)
+}
+
+/// Who sent a request: the client id from its header and the address it came from.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub client_host: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("this core does not own the group's offsets partition")]
+    NotOwned,
+    #[error("encode: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+/// One core's share of the group coordinator.
+pub struct Coordinator {
+    config: GroupConfig,
+    groups: RefCell<HashMap<String, Rc<RefCell<Group>>>>,
+    /// The partitions of the offsets topic this core owns, by index.
+    logs: RefCell<BTreeMap<i32, Rc<Log>>>,
+    /// How many partitions the offsets topic has.
+    partitions: i32,
+}
+
+impl Coordinator {
+    pub fn new(config: GroupConfig, partitions: i32) -> Rc<Coordinator> {
+        Rc::new(Coordinator {
+            config,
+            groups: RefCell::new(HashMap::new()),
+            logs: RefCell::new(BTreeMap::new()),
+            partitions,
+        })
+    }
+
+    fn group(&self, id: &str) -> Option<Rc<RefCell<Group>>> {
+        self.groups.borrow().get(id).cloned()
+    }
+
+    fn group_or_new(&self, id: &str) -> Rc<RefCell<Group>> {
+        self.groups
+            .borrow_mut()
+            .entry(id.to_string())
+            .or_insert_with(|| Rc::new(RefCell::new(Group::new(id))))
+            .clone()
+    }
+
+    fn log_for(&self, group: &str) -> Result<Rc<Log>, WriteError> {
+        let partition = partition_for(group, self.partitions);
+        self.logs.borrow().get(&partition).cloned().ok_or(WriteError::NotOwned)
+    }
+
+    /// Appends `entries` to the group's offsets partition; the future says when they are durable
+    /// under the partition's flush policy.
+    fn append(&self, group: &str, entries: &[Entry]) -> Result<crate::log::Durable, WriteError> {
+        let log = self.log_for(group)?;
+        let batch = store::encode(entries, TimestampMs::now().0).map_err(WriteError::Encode)?;
+        Ok(log.append(&batch, LeaderEpoch(0))?.durable)
+    }
+
+    /// Writes `entries` and waits until they are durable.
+    async fn write(&self, group: &str, entries: &[Entry]) -> Result<(), WriteError> {
+        Ok(self.append(group, entries)?.await?)
+    }
+
+    /// Takes over `partition` of the offsets topic: reads it from its start and rebuilds the
+    /// groups it holds. Members of restored groups keep their session; those that do not
+    /// heartbeat expire as usual.
+    pub async fn load(self: &Rc<Self>, partition: i32, log: Rc<Log>) -> Result<usize, String> {
+        let mut from = log.log_start_offset();
+        let upper = log.stable_offset();
+        let mut records = 0;
+        while from < upper {
+            let limits = ReadLimits { bytes_max: 1 << 20, min_one: true, upper };
+            let read = log.read(from, limits).await.map_err(|e| format!("read offsets partition: {e}"))?;
+            if read.next_offset <= from {
+                break;
+            }
+            for chunk in &read.chunks {
+                for entry in store::decode(chunk)? {
+                    records += 1;
+                    self.replay(entry);
+                }
+            }
+            from = read.next_offset;
+        }
+        self.logs.borrow_mut().insert(partition, log);
+        let restored: Vec<String> = self
+            .groups
+            .borrow()
+            .iter()
+            .filter(|(id, group)| {
+                partition_for(id, self.partitions) == partition && !group.borrow().members.is_empty()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in restored {
+            self.watch_members(&id);
+        }
+        Ok(records)
+    }
+
+    fn replay(&self, entry: Entry) {
+        match entry {
+            Entry::Offset { group, topic, partition, value: Some(value) } => {
+                self.group_or_new(&group).borrow_mut().offsets.insert((topic, partition), value);
+            }
+            Entry::Offset { group, topic, partition, value: None } => {
+                if let Some(group) = self.group(&group) {
+                    group.borrow_mut().offsets.remove(&(topic, partition));
+                }
+            }
+            Entry::Group { group, value: Some(value) } => {
+                self.group_or_new(&group).borrow_mut().restore(value)
+            }
+            Entry::Group { group, value: None } => {
+                self.groups.borrow_mut().remove(&group);
+            }
+        }
+    }
+
+    /// Periodic upkeep: drops the offsets of groups that have been empty longer than the
+    /// offsets retention (as Kafka does), then compacts each offsets partition this core owns.
+    pub async fn maintain(&self) {
+        let now = TimestampMs::now();
+        let retention = self.config.offsets_retention.as_millis() as i64;
+        let expired: Vec<String> = self
+            .groups
+            .borrow()
+            .iter()
+            .filter(|(_, group)| {
+                let group = group.borrow();
+                group.state == GroupState::Empty && now.0.saturating_sub(group.state_since.0) >= retention
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Err(error) = self.delete_group(&id).await {
+                tracing::warn!(group = id, %error, "expiring an empty group's offsets failed");
+            } else {
+                tracing::info!(group = id, "offsets of an empty group expired");
+            }
+        }
+        let logs: Vec<(i32, Rc<Log>)> = self.logs.borrow().iter().map(|(p, log)| (*p, log.clone())).collect();
+        for (partition, log) in logs {
+            if let Err(error) = self.compact(partition, &log).await {
+                tracing::warn!(partition, %error, "compacting an offsets partition failed");
+            }
+        }
+    }
+
+    /// The live entries of the groups on one offsets partition.
+    fn live_entries(&self, partition: i32) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        for (id, group) in self.groups.borrow().iter() {
+            if partition_for(id, self.partitions) != partition {
+                continue;
+            }
+            let group = group.borrow();
+            if group.protocol_type.is_some() || !group.members.is_empty() {
+                entries.push(Entry::Group { group: id.clone(), value: Some(group.to_value()) });
+            }
+            for ((topic, index), value) in &group.offsets {
+                let (topic, partition) = (topic.clone(), *index);
+                entries.push(Entry::Offset {
+                    group: id.clone(),
+                    topic,
+                    partition,
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        entries
+    }
+
+    /// The offsets topic is append-only; without compaction it would grow with every commit.
+    /// When most of a partition is superseded, the live entries are written again at its end
+    /// and everything before them is deleted. In-memory state changes when an entry is
+    /// appended (in log order), so the copy is never older than what precedes it.
+    async fn compact(&self, partition: i32, log: &Log) -> Result<(), WriteError> {
+        let entries = self.live_entries(partition);
+        let records = log.log_end_offset().0 - log.log_start_offset().0;
+        if records <= 2 * entries.len() as i64 + COMPACT_SLACK_RECORDS {
+            return Ok(());
+        }
+        let start = log.log_end_offset();
+        let mut last = None;
+        for chunk in entries.chunks(COMPACT_BATCH_RECORDS) {
+            let batch = store::encode(chunk, TimestampMs::now().0).map_err(WriteError::Encode)?;
+            last = Some(log.append(&batch, LeaderEpoch(0))?.durable);
+        }
+        if let Some(durable) = last {
+            durable.await?;
+        }
+        let from = if entries.is_empty() { log.stable_offset() } else { start };
+        log.delete_records_before(Offset(from.0)).await.map_err(|e| WriteError::Encode(e.to_string()))?;
+        tracing::info!(partition, records, live = entries.len(), "compacted an offsets partition");
+        Ok(())
+    }
+
+    /// Deletes a group: tombstones for its offsets and metadata, then it is gone.
+    async fn delete_group(&self, id: &str) -> Result<(), WriteError> {
+        let Some(group) = self.group(id) else { return Ok(()) };
+        let entries: Vec<Entry> = {
+            let mut group = group.borrow_mut();
+            group.set_state(GroupState::Dead);
+            let offsets = group.offsets.keys().map(|(topic, partition)| Entry::Offset {
+                group: id.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: None,
+            });
+            offsets.chain([Entry::Group { group: id.to_string(), value: None }]).collect()
+        };
+        self.groups.borrow_mut().remove(id);
+        self.write(id, &entries).await
+    }
+}
+
+/// Records beyond twice the live ones a partition may hold before it is compacted.
+const COMPACT_SLACK_RECORDS: i64 = 10_000;
+/// Entries per batch when a partition's live entries are written again.
+const COMPACT_BATCH_RECORDS: usize = 1_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_land_on_the_partition_kafka_would_choose() {
+        // Java: "my-group".hashCode() == -1906497762, "test-group".hashCode() == 627841412.
+        assert_eq!(partition_for("my-group", 50), 12);
+        assert_eq!(partition_for("test-group", 50), 12);
+        assert_eq!(partition_for("", 16), 0);
+        assert!((0..16).contains(&partition_for("ü-gruppe", 16)));
+    }
+}

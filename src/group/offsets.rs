@@ -1,0 +1,275 @@
+//! Committed offsets: OffsetCommit (from group members, checked against the generation, or
+//! from consumers that assign partitions themselves), OffsetFetch and OffsetDelete. A commit is
+//! answered once its records are durable in the offsets topic under its flush policy.
+
+use super::state::{Group, GroupState};
+use super::store::{Entry, OffsetValue};
+use super::{Coordinator, GROUP_ID_BYTES_MAX, OFFSET_METADATA_BYTES_MAX};
+use crate::types::TimestampMs;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::protocol::Decodable;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+/// Which offsets an OffsetFetch asks for: named partitions by topic, or (None) all of them.
+pub type OffsetQuery = Option<Vec<(String, Vec<i32>)>>;
+/// The committed offsets found, by topic: (partition, offset if committed).
+pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+
+impl Coordinator {
+    /// OffsetCommit. `exists(topic, partition)` says whether the partition exists.
+    pub async fn commit(
+        self: &Rc<Self>,
+        request: OffsetCommitRequest,
+        exists: impl Fn(&str, i32) -> bool,
+    ) -> OffsetCommitResponse {
+        let group_id = request.group_id.to_string();
+        let mut codes: Vec<Vec<i16>> =
+            request.topics.iter().map(|topic| vec![0; topic.partitions.len()]).collect();
+        let refused = self.check_commit(&request).err();
+        let mut entries = Vec::new();
+        let mut written = Vec::new();
+        let now = TimestampMs::now().0;
+        for (t, topic) in request.topics.iter().enumerate() {
+            for (p, partition) in topic.partitions.iter().enumerate() {
+                let metadata = partition.committed_metadata.as_deref().unwrap_or_default();
+                let error = if let Some(error) = refused {
+                    Some(error)
+                } else if metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                    Some(ResponseError::OffsetMetadataTooLarge)
+                } else if !exists(topic.name.as_str(), partition.partition_index) {
+                    Some(ResponseError::UnknownTopicOrPartition)
+                } else {
+                    None
+                };
+                if let Some(error) = error {
+                    codes[t][p] = error.code();
+                    continue;
+                }
+                let value = OffsetValue {
+                    offset: partition.committed_offset,
+                    leader_epoch: partition.committed_leader_epoch,
+                    metadata: metadata.to_string(),
+                    commit_timestamp: now,
+                };
+                let (topic, partition) = (topic.name.to_string(), partition.partition_index);
+                entries.push(Entry::Offset { group: group_id.clone(), topic, partition, value: Some(value) });
+                written.push((t, p));
+            }
+        }
+        if !entries.is_empty()
+            && let Err(error) = self.store_offsets(&group_id, entries).await
+        {
+            tracing::warn!(group = group_id, %error, "storing committed offsets failed");
+            for (t, p) in written {
+                codes[t][p] = ResponseError::CoordinatorNotAvailable.code();
+            }
+        }
+        commit_response(&request, codes)
+    }
+
+    /// Whether this commit may be made: members commit in their current generation; a
+    /// consumer outside any group (generation -1, no member id) only to a group with no members.
+    fn check_commit(&self, request: &OffsetCommitRequest) -> Result<(), ResponseError> {
+        let group_id = request.group_id.as_str();
+        if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let generation = request.generation_id_or_member_epoch;
+        let group = match self.group(group_id) {
+            Some(group) => group,
+            None if generation < 0 => self.group_or_new(group_id),
+            None => return Err(ResponseError::IllegalGeneration),
+        };
+        let mut group = group.borrow_mut();
+        if group.state == GroupState::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if generation < 0 && request.member_id.is_empty() && group.state == GroupState::Empty {
+            return Ok(());
+        }
+        let instance = request.group_instance_id.as_deref();
+        if let Some(instance) = instance
+            && group.instances.get(instance).is_some_and(|id| id != request.member_id.as_str())
+        {
+            return Err(ResponseError::FencedInstanceId);
+        }
+        let Some(member) = group.members.get_mut(request.member_id.as_str()) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        member.touch();
+        if generation != group.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        if group.state == GroupState::CompletingRebalance {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        Ok(())
+    }
+
+    /// Appends offset entries and applies them at once (so the in-memory state follows log
+    /// order), then waits until they are durable; if they are not, the values they replaced
+    /// come back.
+    async fn store_offsets(&self, group_id: &str, entries: Vec<Entry>) -> Result<(), super::WriteError> {
+        let durable = self.append(group_id, &entries)?;
+        let group = self.group_or_new(group_id);
+        let mut replaced = Vec::with_capacity(entries.len());
+        {
+            let mut group = group.borrow_mut();
+            for entry in &entries {
+                if let Entry::Offset { topic, partition, value: Some(value), .. } = entry {
+                    let key = (topic.clone(), *partition);
+                    replaced.push((key.clone(), value.clone(), group.offsets.insert(key, value.clone())));
+                }
+            }
+        }
+        let result = durable.await;
+        if result.is_err() {
+            let mut group = group.borrow_mut();
+            for (key, ours, before) in replaced {
+                if group.offsets.get(&key) == Some(&ours) {
+                    match before {
+                        Some(before) => group.offsets.insert(key, before),
+                        None => group.offsets.remove(&key),
+                    };
+                }
+            }
+        }
+        Ok(result?)
+    }
+
+    /// OffsetFetch for one group.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        query: &OffsetQuery,
+    ) -> Result<FetchedOffsets, ResponseError> {
+        if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let group = self.group(group_id);
+        let group = group.as_ref().map(|group| group.borrow());
+        let offsets = |topic: &str, partition: i32| {
+            group.as_ref().and_then(|g| g.offsets.get(&(topic.to_string(), partition)).cloned())
+        };
+        let Some(query) = query else {
+            let mut all: FetchedOffsets = Vec::new();
+            for ((topic, partition), value) in group.iter().flat_map(|g| g.offsets.iter()) {
+                if all.last().is_none_or(|(last, _)| last != topic) {
+                    all.push((topic.clone(), Vec::new()));
+                }
+                if let Some((_, partitions)) = all.last_mut() {
+                    partitions.push((*partition, Some(value.clone())));
+                }
+            }
+            return Ok(all);
+        };
+        Ok(query
+            .iter()
+            .map(|(topic, partitions)| {
+                (
+                    topic.clone(),
+                    partitions.iter().map(|&partition| (partition, offsets(topic, partition))).collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// OffsetDelete: removes committed offsets of partitions the group is not consuming.
+    /// Returns the group-level error, or each partition's.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<(String, i32, i16)>, ResponseError> {
+        let group = self.group(group_id).ok_or(ResponseError::GroupIdNotFound)?;
+        let (entries, outcome) = {
+            let group = group.borrow();
+            let subscribed = subscribed_topics(&group)?;
+            let mut entries = Vec::new();
+            let mut outcome = Vec::with_capacity(partitions.len());
+            for (topic, partition) in partitions {
+                if subscribed.contains(&topic) {
+                    outcome.push((topic, partition, ResponseError::GroupSubscribedToTopic.code()));
+                    continue;
+                }
+                if group.offsets.contains_key(&(topic.clone(), partition)) {
+                    let entry = Entry::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition,
+                        value: None,
+                    };
+                    entries.push(entry);
+                }
+                outcome.push((topic, partition, 0));
+            }
+            (entries, outcome)
+        };
+        if entries.is_empty() {
+            return Ok(outcome);
+        }
+        let durable = self.append(group_id, &entries).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        {
+            let mut group = group.borrow_mut();
+            for entry in &entries {
+                if let Entry::Offset { topic, partition, .. } = entry {
+                    group.offsets.remove(&(topic.clone(), *partition));
+                }
+            }
+        }
+        durable.await.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        Ok(outcome)
+    }
+}
+
+/// The topics a group's members subscribe to (consumer protocol only); an error if the group
+/// has members of another protocol type, whose subscriptions cannot be read.
+fn subscribed_topics(group: &Group) -> Result<BTreeSet<String>, ResponseError> {
+    let mut topics = BTreeSet::new();
+    if group.state == GroupState::Empty || group.members.is_empty() {
+        return Ok(topics);
+    }
+    if group.protocol_type.as_deref() != Some("consumer") {
+        return Err(ResponseError::NonEmptyGroup);
+    }
+    let protocol = group.protocol.clone().unwrap_or_default();
+    for member in group.members.values() {
+        let mut metadata = member.metadata(&protocol);
+        if metadata.len() < 2 {
+            continue;
+        }
+        let version = i16::from_be_bytes([metadata[0], metadata[1]]);
+        let mut body = metadata.split_off(2);
+        if let Ok(subscription) = ConsumerProtocolSubscription::decode(&mut body, version.clamp(0, 3)) {
+            topics.extend(subscription.topics.iter().map(|topic| topic.to_string()));
+        }
+    }
+    Ok(topics)
+}
+
+fn commit_response(request: &OffsetCommitRequest, codes: Vec<Vec<i16>>) -> OffsetCommitResponse {
+    let topics = request
+        .topics
+        .iter()
+        .zip(codes)
+        .map(|(topic, codes)| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(codes)
+                .map(|(partition, code)| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(partition.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default().with_name(topic.name.clone()).with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}

@@ -176,8 +176,12 @@ impl Coordinator {
             .borrow()
             .iter()
             .filter(|(_, group)| {
+                // Idle since it emptied or since its last commit, whichever is later (groups
+                // of consumers that assign partitions themselves are always empty).
                 let group = group.borrow();
-                group.state == GroupState::Empty && now.0.saturating_sub(group.state_since.0) >= retention
+                let last_commit = group.offsets.values().map(|offset| offset.commit_timestamp).max();
+                let idle_since = last_commit.unwrap_or(0).max(group.state_since.0);
+                group.state == GroupState::Empty && now.0.saturating_sub(idle_since) >= retention
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -270,15 +274,4 @@ const COMPACT_SLACK_RECORDS: i64 = 10_000;
 const COMPACT_BATCH_RECORDS: usize = 1_000;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups_land_on_the_partition_kafka_would_choose() {
-        // Java: "my-group".hashCode() == -1906497762, "test-group".hashCode() == 627841412.
-        assert_eq!(partition_for("my-group", 50), 12);
-        assert_eq!(partition_for("test-group", 50), 12);
-        assert_eq!(partition_for("", 16), 0);
-        assert!((0..16).contains(&partition_for("ü-gruppe", 16)));
-    }
-}
+mod tests;

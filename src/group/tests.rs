@@ -1,0 +1,177 @@
+//! The coordinator on a real partition log, in one executor: the protocol's errors and
+//! fencing, and committed offsets surviving a reopen, compaction and expiry.
+
+use super::*;
+use crate::config::BrokerConfig;
+use crate::io::block_on;
+use crate::log::LogConfig;
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use std::time::Duration;
+
+fn config() -> GroupConfig {
+    GroupConfig { initial_rebalance_delay: Duration::ZERO, ..BrokerConfig::defaults().groups }
+}
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+async fn open_coordinator(dir: &std::path::Path, config: GroupConfig) -> Rc<Coordinator> {
+    let log = Log::open(dir, LogConfig::default()).await.expect("open the offsets partition");
+    let coordinator = Coordinator::new(config, 1);
+    coordinator.load(0, Rc::new(log)).await.expect("load");
+    coordinator
+}
+
+fn join_request(member_id: &str, instance: Option<&str>) -> JoinGroupRequest {
+    let protocol =
+        JoinGroupRequestProtocol::default().with_name(text("range")).with_metadata(Bytes::from_static(b"m"));
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(text(member_id))
+        .with_group_instance_id(instance.map(text))
+        .with_protocol_type(text("consumer"))
+        .with_protocols(vec![protocol])
+}
+
+fn sync_request(member_id: &str, generation: i32, assignment: &'static [u8]) -> SyncGroupRequest {
+    let assignments = vec![
+        SyncGroupRequestAssignment::default()
+            .with_member_id(text(member_id))
+            .with_assignment(Bytes::from_static(assignment)),
+    ];
+    SyncGroupRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_generation_id(generation)
+        .with_member_id(text(member_id))
+        .with_assignments(assignments)
+}
+
+fn heartbeat(coordinator: &Coordinator, member_id: &str, generation: i32, instance: Option<&str>) -> i16 {
+    let request = HeartbeatRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_generation_id(generation)
+        .with_member_id(text(member_id))
+        .with_group_instance_id(instance.map(text));
+    coordinator.heartbeat(request).error_code
+}
+
+fn commit_request(offset: i64) -> OffsetCommitRequest {
+    let partition =
+        OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset);
+    let topic =
+        OffsetCommitRequestTopic::default().with_name(TopicName(text("t"))).with_partitions(vec![partition]);
+    OffsetCommitRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![topic])
+}
+
+fn committed(coordinator: &Coordinator) -> Option<i64> {
+    let query = Some(vec![("t".to_string(), vec![0])]);
+    let found = coordinator.fetch_offsets("g", &query).expect("fetch");
+    found[0].1[0].1.as_ref().map(|value| value.offset)
+}
+
+#[test]
+fn members_join_sync_and_are_fenced_by_generation_and_member_id() {
+    let dir = tempfile::tempdir().expect("dir");
+    block_on(async {
+        let coordinator = open_coordinator(dir.path(), config()).await;
+        let client = ClientInfo { client_id: "c".into(), client_host: "/127.0.0.1".into() };
+        let first = coordinator.join(join_request("", None), 5, &client).await;
+        assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+        let member = first.member_id.to_string();
+        let joined = coordinator.join(join_request(&member, None), 5, &client).await;
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+        assert_eq!((joined.leader.as_str(), joined.members.len()), (member.as_str(), 1));
+
+        let stale = coordinator.sync(sync_request(&member, 2, b"x"), 3).await;
+        assert_eq!(stale.error_code, ResponseError::IllegalGeneration.code());
+        let stranger = coordinator.sync(sync_request("nobody", 1, b"x"), 3).await;
+        assert_eq!(stranger.error_code, ResponseError::UnknownMemberId.code());
+        let synced = coordinator.sync(sync_request(&member, 1, b"assignment"), 3).await;
+        assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"assignment"[..]));
+        assert_eq!(heartbeat(&coordinator, &member, 1, None), 0);
+        assert_eq!(heartbeat(&coordinator, &member, 0, None), ResponseError::IllegalGeneration.code());
+
+        // A commit outside the group while it has members is refused; the member's own is not.
+        let outsider = coordinator.commit(commit_request(5), |_, _| true).await;
+        assert_eq!(outsider.topics[0].partitions[0].error_code, ResponseError::UnknownMemberId.code());
+        let own = commit_request(5).with_generation_id_or_member_epoch(1).with_member_id(text(&member));
+        assert_eq!(coordinator.commit(own, |_, _| true).await.topics[0].partitions[0].error_code, 0);
+        assert_eq!(committed(&coordinator), Some(5));
+    });
+}
+
+#[test]
+fn a_static_member_rejoining_a_stable_group_keeps_the_generation_and_fences_its_old_id() {
+    let dir = tempfile::tempdir().expect("dir");
+    block_on(async {
+        let coordinator = open_coordinator(dir.path(), config()).await;
+        let client = ClientInfo::default();
+        let joined = coordinator.join(join_request("", Some("instance-1")), 5, &client).await;
+        let old = joined.member_id.to_string();
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+        let synced = coordinator.sync(sync_request(&old, 1, b"mine"), 3).await;
+        assert_eq!(synced.error_code, 0);
+
+        let again = coordinator.join(join_request("", Some("instance-1")), 5, &client).await;
+        let new = again.member_id.to_string();
+        assert_eq!((again.error_code, again.generation_id), (0, 1), "no rebalance");
+        assert_ne!(new, old);
+        let fenced = heartbeat(&coordinator, &old, 1, Some("instance-1"));
+        assert_eq!(fenced, ResponseError::FencedInstanceId.code());
+        let resynced = coordinator.sync(sync_request(&new, 1, b"ignored"), 3).await;
+        assert_eq!(&resynced.assignment[..], b"mine", "the stored assignment carries over");
+    });
+}
+
+#[test]
+fn offsets_survive_reopen_and_compaction_and_expire_once_the_group_is_idle() {
+    let dir = tempfile::tempdir().expect("dir");
+    block_on(async {
+        let coordinator = open_coordinator(dir.path(), config()).await;
+        let commits = COMPACT_SLACK_RECORDS + 100;
+        for offset in 0..commits {
+            let response = coordinator.commit(commit_request(offset), |_, _| true).await;
+            assert_eq!(response.topics[0].partitions[0].error_code, 0);
+        }
+        let log = coordinator.log_for("g").expect("the partition is ours");
+        assert_eq!(log.log_start_offset().0, 0);
+        coordinator.maintain().await;
+        assert_eq!(log.log_start_offset().0, commits, "everything before the rewritten entries is gone");
+        log.close().await.expect("close");
+
+        let reopened = open_coordinator(dir.path(), config()).await;
+        assert_eq!(committed(&reopened), Some(commits - 1));
+        reopened.log_for("g").expect("ours").close().await.expect("close");
+
+        let expiring = GroupConfig { offsets_retention: Duration::ZERO, ..config() };
+        let expired = open_coordinator(dir.path(), expiring.clone()).await;
+        expired.maintain().await;
+        assert_eq!(committed(&expired), None);
+        expired.log_for("g").expect("ours").close().await.expect("close");
+        let stored = open_coordinator(dir.path(), expiring).await;
+        assert_eq!(committed(&stored), None, "the expiry is stored");
+    });
+}
+
+#[test]
+fn groups_land_on_the_partition_kafka_would_choose() {
+    // Java: "my-group".hashCode() == -1906497762, "test-group".hashCode() == 627841412.
+    assert_eq!(partition_for("my-group", 50), 12);
+    assert_eq!(partition_for("test-group", 50), 12);
+    assert_eq!(partition_for("", 16), 0);
+    assert!((0..16).contains(&partition_for("ü-gruppe", 16)));
+}

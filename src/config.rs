@@ -41,6 +41,9 @@ pub struct GroupConfig {
     pub offsets_topic_partitions: i32,
     /// How long the committed offsets of an empty group are kept.
     pub offsets_retention: Duration,
+    /// KIP-848 consumer groups: how often members heartbeat, and how long one may be silent.
+    pub consumer_heartbeat_interval: Duration,
+    pub consumer_session_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -229,6 +232,27 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "group_consumer_heartbeat_interval_ms",
+        default: "5000",
+        meaning: "heartbeat interval of members of consumer groups that use the KIP-848 protocol (group.protocol=consumer)",
+        apply: |c, v| {
+            c.groups.consumer_heartbeat_interval = Duration::from_millis(parse(v)?);
+            if c.groups.consumer_heartbeat_interval.is_zero() {
+                return Err("must be positive".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "group_consumer_session_timeout_ms",
+        default: "45000",
+        meaning: "a KIP-848 consumer-group member silent this long is removed from its group",
+        apply: |c, v| {
+            c.groups.consumer_session_timeout = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "offsets_retention_minutes",
         default: "10080",
         meaning: "how long the committed offsets of a group without members are kept",
@@ -357,6 +381,8 @@ impl BrokerConfig {
                 size_max: 0,
                 offsets_topic_partitions: 0,
                 offsets_retention: Duration::ZERO,
+                consumer_heartbeat_interval: Duration::ZERO,
+                consumer_session_timeout: Duration::ZERO,
             },
             topic_defaults: LogConfig { cache_bytes_max: BATCH_CACHE_BYTES_DEFAULT, ..LogConfig::default() },
         };
@@ -415,6 +441,10 @@ impl BrokerConfig {
             let reason =
                 format!("listening on {} needs an advertised_listener clients can reach", self.listen);
             return Err(ConfigError::BadValue { key: "advertised_listener".into(), reason });
+        }
+        if self.groups.consumer_session_timeout <= self.groups.consumer_heartbeat_interval {
+            let reason = "must exceed group_consumer_heartbeat_interval_ms".to_string();
+            return Err(ConfigError::BadValue { key: "group_consumer_session_timeout_ms".into(), reason });
         }
         if self.groups.session_timeout_min > self.groups.session_timeout_max {
             let reason = "is above group_max_session_timeout_ms".to_string();

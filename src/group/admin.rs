@@ -23,7 +23,8 @@ impl Coordinator {
         let described = DescribedGroup::default()
             .with_group_id(GroupId(text(group_id)))
             .with_authorized_operations(OPERATIONS_NOT_REQUESTED);
-        let Some(group) = self.group(group_id) else {
+        let group = self.group(group_id).filter(|group| group.borrow().consumer.is_none());
+        let Some(group) = group else {
             let described = described.with_group_state(text(GroupState::Dead.name()));
             if version >= 6 {
                 return described.with_error_code(ResponseError::GroupIdNotFound.code());
@@ -59,27 +60,30 @@ impl Coordinator {
             .with_members(members)
     }
 
-    /// ListGroups: the groups here whose state is in `states` (all if empty) and whose type is
-    /// in `types` (all if empty; every group here is "classic").
+    /// ListGroups: the groups here whose state is in `states` (all if empty) and whose type
+    /// ("classic" or "consumer") is in `types` (all if empty).
     pub fn list(&self, states: &[String], types: &[String]) -> Vec<ListedGroup> {
         let state_wanted =
             |state: &str| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state));
-        let type_wanted = types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case("classic"));
-        if !type_wanted {
-            return Vec::new();
-        }
         let mut listed: Vec<ListedGroup> = self
             .groups
             .borrow()
             .values()
             .filter_map(|group| {
                 let group = group.borrow();
-                state_wanted(group.state.name()).then(|| {
+                let (kind, state, protocol_type) = match &group.consumer {
+                    Some(consumer) => ("consumer", consumer.state(), "consumer"),
+                    None => {
+                        ("classic", group.state.name(), group.protocol_type.as_deref().unwrap_or_default())
+                    }
+                };
+                let type_wanted = types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case(kind));
+                (type_wanted && state_wanted(state)).then(|| {
                     ListedGroup::default()
                         .with_group_id(GroupId(text(&group.id)))
-                        .with_protocol_type(text(group.protocol_type.as_deref().unwrap_or_default()))
-                        .with_group_state(text(group.state.name()))
-                        .with_group_type(text("classic"))
+                        .with_protocol_type(text(protocol_type))
+                        .with_group_state(text(state))
+                        .with_group_type(text(kind))
                 })
             })
             .collect();
@@ -90,11 +94,15 @@ impl Coordinator {
     /// DeleteGroups for one group: only a group without members can be deleted.
     pub async fn delete(&self, group_id: &str) -> Result<(), ResponseError> {
         let group = self.group(group_id).ok_or(ResponseError::GroupIdNotFound)?;
-        let state = group.borrow().state;
-        match state {
-            GroupState::Empty => {}
-            GroupState::Dead => return Err(ResponseError::GroupIdNotFound),
-            _ => return Err(ResponseError::NonEmptyGroup),
+        let (state, empty) = {
+            let group = group.borrow();
+            (group.state, group.is_empty())
+        };
+        if state == GroupState::Dead {
+            return Err(ResponseError::GroupIdNotFound);
+        }
+        if !empty {
+            return Err(ResponseError::NonEmptyGroup);
         }
         self.delete_group(group_id).await.map_err(|error| {
             tracing::warn!(group = group_id, %error, "deleting a group failed");

@@ -5,7 +5,7 @@
 
 use super::state::{Group, GroupState, Member, PendingJoin};
 use super::store::Entry;
-use super::{ClientInfo, Coordinator, GROUP_ID_BYTES_MAX};
+use super::{ClientInfo, Coordinator, GROUP_ID_BYTES_MAX, spawn_timer};
 use crate::io;
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -35,15 +35,6 @@ enum SyncStep {
     Wait(oneshot::Receiver<SyncGroupResponse>),
     /// The leader's assignment arrived: store the group, then answer every member.
     Store(Vec<Entry>, i32, oneshot::Receiver<SyncGroupResponse>),
-}
-
-/// Spawns one of the coordinator's background tasks. It first yields, so it never runs while
-/// its spawner (which holds the group) is still running.
-fn spawn_timer(task: impl std::future::Future<Output = ()> + 'static) {
-    io::spawn_detached(async move {
-        futures_lite::future::yield_now().await;
-        task.await;
-    });
 }
 
 fn text(value: &str) -> StrBytes {
@@ -150,6 +141,9 @@ impl Coordinator {
         let mut group = group.borrow_mut();
         if group.state == GroupState::Dead {
             return error(ResponseError::CoordinatorNotAvailable);
+        }
+        if group.consumer.as_ref().is_some_and(|consumer| !consumer.members.is_empty()) {
+            return error(ResponseError::InconsistentGroupProtocol);
         }
         if fresh.id.is_empty() {
             self.join_new_member(&mut group, fresh, protocol_type, version)

@@ -12,6 +12,8 @@
 //! - `store`: the records of the offsets topic, in Kafka's formats.
 
 mod admin;
+pub mod assignor;
+pub mod consumer;
 mod membership;
 pub mod offsets;
 pub mod state;
@@ -41,6 +43,15 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
         group.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)));
     let positive = if hash == i32::MIN { 0 } else { hash.abs() };
     positive % partitions.max(1)
+}
+
+/// Spawns one of the coordinator's background tasks. It first yields, so it never runs while
+/// its spawner (which holds the group) is still running.
+fn spawn_timer(task: impl std::future::Future<Output = ()> + 'static) {
+    crate::io::spawn_detached(async move {
+        futures_lite::future::yield_now().await;
+        task.await;
+    });
 }
 
 /// Who sent a request: the client id from its header and the address it came from.
@@ -181,7 +192,7 @@ impl Coordinator {
                 let group = group.borrow();
                 let last_commit = group.offsets.values().map(|offset| offset.commit_timestamp).max();
                 let idle_since = last_commit.unwrap_or(0).max(group.state_since.0);
-                group.state == GroupState::Empty && now.0.saturating_sub(idle_since) >= retention
+                group.is_empty() && now.0.saturating_sub(idle_since) >= retention
             })
             .map(|(id, _)| id.clone())
             .collect();

@@ -89,8 +89,11 @@ impl Coordinator {
         if group.state == GroupState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        if generation < 0 && request.member_id.is_empty() && group.state == GroupState::Empty {
+        if generation < 0 && request.member_id.is_empty() && group.is_empty() {
             return Ok(());
+        }
+        if let Some(allowed) = Coordinator::check_consumer_member(&group, &request.member_id, generation) {
+            return allowed;
         }
         let instance = request.group_instance_id.as_deref();
         if let Some(instance) = instance
@@ -142,17 +145,26 @@ impl Coordinator {
         Ok(result?)
     }
 
-    /// OffsetFetch for one group.
+    /// OffsetFetch for one group. `member`: the KIP-848 member asking, with its epoch.
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         query: &OffsetQuery,
+        member: Option<(&str, i32)>,
     ) -> Result<FetchedOffsets, ResponseError> {
         if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
             return Err(ResponseError::InvalidGroupId);
         }
         let group = self.group(group_id);
         let group = group.as_ref().map(|group| group.borrow());
+        if let (Some(group), Some((member_id, epoch))) = (&group, member)
+            && group.consumer.is_some()
+        {
+            match Coordinator::check_consumer_member(group, member_id, epoch) {
+                Some(allowed) => allowed?,
+                None => return Err(ResponseError::UnknownMemberId),
+            }
+        }
         let offsets = |topic: &str, partition: i32| {
             group.as_ref().and_then(|g| g.offsets.get(&(topic.to_string(), partition)).cloned())
         };
@@ -231,6 +243,10 @@ impl Coordinator {
 /// has members of another protocol type, whose subscriptions cannot be read.
 fn subscribed_topics(group: &Group) -> Result<BTreeSet<String>, ResponseError> {
     let mut topics = BTreeSet::new();
+    if let Some(consumer) = &group.consumer {
+        topics.extend(consumer.members.values().flat_map(|member| member.topic_names.iter().cloned()));
+        return Ok(topics);
+    }
     if group.state == GroupState::Empty || group.members.is_empty() {
         return Ok(topics);
     }

@@ -2,6 +2,7 @@
 //! generation, the chosen protocol, the assignment and the committed offsets. Only the core
 //! that owns the group touches it; the coordinator drives the transitions.
 
+use super::consumer::ConsumerGroup;
 use super::store::{GroupValue, MemberValue, OffsetValue};
 use crate::types::TimestampMs;
 use bytes::Bytes;
@@ -112,6 +113,8 @@ pub struct Group {
     pub round: u64,
     /// The first rebalance of an empty group waits this long for more members.
     pub initial_delay: bool,
+    /// Set when the group is (or was) a KIP-848 consumer group.
+    pub consumer: Option<ConsumerGroup>,
 }
 
 impl Group {
@@ -130,7 +133,14 @@ impl Group {
             offsets: BTreeMap::new(),
             round: 0,
             initial_delay: false,
+            consumer: None,
         }
+    }
+
+    /// Whether the group has no members of either protocol (so it may be deleted, and its
+    /// offsets expire).
+    pub fn is_empty(&self) -> bool {
+        self.state == GroupState::Empty && self.consumer.as_ref().is_none_or(|c| c.members.is_empty())
     }
 
     pub fn set_state(&mut self, state: GroupState) {

@@ -79,7 +79,7 @@ fn commit_request(offset: i64) -> OffsetCommitRequest {
 
 fn committed(coordinator: &Coordinator) -> Option<i64> {
     let query = Some(vec![("t".to_string(), vec![0])]);
-    let found = coordinator.fetch_offsets("g", &query).expect("fetch");
+    let found = coordinator.fetch_offsets("g", &query, None).expect("fetch");
     found[0].1[0].1.as_ref().map(|value| value.offset)
 }
 
@@ -174,4 +174,69 @@ fn groups_land_on_the_partition_kafka_would_choose() {
     assert_eq!(partition_for("test-group", 50), 12);
     assert_eq!(partition_for("", 16), 0);
     assert!((0..16).contains(&partition_for("ü-gruppe", 16)));
+}
+
+fn consumer_heartbeat(
+    member_id: &str,
+    epoch: i32,
+    owned: Option<Vec<i32>>,
+    topic: uuid::Uuid,
+) -> ConsumerGroupHeartbeatRequest {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    let joining = epoch == 0;
+    ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_member_id(text(member_id))
+        .with_member_epoch(epoch)
+        .with_rebalance_timeout_ms(if joining { 30_000 } else { -1 })
+        .with_subscribed_topic_names(joining.then(|| vec![TopicName(text("t"))]))
+        .with_topic_partitions(
+            owned.map(|p| vec![TopicPartitions::default().with_topic_id(topic).with_partitions(p)]),
+        )
+}
+
+fn assigned(response: &ConsumerGroupHeartbeatResponse) -> Option<Vec<i32>> {
+    let assignment = response.assignment.as_ref()?;
+    Some(assignment.topic_partitions.iter().flat_map(|t| t.partitions.iter().copied()).collect())
+}
+
+#[test]
+fn consumer_group_members_get_partitions_only_once_their_previous_owner_let_go() {
+    let dir = tempfile::tempdir().expect("dir");
+    block_on(async {
+        let coordinator = open_coordinator(dir.path(), config()).await;
+        let topic = uuid::Uuid::new_v4();
+        let topics: consumer::TopicMap = [("t".to_string(), (topic, 4))].into();
+        let client = ClientInfo::default();
+        let beat = |request| coordinator.consumer_heartbeat(request, &topics, &client);
+
+        let a = beat(consumer_heartbeat("a", 0, None, topic));
+        assert_eq!((a.error_code, assigned(&a)), (0, Some(vec![0, 1, 2, 3])));
+        let a_epoch = a.member_epoch;
+        let acked = beat(consumer_heartbeat("a", a_epoch, Some(vec![0, 1, 2, 3]), topic));
+        assert_eq!((acked.error_code, assigned(&acked)), (0, None), "nothing new to send");
+
+        let b = beat(consumer_heartbeat("b", 0, None, topic));
+        assert_eq!(assigned(&b), Some(vec![]), "a still owns everything");
+        let told = beat(consumer_heartbeat("a", a_epoch, None, topic));
+        let keep = assigned(&told).expect("a is told to give up two partitions");
+        assert_eq!((keep.len(), told.member_epoch), (2, a_epoch), "a keeps its epoch until it revokes");
+        let still = beat(consumer_heartbeat("b", b.member_epoch, Some(vec![]), topic));
+        assert_eq!(assigned(&still), None, "b waits while a holds its partitions");
+
+        let released = beat(consumer_heartbeat("a", a_epoch, Some(keep.clone()), topic));
+        assert!(released.member_epoch > a_epoch, "a moves to the new epoch once it let go");
+        let stale = beat(consumer_heartbeat("a", a_epoch - 1, None, topic));
+        assert_eq!(stale.error_code, ResponseError::FencedMemberEpoch.code());
+        let got = beat(consumer_heartbeat("b", b.member_epoch, Some(vec![]), topic));
+        let mut all = assigned(&got).expect("b gets the released partitions");
+        all.extend(keep);
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+
+        let left = beat(consumer_heartbeat("b", -1, None, topic));
+        assert_eq!(left.member_epoch, -1);
+        let back = beat(consumer_heartbeat("a", released.member_epoch, None, topic));
+        assert_eq!(assigned(&back), Some(vec![0, 1, 2, 3]), "a takes everything after b left");
+    });
 }

@@ -32,6 +32,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 0, 6),
     (ApiKey::ListGroups, 0, 0, 5),
     (ApiKey::DeleteGroups, 0, 0, 2),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 0, 1),
 ];
 
 /// Whether requests of `api` at `version` are decoded and answered.

@@ -3,9 +3,10 @@
 //! Requests naming several groups are split by core and their answers merged in request order.
 
 use crate::group::ClientInfo;
+use crate::group::consumer::TopicMap;
 use crate::group::offsets::{FetchedOffsets, OffsetQuery};
 use crate::server::Broker;
-use crate::shard::Shard;
+use crate::shard::{Shard, topics};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::find_coordinator_response::Coordinator as FoundCoordinator;
@@ -154,10 +155,12 @@ async fn fetch_group_offsets(
     shard: &Rc<Shard>,
     group: String,
     query: OffsetQuery,
+    member: Option<(String, i32)>,
 ) -> Result<FetchedOffsets, i16> {
     let key = group.clone();
     let answer = on_group_core(shard, &key, move |shard| async move {
-        shard.groups().fetch_offsets(&group, &query).map_err(|e| e.code())
+        let member = member.as_ref().map(|(id, epoch)| (id.as_str(), *epoch));
+        shard.groups().fetch_offsets(&group, &query, member).map_err(|e| e.code())
     });
     answer.await.unwrap_or(Err(ResponseError::CoordinatorNotAvailable.code()))
 }
@@ -173,7 +176,10 @@ pub async fn offset_fetch(
             let query: OffsetQuery = group.topics.map(|topics| {
                 topics.into_iter().map(|t| (t.name.to_string(), t.partition_indexes)).collect()
             });
-            let found = fetch_group_offsets(shard, group.group_id.to_string(), query).await;
+            // A KIP-848 member says who it is; its epoch must be current.
+            let member = group.member_id.as_ref().filter(|id| !id.is_empty() && group.member_epoch >= 0);
+            let member = member.map(|id| (id.to_string(), group.member_epoch));
+            let found = fetch_group_offsets(shard, group.group_id.to_string(), query, member).await;
             let response = OffsetFetchResponseGroup::default().with_group_id(group.group_id);
             groups.push(match found {
                 Ok(offsets) => response.with_topics(offsets_v8(offsets)),
@@ -186,7 +192,7 @@ pub async fn offset_fetch(
         .topics
         .clone()
         .map(|topics| topics.into_iter().map(|t| (t.name.to_string(), t.partition_indexes)).collect());
-    match fetch_group_offsets(shard, request.group_id.to_string(), query.clone()).await {
+    match fetch_group_offsets(shard, request.group_id.to_string(), query.clone(), None).await {
         Ok(offsets) => OffsetFetchResponse::default().with_topics(offsets_v0(offsets, version)),
         // Before v2 errors can only be told per partition.
         Err(code) if version < 2 => {
@@ -325,4 +331,44 @@ pub async fn delete(shard: &Rc<Shard>, request: DeleteGroupsRequest) -> DeleteGr
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// This core's view of the topics consumer groups may subscribe to.
+fn topic_map(shard: &Shard) -> TopicMap {
+    let topics = shard.all_topics().into_iter().filter(|topic| !topics::is_internal(&topic.name));
+    topics.map(|topic| (topic.name.clone(), (topic.id, topic.partitions()))).collect()
+}
+
+pub async fn consumer_heartbeat(
+    shard: &Rc<Shard>,
+    request: ConsumerGroupHeartbeatRequest,
+    client: ClientInfo,
+) -> ConsumerGroupHeartbeatResponse {
+    let group = request.group_id.to_string();
+    let answer = on_group_core(shard, &group, move |shard| async move {
+        shard.groups().consumer_heartbeat(request, &topic_map(&shard), &client)
+    });
+    answer.await.unwrap_or_else(|| {
+        ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+    })
+}
+
+pub async fn consumer_describe(
+    shard: &Rc<Shard>,
+    request: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    let mut groups = Vec::with_capacity(request.group_ids.len());
+    for group in request.group_ids {
+        let (id, key) = (group.to_string(), group.to_string());
+        let answer = on_group_core(shard, &key, move |shard| async move {
+            shard.groups().describe_consumer(&id, &topic_map(&shard))
+        });
+        groups.push(answer.await.unwrap_or_else(|| {
+            consumer_group_describe_response::DescribedGroup::default()
+                .with_group_id(group)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+        }));
+    }
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
 }

@@ -160,6 +160,13 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         RequestKind::DeleteGroups(request) => {
             ResponseKind::DeleteGroups(groups::delete(shard, request).await)
         }
+        RequestKind::ConsumerGroupHeartbeat(request) => {
+            let client = ClientInfo { client_id, client_host: client_host.to_string() };
+            ResponseKind::ConsumerGroupHeartbeat(groups::consumer_heartbeat(shard, request, client).await)
+        }
+        RequestKind::ConsumerGroupDescribe(request) => {
+            ResponseKind::ConsumerGroupDescribe(groups::consumer_describe(shard, request).await)
+        }
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };
     encode(api, version, correlation_id, &response)

@@ -509,15 +509,23 @@ impl Coordinator {
             .with_members(members.collect())
     }
 
-    /// Whether `member_id` at `epoch` may commit or fetch offsets of a consumer group
-    /// (STALE_MEMBER_EPOCH when its epoch is not the current one).
+    /// Whether `member_id` at `epoch` may commit or fetch offsets of a consumer group: at its
+    /// current epoch, anything; one epoch behind (its heartbeat moved it forward while the
+    /// commit was on its way), only the partitions it still holds (returned); otherwise
+    /// STALE_MEMBER_EPOCH. `None` if it is not a member of a consumer group.
     pub(super) fn check_consumer_member(
         group: &Group,
         member_id: &str,
         epoch: i32,
-    ) -> Option<Result<(), ResponseError>> {
+    ) -> Option<Result<Option<BTreeSet<TopicPartition>>, ResponseError>> {
         let consumer = group.consumer.as_ref()?;
         let member = consumer.members.get(member_id)?;
-        Some(if member.epoch == epoch { Ok(()) } else { Err(ResponseError::StaleMemberEpoch) })
+        Some(if member.epoch == epoch {
+            Ok(None)
+        } else if member.previous_epoch == epoch {
+            Ok(Some(member.assigned.intersection(&member.owned).copied().collect()))
+        } else {
+            Err(ResponseError::StaleMemberEpoch)
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! from consumers that assign partitions themselves), OffsetFetch and OffsetDelete. A commit is
 //! answered once its records are durable in the offsets topic under its flush policy.
 
+use super::assignor::TopicPartition;
 use super::state::{Group, GroupState};
 use super::store::{Entry, OffsetValue};
 use super::{Coordinator, GROUP_ID_BYTES_MAX, OFFSET_METADATA_BYTES_MAX};
@@ -21,16 +22,19 @@ pub type OffsetQuery = Option<Vec<(String, Vec<i32>)>>;
 pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
 
 impl Coordinator {
-    /// OffsetCommit. `exists(topic, partition)` says whether the partition exists.
+    /// OffsetCommit. `topic_id(topic, partition)` is the partition's topic id if it exists.
     pub async fn commit(
         self: &Rc<Self>,
         request: OffsetCommitRequest,
-        exists: impl Fn(&str, i32) -> bool,
+        topic_id: impl Fn(&str, i32) -> Option<uuid::Uuid>,
     ) -> OffsetCommitResponse {
         let group_id = request.group_id.to_string();
         let mut codes: Vec<Vec<i16>> =
             request.topics.iter().map(|topic| vec![0; topic.partitions.len()]).collect();
-        let refused = self.check_commit(&request).err();
+        let (refused, only) = match self.check_commit(&request) {
+            Ok(only) => (None, only),
+            Err(error) => (Some(error), None),
+        };
         let mut entries = Vec::new();
         let mut written = Vec::new();
         let now = TimestampMs::now().0;
@@ -41,10 +45,12 @@ impl Coordinator {
                     Some(error)
                 } else if metadata.len() > OFFSET_METADATA_BYTES_MAX {
                     Some(ResponseError::OffsetMetadataTooLarge)
-                } else if !exists(topic.name.as_str(), partition.partition_index) {
-                    Some(ResponseError::UnknownTopicOrPartition)
+                } else if let Some(id) = topic_id(topic.name.as_str(), partition.partition_index) {
+                    let allowed =
+                        only.as_ref().is_none_or(|only| only.contains(&(id, partition.partition_index)));
+                    (!allowed).then_some(ResponseError::StaleMemberEpoch)
                 } else {
-                    None
+                    Some(ResponseError::UnknownTopicOrPartition)
                 };
                 if let Some(error) = error {
                     codes[t][p] = error.code();
@@ -74,7 +80,11 @@ impl Coordinator {
 
     /// Whether this commit may be made: members commit in their current generation; a
     /// consumer outside any group (generation -1, no member id) only to a group with no members.
-    fn check_commit(&self, request: &OffsetCommitRequest) -> Result<(), ResponseError> {
+    /// `Some(partitions)`: only these may be committed (a KIP-848 member one epoch behind).
+    fn check_commit(
+        &self,
+        request: &OffsetCommitRequest,
+    ) -> Result<Option<BTreeSet<TopicPartition>>, ResponseError> {
         let group_id = request.group_id.as_str();
         if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
             return Err(ResponseError::InvalidGroupId);
@@ -90,7 +100,7 @@ impl Coordinator {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         if generation < 0 && request.member_id.is_empty() && group.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(allowed) = Coordinator::check_consumer_member(&group, &request.member_id, generation) {
             return allowed;
@@ -111,7 +121,7 @@ impl Coordinator {
         if group.state == GroupState::CompletingRebalance {
             return Err(ResponseError::RebalanceInProgress);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Appends offset entries and applies them at once (so the in-memory state follows log
@@ -161,7 +171,7 @@ impl Coordinator {
             && group.consumer.is_some()
         {
             match Coordinator::check_consumer_member(group, member_id, epoch) {
-                Some(allowed) => allowed?,
+                Some(allowed) => drop(allowed?),
                 None => return Err(ResponseError::UnknownMemberId),
             }
         }

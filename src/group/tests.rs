@@ -106,10 +106,13 @@ fn members_join_sync_and_are_fenced_by_generation_and_member_id() {
         assert_eq!(heartbeat(&coordinator, &member, 0, None), ResponseError::IllegalGeneration.code());
 
         // A commit outside the group while it has members is refused; the member's own is not.
-        let outsider = coordinator.commit(commit_request(5), |_, _| true).await;
+        let outsider = coordinator.commit(commit_request(5), |_, _| Some(uuid::Uuid::nil())).await;
         assert_eq!(outsider.topics[0].partitions[0].error_code, ResponseError::UnknownMemberId.code());
         let own = commit_request(5).with_generation_id_or_member_epoch(1).with_member_id(text(&member));
-        assert_eq!(coordinator.commit(own, |_, _| true).await.topics[0].partitions[0].error_code, 0);
+        assert_eq!(
+            coordinator.commit(own, |_, _| Some(uuid::Uuid::nil())).await.topics[0].partitions[0].error_code,
+            0
+        );
         assert_eq!(committed(&coordinator), Some(5));
     });
 }
@@ -144,7 +147,7 @@ fn offsets_survive_reopen_and_compaction_and_expire_once_the_group_is_idle() {
         let coordinator = open_coordinator(dir.path(), config()).await;
         let commits = COMPACT_SLACK_RECORDS + 100;
         for offset in 0..commits {
-            let response = coordinator.commit(commit_request(offset), |_, _| true).await;
+            let response = coordinator.commit(commit_request(offset), |_, _| Some(uuid::Uuid::nil())).await;
             assert_eq!(response.topics[0].partitions[0].error_code, 0);
         }
         let log = coordinator.log_for("g").expect("the partition is ours");

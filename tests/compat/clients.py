@@ -1,11 +1,20 @@
 """One Python client against ringmq: create a topic, produce keyed records, consume them all
-back from the beginning, list metadata.
+back from the beginning, list metadata; or, for the -group-split and -group-resume checks,
+the same through consumer groups.
 
-Usage: clients.py confluent|kafka-python|kafka-python-defaults HOST:PORT
+Usage: clients.py CHECK HOST:PORT, CHECK one of confluent, kafka-python, kafka-python-defaults,
+confluent-group-split, kafka-python-group-split, confluent-group-resume,
+kafka-python-group-resume.
 
 kafka-python-defaults uses kafka-python's default producer, which is idempotent (it needs
-InitProducerId, see findings.md); kafka-python turns idempotence off."""
+InitProducerId, see findings.md); the other kafka-python checks turn idempotence off.
+
+group-split: two members of one group, each polling in its own thread, share a 4-partition
+topic once the group has settled; together they read every record exactly once, and each
+partition goes to one member. group-resume: a member reads part of the records, commits
+synchronously and closes; a new member of the group resumes exactly at the committed offsets."""
 import sys
+import threading
 import time
 import uuid
 
@@ -60,6 +69,187 @@ def kafka_python(address, topic, **producer_settings):
     assert consumer.partitions_for_topic(topic) == {0, 1, 2}
 
 
+GROUP_RECORDS = 1000
+GROUP_PARTITIONS = 4
+GROUP_FIRST = 400
+
+
+def wait_until(what, condition, seconds=60):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"gave up waiting until {what}"
+        time.sleep(0.05)
+
+
+class Member(threading.Thread):
+    """Polls one consumer in its own thread (the clients are not shared across threads) until
+    stopped; keeps what it read as (partition, offset, key) and its latest assignment."""
+
+    def __init__(self, open_consumer, poll, assignment):
+        super().__init__(daemon=True)
+        self.open_consumer, self.poll, self.assignment_of = open_consumer, poll, assignment
+        self.reads, self.assignment, self.error = [], set(), None
+        self.stopping = threading.Event()
+
+    def run(self):
+        try:
+            consumer = self.open_consumer()
+            while not self.stopping.is_set():
+                self.reads.extend(self.poll(consumer))
+                self.assignment = self.assignment_of(consumer)
+            consumer.close()
+        except Exception as error:  # reported by the main thread
+            self.error = error
+            raise
+
+    def stop(self):
+        self.stopping.set()
+        self.join(60)
+        assert not self.is_alive(), "a member stops"
+        assert self.error is None, self.error
+
+
+def split_between_two(produce, open_consumer, poll, assignment):
+    members = [Member(open_consumer, poll, assignment) for _ in range(2)]
+    for member in members:
+        member.start()
+
+    def settled():
+        assert all(member.error is None for member in members), [m.error for m in members]
+        sets = [member.assignment for member in members]
+        return all(sets) and not (sets[0] & sets[1]) and sets[0] | sets[1] == set(range(GROUP_PARTITIONS))
+
+    wait_until("the two members share the partitions", settled)
+    assignments = [set(member.assignment) for member in members]
+    produce()
+    wait_until("every record is read", lambda: sum(len(m.reads) for m in members) >= GROUP_RECORDS)
+    for member in members:
+        member.stop()
+    keys = [key for member in members for (_, _, key) in member.reads]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(GROUP_RECORDS)), f"{len(keys)} reads, not each once"
+    for member, assigned in zip(members, assignments):
+        assert {partition for (partition, _, _) in member.reads} <= assigned, "a member read only its own"
+        assert member.assignment == assigned, "no rebalance while reading"
+
+
+def read_until(consumer, poll, count):
+    reads = []
+    deadline = time.time() + 60
+    while len(reads) < count and time.time() < deadline:
+        reads.extend(poll(consumer))
+    assert len(reads) >= count, f"read {len(reads)} of {count}"
+    return reads
+
+
+def resume_after_commit(produce, open_consumer, poll, commit, committed):
+    produce()
+    first = open_consumer()
+    first_reads = read_until(first, poll, GROUP_FIRST)
+    next_offsets = {}
+    for partition, offset, _ in first_reads:
+        next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
+    commit(first, next_offsets)
+    first.close()
+    second = open_consumer()
+    assert committed(second) == next_offsets, f"committed {committed(second)}, expected {next_offsets}"
+    second_reads = read_until(second, poll, GROUP_RECORDS - len(first_reads))
+    second.close()
+    for partition in range(GROUP_PARTITIONS):
+        offsets = [offset for (p, offset, _) in second_reads if p == partition]
+        resume_at = next_offsets.get(partition, 0)
+        assert not offsets or min(offsets) == resume_at, f"partition {partition} resumed at {min(offsets)}"
+    keys = [key for (_, _, key) in first_reads + second_reads]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(GROUP_RECORDS)), "every record once across both"
+
+
+def confluent_group(address, topic, check, protocol="classic"):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": address})
+    admin.create_topics([NewTopic(topic, num_partitions=GROUP_PARTITIONS, replication_factor=1)])[topic].result(10)
+
+    def produce():
+        producer = Producer({"bootstrap.servers": address, "acks": "all"})
+        for i in range(GROUP_RECORDS):
+            producer.produce(topic, key=f"k{i}", value=f"v{i}")
+        assert producer.flush(30) == 0
+
+    def open_consumer():
+        settings = {
+            "bootstrap.servers": address, "group.id": f"{topic}-group", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+        if protocol == "consumer":
+            # KIP-848: the broker assigns partitions and sets the session and heartbeat timing.
+            settings["group.protocol"] = "consumer"
+        else:
+            settings.update({"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+        consumer = Consumer(settings)
+        consumer.subscribe([topic])
+        return consumer
+
+    def poll(consumer):
+        message = consumer.poll(0.1)
+        if message is None:
+            return []
+        assert message.error() is None, message.error()
+        return [(message.partition(), message.offset(), message.key().decode())]
+
+    def commit(consumer, next_offsets):
+        offsets = [TopicPartition(topic, p, o) for p, o in next_offsets.items()]
+        consumer.commit(offsets=offsets, asynchronous=False)
+
+    def committed(consumer):
+        partitions = [TopicPartition(topic, p) for p in range(GROUP_PARTITIONS)]
+        return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10) if tp.offset >= 0}
+
+    if check == "split":
+        split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
+    else:
+        resume_after_commit(produce, open_consumer, poll, commit, committed)
+
+
+def kafka_python_group(address, topic, check):
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=address)
+    admin.create_topics([NewTopic(topic, num_partitions=GROUP_PARTITIONS, replication_factor=1)])
+
+    def produce():
+        producer = KafkaProducer(bootstrap_servers=address, acks="all", enable_idempotence=False)
+        futures = [producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode()) for i in range(GROUP_RECORDS)]
+        for future in futures:
+            future.get(timeout=30)
+        producer.close()
+
+    def open_consumer():
+        return KafkaConsumer(
+            topic, bootstrap_servers=address, group_id=f"{topic}-group", enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=500,
+            max_poll_records=50,
+        )
+
+    def poll(consumer):
+        batches = consumer.poll(timeout_ms=100).values()
+        return [(record.partition, record.offset, record.key.decode()) for batch in batches for record in batch]
+
+    def commit(consumer, next_offsets):
+        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()}
+        consumer.commit(offsets)
+
+    def committed(consumer):
+        offsets = {p: consumer.committed(TopicPartition(topic, p)) for p in range(GROUP_PARTITIONS)}
+        return {p: o for p, o in offsets.items() if o is not None}
+
+    if check == "split":
+        split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
+    else:
+        resume_after_commit(produce, open_consumer, poll, commit, committed)
+
+
 if __name__ == "__main__":
     client, address = sys.argv[1], sys.argv[2]
     topic = f"{client}-{uuid.uuid4().hex[:8]}"
@@ -67,5 +257,11 @@ if __name__ == "__main__":
         "confluent": confluent,
         "kafka-python": lambda a, t: kafka_python(a, t, enable_idempotence=False),
         "kafka-python-defaults": kafka_python,
+        "confluent-group-split": lambda a, t: confluent_group(a, t, "split"),
+        "confluent-group-resume": lambda a, t: confluent_group(a, t, "resume"),
+        "confluent-kip848-split": lambda a, t: confluent_group(a, t, "split", protocol="consumer"),
+        "confluent-kip848-resume": lambda a, t: confluent_group(a, t, "resume", protocol="consumer"),
+        "kafka-python-group-split": lambda a, t: kafka_python_group(a, t, "split"),
+        "kafka-python-group-resume": lambda a, t: kafka_python_group(a, t, "resume"),
     }
     clients[client](address, topic)

@@ -20,7 +20,7 @@ cargo build --locked -q --bin ringmq || exit 1
 
 data=$(mktemp -d)
 out=$(mktemp)
-target/debug/ringmq serve --listen 127.0.0.1:0 --data-dir "$data" --cores 2 --set num_partitions=3 >"$out" 2>"$data.log" &
+target/debug/ringmq serve --listen 127.0.0.1:0 --data-dir "$data" --cores 2 --set num_partitions=3 --set group_consumer_heartbeat_interval_ms=1000 >"$out" 2>"$data.log" &
 broker=$!
 cleanup() { kill "$broker" 2>/dev/null; wait "$broker" 2>/dev/null; rm -rf "$data" "$data.log" "$out"; }
 trap cleanup EXIT
@@ -69,11 +69,34 @@ kcat_metadata() {
     kcat -b "$address" -L -t kcat-topic | grep -q 'partition 2, leader 0' || { kcat -b "$address" -L; return 1; }
 }
 
+# kcat's balanced consumer (-G) reads what is there; its offsets are committed on exit, so a
+# second run in the same group reads only what was produced since.
+kcat_group() {
+    local got
+    seq 1 500 | sed 's/.*/g&:value &/' | kcat -b "$address" -P -t kcat-group-topic -K: || return 1
+    got=$(timeout 60 kcat -b "$address" -G kcat-group -X auto.offset.reset=earliest -c 500 -q -f '%k\n' \
+        kcat-group-topic | sort -u)
+    [ "$(echo "$got" | wc -l)" -eq 500 ] || { echo "first run: $(echo "$got" | wc -l) of 500 distinct keys"; return 1; }
+    seq 501 600 | sed 's/.*/g&:value &/' | kcat -b "$address" -P -t kcat-group-topic -K: || return 1
+    got=$(timeout 60 kcat -b "$address" -G kcat-group -X auto.offset.reset=earliest -c 100 -q -f '%k\n' \
+        kcat-group-topic | sort -V)
+    [ "$got" = "$(seq 501 600 | sed 's/^/g/')" ] || { echo "second run read: $(echo "$got" | head -3) ..."; return 1; }
+}
+
 check "kcat produces and consumes (snappy, keys)" kcat_round_trip
 check "kcat lists metadata" kcat_metadata
+check "kcat balanced consumer (-G) reads every record, then resumes after its commit" kcat_group
 for client in confluent kafka-python; do
     check "python $client: admin, produce, consume, metadata" "$venv/bin/python" tests/compat/clients.py "$client" "$address"
+    check "python $client: two group members read every record once" \
+        "$venv/bin/python" tests/compat/clients.py "$client-group-split" "$address"
+    check "python $client: commit, close, reopen in the group resumes at the commit" \
+        "$venv/bin/python" tests/compat/clients.py "$client-group-resume" "$address"
 done
+check "python confluent, KIP-848 protocol: two members read every record once" \
+    "$venv/bin/python" tests/compat/clients.py confluent-kip848-split "$address"
+check "python confluent, KIP-848 protocol: commit, close, reopen resumes at the commit" \
+    "$venv/bin/python" tests/compat/clients.py confluent-kip848-resume "$address"
 known_failure "python kafka-python with its default (idempotent) producer" \
     "$venv/bin/python" tests/compat/clients.py kafka-python-defaults "$address"
 

@@ -126,11 +126,11 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> O
     let group = request.group_id.to_string();
     let fallback = request.clone();
     let answer = on_group_core(shard, &group, move |shard| async move {
-        let exists = |topic: &str, partition: i32| {
-            shard.topic(topic).is_some_and(|meta| (0..meta.partitions()).contains(&partition))
+        let topic_id = |topic: &str, partition: i32| {
+            shard.topic(topic).filter(|meta| (0..meta.partitions()).contains(&partition)).map(|meta| meta.id)
         };
         let groups = shard.groups().clone();
-        groups.commit(request, exists).await
+        groups.commit(request, topic_id).await
     });
     match answer.await {
         Some(response) => response,

@@ -93,6 +93,11 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         }
         Err(Refused::Close(reason)) => return Outcome::Close(reason),
     };
+    let client = ClientInfo { client_id, client_host: client_host.to_string() };
+    let request = match group_request(broker, shard, request, version, client).await {
+        Ok(response) => return encode(api, version, correlation_id, &response),
+        Err(other) => other,
+    };
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(request) => {
@@ -130,11 +135,24 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
             Some(response) => ResponseKind::Produce(response),
             None => return Outcome::Silent,
         },
+        _ => return Outcome::Close(format!("{api:?} has no handler")),
+    };
+    encode(api, version, correlation_id, &response)
+}
+
+/// Answers the group coordinator's APIs; any other request comes back as it was.
+async fn group_request(
+    broker: &Broker,
+    shard: &Rc<Shard>,
+    request: RequestKind,
+    version: i16,
+    client: ClientInfo,
+) -> Result<ResponseKind, RequestKind> {
+    Ok(match request {
         RequestKind::FindCoordinator(request) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(broker, request, version))
         }
         RequestKind::JoinGroup(request) => {
-            let client = ClientInfo { client_id, client_host: client_host.to_string() };
             ResponseKind::JoinGroup(groups::join(shard, request, version, client).await)
         }
         RequestKind::SyncGroup(request) => {
@@ -161,15 +179,13 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
             ResponseKind::DeleteGroups(groups::delete(shard, request).await)
         }
         RequestKind::ConsumerGroupHeartbeat(request) => {
-            let client = ClientInfo { client_id, client_host: client_host.to_string() };
             ResponseKind::ConsumerGroupHeartbeat(groups::consumer_heartbeat(shard, request, client).await)
         }
         RequestKind::ConsumerGroupDescribe(request) => {
             ResponseKind::ConsumerGroupDescribe(groups::consumer_describe(shard, request).await)
         }
-        _ => return Outcome::Close(format!("{api:?} has no handler")),
-    };
-    encode(api, version, correlation_id, &response)
+        other => return Err(other),
+    })
 }
 
 /// The size-prefixed response frame.

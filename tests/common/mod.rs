@@ -1,0 +1,151 @@
+//! The real-process harness shared by the integration tests: a `ringmq serve` child on an
+//! ephemeral port with its own data directory, and helpers that speak to it with librdkafka or
+//! hand-made frames. Each test binary uses only part of it.
+#![allow(dead_code)]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_lite::future::block_on;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A broker process on an ephemeral port with its own data directory; killed on drop.
+pub struct Broker {
+    child: Child,
+    pub address: SocketAddr,
+    pub data: tempfile::TempDir,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Broker {
+    pub fn start(extra: &[&str]) -> Broker {
+        Broker::start_in(tempfile::tempdir().expect("data dir"), extra)
+    }
+
+    /// Starts a broker on an existing data directory and waits for its ready line.
+    pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ringmq serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = lines_of(stdout);
+        let line = lines.recv_timeout(Duration::from_secs(30)).expect("the broker reports ready");
+        let address = line
+            .split_whitespace()
+            .skip_while(|word| *word != "listener")
+            .nth(1)
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("ready line names the listener: {line}"));
+        Broker { child, address, data, lines }
+    }
+
+    /// SIGTERMs the broker and waits for it to exit; returns whether it exited 0 after saying
+    /// it stopped, and its data directory.
+    pub fn terminate(mut self) -> (bool, tempfile::TempDir) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM sent");
+        let status = self.child.wait().expect("wait");
+        let said_stopped =
+            self.lines.recv_timeout(Duration::from_secs(5)).is_ok_and(|l| l.contains("stopped"));
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("placeholder"));
+        (status.success() && said_stopped, data)
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.address).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+    }
+
+    /// SIGKILLs the broker and returns its data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.data, data)
+    }
+
+    pub fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().expect("try_wait").is_none(), "the broker is still running");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request frame (size, header, body) as a client would send it.
+pub fn request_frame(api: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Bytes {
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("test")));
+    header.encode(&mut frame, api.request_header_version(version)).expect("header");
+    body.encode(&mut frame, version).expect("body");
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    frame.freeze()
+}
+
+/// One response frame, without its size.
+pub fn read_response(stream: &mut TcpStream) -> Bytes {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("response size");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).expect("response body");
+    Bytes::from(body)
+}
+
+/// Produces the records `k<i>` (key and value) for every `i` in `keys` with acks=all and
+/// returns where each landed, in the order of `keys`.
+pub fn produce_all(broker: &Broker, topic: &str, keys: std::ops::Range<usize>) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    let deliveries: Vec<_> = keys
+        .map(|i| {
+            let key = format!("k{i}");
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&key))
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    deliveries
+        .into_iter()
+        .map(|d| block_on(d).expect("report").map_err(|(e, _)| e).expect("delivered"))
+        .map(|delivery| (delivery.partition, delivery.offset))
+        .collect()
+}
+
+/// The lines a child process writes to `stdout`, as they come (read on a thread of their own).
+pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}

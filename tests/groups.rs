@@ -832,3 +832,59 @@ fn kip848_members_get_their_partitions_from_the_broker_and_take_over_when_one_le
     let read_keys: BTreeSet<String> = rest[0].iter().map(|read| read.key.clone()).collect();
     assert_eq!(read_keys, keys(RECORDS..2 * RECORDS), "committed records are not read again");
 }
+
+/// Sends one request at `version` and decodes its response (for what the rdkafka crate does
+/// not expose: the batched and multi-group forms the Java client uses).
+fn exchange<Req: kafka_protocol::protocol::Encodable, Resp: Decodable>(
+    broker: &Broker,
+    api: ApiKey,
+    version: i16,
+    request: &Req,
+) -> Resp {
+    let mut stream = broker.connect();
+    stream.write_all(&request_frame(api, version, 7, request)).expect("send");
+    let mut response = read_response(&mut stream);
+    ResponseHeader::decode(&mut response, api.response_header_version(version)).expect("header");
+    Resp::decode(&mut response, version).expect("decode")
+}
+
+#[test]
+fn batched_coordinator_lookups_and_multi_group_offset_fetches_answer_every_group() {
+    use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, FindCoordinatorResponse, OffsetFetchRequest, OffsetFetchResponse,
+    };
+    let broker = start_broker();
+    create_topic(&broker, "multi", 2);
+    let text = |value: &str| StrBytes::from_string(value.to_string());
+    let lookup = FindCoordinatorRequest::default().with_coordinator_keys(vec![text("g-one"), text("g-two")]);
+    let found: FindCoordinatorResponse = exchange(&broker, ApiKey::FindCoordinator, 4, &lookup);
+    let coordinators: Vec<(String, i32, i16)> =
+        found.coordinators.iter().map(|c| (c.key.to_string(), c.port, c.error_code)).collect();
+    let port = i32::from(broker.address.port());
+    assert_eq!(coordinators, vec![("g-one".into(), port, 0), ("g-two".into(), port, 0)]);
+
+    // Commit for one group from outside any group (as `assign` users do), then ask for both.
+    let committer: BaseConsumer =
+        member_config(&broker.address.to_string(), "g-one").create().expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset("multi", 1, Offset::Offset(42)).expect("offset");
+    committer.commit(&offsets, CommitMode::Sync).expect("commit");
+    let wanted = |group: &str| {
+        let topics = OffsetFetchRequestTopics::default()
+            .with_name(TopicName(text("multi")))
+            .with_partition_indexes(vec![0, 1]);
+        OffsetFetchRequestGroup::default().with_group_id(GroupId(text(group))).with_topics(Some(vec![topics]))
+    };
+    let request = OffsetFetchRequest::default().with_groups(vec![wanted("g-one"), wanted("g-two")]);
+    let fetched: OffsetFetchResponse = exchange(&broker, ApiKey::OffsetFetch, 8, &request);
+    let by_group: Vec<(String, Vec<i64>)> = fetched
+        .groups
+        .iter()
+        .map(|g| {
+            let offsets = g.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.committed_offset));
+            (g.group_id.to_string(), offsets.collect())
+        })
+        .collect();
+    assert_eq!(by_group, vec![("g-one".into(), vec![-1, 42]), ("g-two".into(), vec![-1, -1])]);
+}

@@ -12,7 +12,10 @@ InitProducerId, see findings.md); the other kafka-python checks turn idempotence
 group-split: two members of one group, each polling in its own thread, share a 4-partition
 topic once the group has settled; together they read every record exactly once, and each
 partition goes to one member. group-resume: a member reads part of the records, commits
-synchronously and closes; a new member of the group resumes exactly at the committed offsets."""
+synchronously and closes; a new member of the group resumes exactly at the committed offsets.
+group-admin: the resume check, then the client's admin API lists and describes the group,
+reads its committed offsets and deletes it. kip848-*: confluent-kafka with
+group.protocol=consumer (the broker assigns the partitions)."""
 import sys
 import threading
 import time
@@ -123,13 +126,15 @@ def split_between_two(produce, open_consumer, poll, assignment):
     assignments = [set(member.assignment) for member in members]
     produce()
     wait_until("every record is read", lambda: sum(len(m.reads) for m in members) >= GROUP_RECORDS)
+    # Taken before stopping: the first member to stop leaves, and the other then rebalances.
+    assignments_at_end = [set(member.assignment) for member in members]
     for member in members:
         member.stop()
     keys = [key for member in members for (_, _, key) in member.reads]
     assert sorted(keys) == sorted(f"k{i}" for i in range(GROUP_RECORDS)), f"{len(keys)} reads, not each once"
-    for member, assigned in zip(members, assignments):
+    for member, assigned, at_end in zip(members, assignments, assignments_at_end):
         assert {partition for (partition, _, _) in member.reads} <= assigned, "a member read only its own"
-        assert member.assignment == assigned, "no rebalance while reading"
+        assert at_end == assigned, "no rebalance while reading"
 
 
 def read_until(consumer, poll, count):
@@ -160,6 +165,16 @@ def resume_after_commit(produce, open_consumer, poll, commit, committed):
         assert not offsets or min(offsets) == resume_at, f"partition {partition} resumed at {min(offsets)}"
     keys = [key for (_, _, key) in first_reads + second_reads]
     assert sorted(keys) == sorted(f"k{i}" for i in range(GROUP_RECORDS)), "every record once across both"
+
+
+def admin_after_resume(list_groups, describe, offsets, delete, group):
+    """After the resume check left `group` empty with committed offsets: the admin client lists
+    and describes it, reads its offsets, and deletes it; then it is gone."""
+    assert group in list_groups(), f"{group} listed"
+    assert describe(group) == "Empty", f"{group} is empty, not {describe(group)}"
+    assert len(offsets(group)) > 0, "its committed offsets are readable"
+    delete(group)
+    assert group not in list_groups(), f"{group} deleted"
 
 
 def confluent_group(address, topic, check, protocol="classic"):
@@ -206,8 +221,18 @@ def confluent_group(address, topic, check, protocol="classic"):
 
     if check == "split":
         split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
-    else:
-        resume_after_commit(produce, open_consumer, poll, commit, committed)
+        return
+    resume_after_commit(produce, open_consumer, poll, commit, committed)
+    if check == "admin":
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        admin_after_resume(
+            lambda: {g.group_id for g in admin.list_consumer_groups().result(10).valid},
+            lambda g: admin.describe_consumer_groups([g])[g].result(10).state.name.title(),
+            lambda g: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)])[g].result(10).topic_partitions,
+            lambda g: admin.delete_consumer_groups([g])[g].result(10),
+            f"{topic}-group",
+        )
 
 
 def kafka_python_group(address, topic, check):
@@ -246,8 +271,16 @@ def kafka_python_group(address, topic, check):
 
     if check == "split":
         split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
-    else:
-        resume_after_commit(produce, open_consumer, poll, commit, committed)
+        return
+    resume_after_commit(produce, open_consumer, poll, commit, committed)
+    if check == "admin":
+        admin_after_resume(
+            lambda: {g["group_id"] for g in admin.list_groups()},
+            lambda g: admin.describe_groups([g])[g]["group_state"],
+            lambda g: admin.list_group_offsets(g),
+            lambda g: admin.delete_groups([g]),
+            f"{topic}-group",
+        )
 
 
 if __name__ == "__main__":
@@ -263,5 +296,7 @@ if __name__ == "__main__":
         "confluent-kip848-resume": lambda a, t: confluent_group(a, t, "resume", protocol="consumer"),
         "kafka-python-group-split": lambda a, t: kafka_python_group(a, t, "split"),
         "kafka-python-group-resume": lambda a, t: kafka_python_group(a, t, "resume"),
+        "confluent-group-admin": lambda a, t: confluent_group(a, t, "admin"),
+        "kafka-python-group-admin": lambda a, t: kafka_python_group(a, t, "admin"),
     }
     clients[client](address, topic)

@@ -92,6 +92,8 @@ for client in confluent kafka-python; do
         "$venv/bin/python" tests/compat/clients.py "$client-group-split" "$address"
     check "python $client: commit, close, reopen in the group resumes at the commit" \
         "$venv/bin/python" tests/compat/clients.py "$client-group-resume" "$address"
+    check "python $client: admin lists, describes, reads offsets of and deletes a group" \
+        "$venv/bin/python" tests/compat/clients.py "$client-group-admin" "$address"
 done
 check "python confluent, KIP-848 protocol: two members read every record once" \
     "$venv/bin/python" tests/compat/clients.py confluent-kip848-split "$address"

@@ -7,16 +7,19 @@
 //! - `server`: `ringmq serve`: shards, connections, Kafka request handlers.
 //! - `shard`: one core's partitions and topic table; cross-core messages.
 //! - `group`: the consumer-group coordinator; groups live on the core owning their offsets partition.
+//! - `bench`: `ringmq bench`, the Kafka-protocol load generator and this machine's baselines.
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
 pub mod batch;
 pub mod batch_cache;
+pub mod bench;
 pub mod config;
 pub mod constants;
 pub mod group;
 pub mod io;
 pub mod log;
+pub mod record;
 pub mod server;
 pub mod shard;
 pub mod types;

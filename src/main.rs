@@ -22,6 +22,9 @@ enum Command {
     /// Inspect partition logs on disk.
     #[command(subcommand)]
     Log(cli::log::LogCommand),
+    /// Load-test any Kafka-compatible broker; measure this machine's baselines.
+    #[command(subcommand)]
+    Bench(ringmq::bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Log(command) => cli::log::run(command),
+        Command::Bench(command) => ringmq::bench::run(command),
         Command::Config(ConfigCommand::Defaults) => {
             for setting in ringmq::config::SETTINGS {
                 println!("{} = {:?}\n    {}", setting.key, setting.default, setting.meaning);

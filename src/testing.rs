@@ -2,26 +2,17 @@
 //! payload of every record is a pure function of a seed, so a reader can check it byte for byte.
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
 /// A v2 batch of `count` records of `value_bytes` each, encoded by the kafka-protocol crate
 /// (as a producer would), with record payloads derived from `seed`.
 pub fn encode_batch(seed: u64, count: usize, value_bytes: usize, timestamp: i64) -> Bytes {
     let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32, // kafka-protocol batches records whose offset - sequence agree
-            timestamp: timestamp + i as i64,
-            key: Some(Bytes::from(format!("key-{seed}-{i}"))),
-            value: Some(payload(seed.wrapping_mul(1_000_003).wrapping_add(i as u64), value_bytes)),
-            headers: Default::default(),
+        .map(|i| {
+            let key = Some(Bytes::from(format!("key-{seed}-{i}")));
+            let value = Some(payload(seed.wrapping_mul(1_000_003).wrapping_add(i as u64), value_bytes));
+            // kafka-protocol batches records whose offset - sequence agree.
+            Record { sequence: i as i32, ..crate::record::plain(i as i64, timestamp + i as i64, key, value) }
         })
         .collect();
     let mut buf = BytesMut::new();

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
 const OFFSET_KEY_VERSION: i16 = 1;
@@ -141,21 +141,7 @@ pub fn encode(entries: &[Entry], now: i64) -> Result<Bytes, String> {
     let records: Vec<Record> = entries
         .iter()
         .enumerate()
-        .map(|(i, entry)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(entry.key()),
-            value: entry.value(),
-            headers: Default::default(),
-        })
+        .map(|(i, entry)| crate::record::plain(i as i64, now, Some(entry.key()), entry.value()))
         .collect();
     let mut out = BytesMut::new();
     let options = RecordEncodeOptions { version: 2, compression: Compression::None };

@@ -1,0 +1,334 @@
+//! The load itself: producer connections (open loop at a scheduled rate, so latency is
+//! measured from when a batch was due and a slow broker cannot hide its stalls, or closed loop
+//! with a window of requests in flight) and fetching consumers. Every connection is a writer
+//! thread and a reader thread; each reader keeps its own histogram, merged at the end.
+
+use super::wire::{self, Reader, Writer};
+use super::{Counters, LoadSettings, Measured};
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PRODUCE_VERSION: i16 = 9;
+const FETCH_VERSION: i16 = 11;
+const LIST_OFFSETS_VERSION: i16 = 5;
+/// Requests one producer connection keeps in flight in open loop (where the schedule, not a
+/// window, sets the pace); beyond it the generator itself would be the bottleneck.
+const OPEN_LOOP_IN_FLIGHT_MAX: usize = 1024;
+
+/// Latencies in µs, 1 µs to 1 hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant, valid bounds")
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu
+        && let Err(error) = affinity::set_thread_affinity([cpu])
+    {
+        eprintln!("ringmq bench: cannot pin to core {cpu}: {error}");
+    }
+}
+
+/// A batch of `count` records of the configured sizes; each value starts with the wall-clock
+/// time it was made (ns), which the e2e consumer reads back.
+fn encode_batch(
+    settings: &LoadSettings,
+    count: usize,
+    sequence: u64,
+    filler: &Bytes,
+) -> Result<(Bytes, u64), String> {
+    let stamp = now_ns().to_be_bytes();
+    let mut bytes = 0u64;
+    let records: Vec<Record> = (0..count)
+        .map(|i| {
+            let n = sequence + i as u64;
+            let size = settings.record_size(n);
+            let mut value = BytesMut::with_capacity(size.max(8));
+            value.extend_from_slice(&stamp);
+            value.extend_from_slice(&filler[..size.saturating_sub(8).min(filler.len())]);
+            let key = (settings.keys > 0).then(|| Bytes::from(format!("key-{}", n % settings.keys)));
+            bytes += (value.len() + key.as_ref().map_or(0, Bytes::len)) as u64;
+            crate::record::plain(i as i64, (now_ns() / 1_000_000) as i64, key, Some(value.freeze()))
+        })
+        .collect();
+    let mut out = BytesMut::with_capacity(bytes as usize + 128);
+    let options = RecordEncodeOptions { version: 2, compression: settings.compression };
+    RecordBatchEncoder::encode(&mut out, &records, &options).map_err(|e| format!("encode a batch: {e}"))?;
+    Ok((out.freeze(), bytes))
+}
+
+/// One produce request on its way: when it was due, and what it carries.
+struct InFlight {
+    due: Instant,
+    records: u64,
+    bytes: u64,
+}
+
+/// Runs `settings.connections` producer connections until the deadline (or the record
+/// budget); returns what was measured after the warm-up.
+pub fn produce(settings: &Arc<LoadSettings>, counters: &Arc<Counters>) -> Result<Measured, String> {
+    let mut threads = Vec::new();
+    for connection in 0..settings.connections {
+        let (settings, counters) = (settings.clone(), counters.clone());
+        threads.push(std::thread::spawn(move || produce_connection(&settings, &counters, connection)));
+    }
+    let mut measured = Measured::new();
+    for thread in threads {
+        measured.merge(thread.join().map_err(|_| "a producer thread panicked".to_string())??);
+    }
+    Ok(measured)
+}
+
+fn produce_connection(
+    settings: &LoadSettings,
+    counters: &Arc<Counters>,
+    connection: usize,
+) -> Result<Measured, String> {
+    pin(settings.cpu);
+    let (writer, reader) = wire::connect(settings.bootstrap)?;
+    let window = if settings.rate.is_some() { OPEN_LOOP_IN_FLIGHT_MAX } else { settings.in_flight.max(1) };
+    let (tokens, permits) = mpsc::sync_channel::<()>(window);
+    for _ in 0..window {
+        let _ = tokens.send(());
+    }
+    let (pending, in_flight) = mpsc::channel::<InFlight>();
+    let acks = settings.acks;
+    let reading = {
+        let (counters, warm_end) = (counters.clone(), settings.warm_end());
+        let cpu = settings.cpu;
+        std::thread::spawn(move || {
+            pin(cpu);
+            read_produce_responses(reader, in_flight, tokens, &counters, warm_end, acks)
+        })
+    };
+    let sent = send_produce_requests(settings, counters, writer, &permits, &pending, connection);
+    drop(pending);
+    let measured = reading.join().map_err(|_| "a producer reader panicked".to_string())??;
+    sent?;
+    Ok(measured)
+}
+
+fn send_produce_requests(
+    settings: &LoadSettings,
+    counters: &Counters,
+    mut writer: Writer,
+    permits: &mpsc::Receiver<()>,
+    pending: &mpsc::Sender<InFlight>,
+    connection: usize,
+) -> Result<(), String> {
+    let per_batch = settings.records_per_batch();
+    let interval = settings
+        .rate
+        .map(|rate| Duration::from_secs_f64(per_batch as f64 * settings.connections as f64 / rate));
+    let filler = super::filler(settings.record_bytes_max.max(settings.record_bytes));
+    let topic = TopicName(StrBytes::from_string(settings.topic.clone()));
+    let (deadline, mut next_due) = (settings.deadline(), Instant::now());
+    let mut sequence = (connection as u64) << 40;
+    let mut partition = connection as i32;
+    while Instant::now() < deadline && !settings.budget_spent(counters) {
+        let due = match interval {
+            Some(interval) => {
+                std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
+                let due = next_due;
+                next_due += interval;
+                due
+            }
+            None => Instant::now(),
+        };
+        if permits.recv_timeout(Duration::from_secs(30)).is_err() {
+            return Err("no produce response for 30 s".into());
+        }
+        let (batch, bytes) = encode_batch(settings, per_batch, sequence, &filler)?;
+        sequence += per_batch as u64;
+        partition = (partition + 1) % settings.partitions;
+        let data = PartitionProduceData::default().with_index(partition).with_records(Some(batch));
+        let request =
+            ProduceRequest::default().with_acks(settings.acks).with_timeout_ms(30_000).with_topic_data(vec![
+                TopicProduceData::default().with_name(topic.clone()).with_partition_data(vec![data]),
+            ]);
+        writer.send(ApiKey::Produce, PRODUCE_VERSION, &request)?;
+        counters.sent.fetch_add(per_batch as u64, Ordering::Relaxed);
+        if pending.send(InFlight { due, records: per_batch as u64, bytes }).is_err() {
+            return Err("the response reader stopped".into());
+        }
+    }
+    Ok(())
+}
+
+fn read_produce_responses(
+    mut reader: Reader,
+    in_flight: mpsc::Receiver<InFlight>,
+    tokens: mpsc::SyncSender<()>,
+    counters: &Counters,
+    warm_end: Instant,
+    acks: i16,
+) -> Result<Measured, String> {
+    let mut measured = Measured::new();
+    for request in in_flight {
+        let errors = if acks == 0 {
+            0
+        } else {
+            let (_, response): (i32, ProduceResponse) = reader.receive(ApiKey::Produce, PRODUCE_VERSION)?;
+            let partitions = response.responses.iter().flat_map(|t| t.partition_responses.iter());
+            partitions.filter(|p| p.error_code != 0).count() as u64
+        };
+        let _ = tokens.try_send(());
+        counters.errors.fetch_add(errors, Ordering::Relaxed);
+        if errors > 0 {
+            measured.errors += errors;
+            continue;
+        }
+        counters.records.fetch_add(request.records, Ordering::Relaxed);
+        counters.bytes.fetch_add(request.bytes, Ordering::Relaxed);
+        if request.due >= warm_end {
+            measured.record(request.records, request.bytes, request.due.elapsed());
+        }
+    }
+    Ok(measured)
+}
+
+/// Where each partition starts: the log start (`earliest`) or end.
+pub fn start_offsets(settings: &LoadSettings, earliest: bool) -> Result<Vec<i64>, String> {
+    let timestamp = if earliest { -2 } else { -1 };
+    let partitions = (0..settings.partitions)
+        .map(|p| ListOffsetsPartition::default().with_partition_index(p).with_timestamp(timestamp));
+    let topic = ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_string(settings.topic.clone())))
+        .with_partitions(partitions.collect());
+    let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]);
+    let response: ListOffsetsResponse =
+        wire::call(settings.bootstrap, ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &request)?;
+    let mut offsets = vec![0; settings.partitions as usize];
+    for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
+        if partition.error_code != 0 {
+            return Err(format!(
+                "ListOffsets of partition {}: error {}",
+                partition.partition_index, partition.error_code
+            ));
+        }
+        if let Some(slot) = offsets.get_mut(partition.partition_index as usize) {
+            *slot = partition.offset;
+        }
+    }
+    Ok(offsets)
+}
+
+/// Fetching consumers, one connection per `settings.connections`, each with its share of the
+/// partitions. `e2e`: latency is now minus the time stamped in each record; otherwise it is
+/// the time each fetch took.
+pub fn consume(
+    settings: &Arc<LoadSettings>,
+    counters: &Arc<Counters>,
+    offsets: Vec<i64>,
+    e2e: bool,
+) -> Result<Measured, String> {
+    let mut threads = Vec::new();
+    for connection in 0..settings.connections {
+        let mine: Vec<(i32, i64)> = offsets
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % settings.connections == connection)
+            .map(|(p, &offset)| (p as i32, offset))
+            .collect();
+        let (settings, counters) = (settings.clone(), counters.clone());
+        threads.push(std::thread::spawn(move || consume_connection(&settings, &counters, mine, e2e)));
+    }
+    let mut measured = Measured::new();
+    for thread in threads {
+        measured.merge(thread.join().map_err(|_| "a consumer thread panicked".to_string())??);
+    }
+    Ok(measured)
+}
+
+fn consume_connection(
+    settings: &LoadSettings,
+    counters: &Counters,
+    mut positions: Vec<(i32, i64)>,
+    e2e: bool,
+) -> Result<Measured, String> {
+    pin(settings.cpu);
+    let (mut writer, mut reader) = wire::connect(settings.bootstrap)?;
+    let mut measured = Measured::new();
+    let (deadline, warm_end) = (settings.consume_deadline(), settings.warm_end());
+    let topic = TopicName(StrBytes::from_string(settings.topic.clone()));
+    while Instant::now() < deadline && !settings.consumed_enough(counters) && !positions.is_empty() {
+        let partitions = positions.iter().map(|&(partition, offset)| {
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(8 << 20)
+        });
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(200)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_topics(vec![
+                FetchTopic::default().with_topic(topic.clone()).with_partitions(partitions.collect()),
+            ]);
+        let asked = Instant::now();
+        writer.send(ApiKey::Fetch, FETCH_VERSION, &request)?;
+        let (_, response): (i32, FetchResponse) = reader.receive(ApiKey::Fetch, FETCH_VERSION)?;
+        let took = asked.elapsed();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for partition in response.responses.iter().flat_map(|t| t.partitions.iter()) {
+            if partition.error_code != 0 {
+                measured.errors += 1;
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(data) = &partition.records else { continue };
+            let (count, next) = wire::batch_extent(data);
+            if let Some(slot) = positions.iter_mut().find(|(p, _)| *p == partition.partition_index)
+                && let Some(next) = next
+            {
+                slot.1 = next;
+            }
+            records += count;
+            bytes += data.len() as u64;
+            if e2e && asked >= warm_end {
+                record_e2e(&mut measured, data)?;
+            }
+        }
+        counters.records.fetch_add(records, Ordering::Relaxed);
+        counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if asked >= warm_end && records > 0 {
+            if e2e {
+                measured.count(records, bytes);
+            } else {
+                measured.record(records, bytes, took);
+            }
+        }
+    }
+    Ok(measured)
+}
+
+/// Records each record's produce-to-consume latency from the time stamped in its value.
+fn record_e2e(measured: &mut Measured, data: &Bytes) -> Result<(), String> {
+    let now = now_ns();
+    let mut buf = data.clone();
+    let sets =
+        RecordBatchDecoder::decode_all(&mut buf).map_err(|e| format!("decode fetched records: {e}"))?;
+    for record in sets.iter().flat_map(|set| set.records.iter()) {
+        if let Some(value) = record.value.as_ref().filter(|v| v.len() >= 8) {
+            let mut stamp = [0u8; 8];
+            stamp.copy_from_slice(&value[..8]);
+            let latency = now.saturating_sub(u64::from_be_bytes(stamp));
+            measured.latency_us.saturating_record(latency / 1000);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! A blocking Kafka connection for the load generator: requests encoded with the
+//! kafka-protocol crate, written whole; responses read in order (Kafka answers a connection's
+//! requests in the order they were sent). Writer and reader can live on different threads
+//! (`split`), so a producer keeps several requests in flight.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response accepted (a fetch answer is bounded by the request's max bytes).
+const RESPONSE_BYTES_MAX: usize = 256 << 20;
+const CLIENT_ID: &str = "ringmq-bench";
+
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("{address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to no address"))
+}
+
+pub struct Writer {
+    stream: TcpStream,
+    next_correlation: i32,
+}
+
+pub struct Reader {
+    stream: TcpStream,
+}
+
+/// Opens a connection (Nagle off: requests go out as they are written).
+pub fn connect(address: SocketAddr) -> Result<(Writer, Reader), String> {
+    let stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))
+        .map_err(|e| format!("connect {address}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let reader = Reader { stream: stream.try_clone().map_err(|e| e.to_string())? };
+    Ok((Writer { stream, next_correlation: 1 }, reader))
+}
+
+impl Writer {
+    /// Sends one request; returns its correlation id.
+    pub fn send(&mut self, api: ApiKey, version: i16, request: &impl Encodable) -> Result<i32, String> {
+        let correlation = self.next_correlation;
+        self.next_correlation = self.next_correlation.wrapping_add(1);
+        let mut frame = BytesMut::with_capacity(256);
+        frame.put_i32(0);
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+        header.encode(&mut frame, api.request_header_version(version)).map_err(|e| e.to_string())?;
+        request.encode(&mut frame, version).map_err(|e| format!("encode {api:?} v{version}: {e}"))?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.write_all(&frame).map_err(|e| format!("send {api:?}: {e}"))?;
+        Ok(correlation)
+    }
+}
+
+impl Reader {
+    /// Reads the next response and decodes it; returns its correlation id too.
+    pub fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> Result<(i32, T), String> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).map_err(|e| format!("read {api:?} response: {e}"))?;
+        let size = i32::from_be_bytes(size);
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s <= RESPONSE_BYTES_MAX)
+            .ok_or(format!("response size {size}"))?;
+        let mut body = vec![0u8; size];
+        self.stream.read_exact(&mut body).map_err(|e| format!("read {api:?} response: {e}"))?;
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
+            .map_err(|e| e.to_string())?;
+        let response =
+            T::decode(&mut body, version).map_err(|e| format!("decode {api:?} v{version}: {e}"))?;
+        Ok((header.correlation_id, response))
+    }
+}
+
+/// One request and its answer on a fresh connection.
+pub fn call<T: Decodable>(
+    address: SocketAddr,
+    api: ApiKey,
+    version: i16,
+    request: &impl Encodable,
+) -> Result<T, String> {
+    let (mut writer, mut reader) = connect(address)?;
+    writer.send(api, version, request)?;
+    Ok(reader.receive(api, version)?.1)
+}
+
+/// Walks the record batches of a fetched partition without decoding records: (records, the
+/// offset after the last batch). Stops at a partial batch (a fetch may end inside one).
+pub fn batch_extent(mut records: &[u8]) -> (u64, Option<i64>) {
+    const BASE_OFFSET_AND_LENGTH: usize = 12;
+    const LAST_OFFSET_DELTA_AT: usize = 23;
+    const RECORDS_COUNT_AT: usize = 57;
+    let (mut count, mut next) = (0u64, None);
+    while records.len() >= RECORDS_COUNT_AT + 4 {
+        let base = (&records[..8]).get_i64();
+        let length = (&records[8..12]).get_i32();
+        let Some(total) = usize::try_from(length).ok().map(|l| l + BASE_OFFSET_AND_LENGTH) else { break };
+        if total > records.len() || total < RECORDS_COUNT_AT + 4 {
+            break;
+        }
+        let last_delta = (&records[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
+        let in_batch = (&records[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4]).get_i32();
+        count += u64::try_from(in_batch).unwrap_or(0);
+        next = Some(base + i64::from(last_delta) + 1);
+        records = &records[total..];
+    }
+    (count, next)
+}

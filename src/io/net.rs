@@ -2,6 +2,7 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// A TCP listener of this core. Every core binds the same address with SO_REUSEPORT and the
@@ -39,6 +40,23 @@ pub fn reserve_address(address: SocketAddr) -> io::Result<(socket2::Socket, Sock
     Ok((socket, bound))
 }
 
+/// One `sendmsg` of as many of `slices` as the kernel takes without waiting.
+fn send_now(fd: std::os::fd::RawFd, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    const IOV_MAX: usize = 1024;
+    let count = slices.len().min(IOV_MAX);
+    // SAFETY: an all-zero msghdr is valid (no name, no control data); `IoSlice` is
+    // ABI-compatible with `iovec` and the slices outlive the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = slices.as_ptr().cast_mut().cast::<libc::iovec>();
+    message.msg_iovlen = count;
+    // SAFETY: `fd` is this stream's open socket and `message` points at `count` valid iovecs.
+    let sent = unsafe { libc::sendmsg(fd, &message, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
 /// One client connection, owned by the core that accepted it.
 pub struct Stream(glommio::net::TcpStream);
 
@@ -50,17 +68,28 @@ impl Stream {
 
     /// Writes every chunk in order, as one vectored stream of bytes: record batches go to the
     /// socket from the buffers they live in, without being copied into a response buffer.
+    ///
+    /// glommio's stream has no vectored write (its `write_vectored` sends the first slice
+    /// only: a 48 MB cached fetch went out as thousands of 61-byte and 16 KiB sends, at ~300
+    /// MB/s of a core). So the chunks go to the kernel in one non-blocking `sendmsg` of up to
+    /// `IOV_MAX` slices; only when the socket buffer is full does glommio's write wait for room.
     pub async fn write_chunks(&mut self, chunks: &[Bytes]) -> io::Result<()> {
-        let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|chunk| io::IoSlice::new(chunk)).collect();
+        let mut slices: Vec<io::IoSlice<'_>> =
+            chunks.iter().filter(|chunk| !chunk.is_empty()).map(|chunk| io::IoSlice::new(chunk)).collect();
         let mut slices = &mut slices[..];
         while !slices.is_empty() {
-            let written = self.0.write_vectored(slices).await?;
+            let written = match send_now(self.0.as_raw_fd(), slices) {
+                Ok(written) => written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.0.write(&slices[0]).await?,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             io::IoSlice::advance_slices(&mut slices, written);
         }
-        self.0.flush().await
+        Ok(())
     }
 
     /// Bounds how long a read may wait for bytes (slow or stalled clients).

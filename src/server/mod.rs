@@ -7,9 +7,12 @@
 
 mod connection;
 mod errors;
-mod fetch_response;
+#[doc(hidden)] // public for benches/hot_paths.rs only
+pub mod fetch_response;
 mod frame;
 mod handlers;
+#[doc(hidden)] // for benches/hot_paths.rs
+pub use handlers::decode_request;
 mod versions;
 
 use crate::config::{BrokerConfig, ConfigError};

@@ -77,7 +77,9 @@ def main():
         rows.update(run_rows(options, out, data, seconds))
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    hgrms = [os.path.join(out, f"{name}.hgrm") for name in rows]
+    # Produce and e2e latencies are per request and per record; a consume row's are per fetch
+    # (often one fetch), so they stay out of the plot.
+    hgrms = [os.path.join(out, f"{name}.hgrm") for name in rows if not name.startswith("consume")]
     subprocess.run([RINGMQ, "bench", "plot", *hgrms, "--out", os.path.join(out, "latency.svg")], check=True)
     summary = table(rows)
     with open(os.path.join(out, "summary.md"), "w") as file:
@@ -91,7 +93,10 @@ def run_rows(options, out, data, seconds):
     external = options.bootstrap is not None
     broker = None if external else Broker(os.path.join(data, "interval"))
     address = options.bootstrap or broker.address
-    common = ["--duration", seconds, "--record-size", "1024", "--batch-bytes", "16384"]
+    # A broker answers one request of a connection at a time (as Kafka does), so enough
+    # connections keep it busy: 8 of them, each with one 16 KiB batch in flight at a time.
+    common = ["--duration", seconds, "--record-size", "1024", "--batch-bytes", "16384", "--connections", "8",
+              "--in-flight", "1"]
     rows["produce-acks1"] = bench(out, "produce-acks1", "produce", address, "--topic", "m-acks1",
                                   "--partitions", "8", "--acks", "1", *common)
     half = rows["produce-acks1"]["records_per_s"] / 2
@@ -104,7 +109,7 @@ def run_rows(options, out, data, seconds):
     tail_records = str(8 * 5600)
     bench(out, "tail-fill", "produce", address, "--topic", "m-tail", "--partitions", "8", "--records", tail_records,
           "--warmup", "0s", "--no-baseline", *common)
-    rows["consume-tail"] = bench(out, "consume-tail", "consume", address, "--topic", "m-tail",
+    rows["consume-tail"] = bench(out, "consume-tail", "consume", address, "--topic", "m-tail", "--tail",
                                  "--records", tail_records, "--duration", seconds, "--warmup", "0s")
     if not external:
         broker.stop()

@@ -22,6 +22,9 @@ pub struct Baseline {
     pub read_mb_per_s: f64,
     pub fdatasync_us_p50: f64,
     pub fdatasync_us_p99: f64,
+    /// One O_DIRECT write of a block of the message size (what a lone acks=1 produce waits for).
+    pub small_write_us_p50: f64,
+    pub small_write_us_p99: f64,
     pub loopback_mb_per_s: f64,
     pub block_bytes: usize,
     pub message_bytes: usize,
@@ -32,22 +35,40 @@ pub fn measure(dir: &Path, message_bytes: usize, cpu: Option<usize>) -> Result<B
         let _ = affinity::set_thread_affinity([cpu]);
     }
     let path = dir.join(format!(".ringmq-baseline-{}", std::process::id()));
-    let disk = disk(&path);
+    let disk = disk(&path, message_bytes);
     let _ = std::fs::remove_file(&path);
-    let (write_mb_per_s, read_mb_per_s, fdatasync_us_p50, fdatasync_us_p99) = disk?;
+    let (write_mb_per_s, read_mb_per_s, fdatasync, small_write) = disk?;
+    let ((fdatasync_us_p50, fdatasync_us_p99), (small_write_us_p50, small_write_us_p99)) =
+        (fdatasync, small_write);
     let loopback_mb_per_s = loopback(message_bytes.max(1))?;
     Ok(Baseline {
         write_mb_per_s,
         read_mb_per_s,
         fdatasync_us_p50,
         fdatasync_us_p99,
+        small_write_us_p50,
+        small_write_us_p99,
         loopback_mb_per_s,
         block_bytes: WRITE_BYTES_MAX,
         message_bytes,
     })
 }
 
-fn disk(path: &Path) -> Result<(f64, f64, f64, f64), String> {
+/// (p50, p99) of a list of µs figures.
+fn median_and_p99(mut figures: Vec<f64>) -> (f64, f64) {
+    figures.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        figures
+            .get(((figures.len() as f64 * q) as usize).min(figures.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    (at(0.5), at(0.99))
+}
+
+type Percentiles = (f64, f64);
+
+fn disk(path: &Path, message_bytes: usize) -> Result<(f64, f64, Percentiles, Percentiles), String> {
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("baseline {what} {}: {e}", path.display())
@@ -79,23 +100,30 @@ fn disk(path: &Path) -> Result<(f64, f64, f64, f64), String> {
         read += WRITE_BYTES_MAX as u64;
     }
     let read = read as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6;
+    // Like a group commit: append 4 KiB (the file grows, so its size must be synced too),
+    // then fdatasync.
     let mut syncs = Vec::new();
     let small = &block.as_ref()[..4096];
     let started = Instant::now();
+    let mut end = written;
     while started.elapsed() < PART_DURATION && syncs.len() < 10_000 {
-        file.write_all_at(small, 0).map_err(io("write"))?;
+        file.write_all_at(small, end).map_err(io("write"))?;
+        end += small.len() as u64;
         let synced = Instant::now();
         file.sync_data().map_err(io("fdatasync"))?;
         syncs.push(synced.elapsed().as_secs_f64() * 1e6);
     }
-    syncs.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        syncs
-            .get(((syncs.len() as f64 * q) as usize).min(syncs.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Ok((write, read, at(0.5), at(0.99)))
+    // A lone small write, rounded up to whole 4 KiB blocks as the log writes them.
+    let small_bytes = message_bytes.clamp(1, WRITE_BYTES_MAX).next_multiple_of(4096).min(WRITE_BYTES_MAX);
+    let mut writes = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < PART_DURATION && writes.len() < 10_000 {
+        let at = Instant::now();
+        file.write_all_at(&block.as_ref()[..small_bytes], end).map_err(io("write"))?;
+        writes.push(at.elapsed().as_secs_f64() * 1e6);
+        end += small_bytes as u64;
+    }
+    Ok((write, read, median_and_p99(syncs), median_and_p99(writes)))
 }
 
 /// Bandwidth of one TCP connection over loopback: a thread reads and discards what the caller

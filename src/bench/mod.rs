@@ -91,6 +91,10 @@ pub struct LoadArgs {
     /// Consume from `earliest` or `latest`.
     #[arg(long, default_value = "earliest")]
     pub from: String,
+    /// The data consumed is recent (in the broker's cache): compare with the loopback baseline
+    /// rather than the O_DIRECT read one.
+    #[arg(long)]
+    pub tail: bool,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -364,7 +368,7 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
     };
     let workload = match command {
         BenchCommand::Produce(_) => report::Workload::Produce,
-        BenchCommand::Consume(_) if args.from == "latest" => report::Workload::ConsumeTail,
+        BenchCommand::Consume(_) if args.from == "latest" || args.tail => report::Workload::ConsumeTail,
         BenchCommand::Consume(_) => report::Workload::Consume,
         _ => report::Workload::E2e,
     };
@@ -408,4 +412,45 @@ fn e2e(settings: &Arc<LoadSettings>, counters: &Arc<Counters>) -> Result<Measure
     let mut measured = consumers.join().map_err(|_| "the consumers panicked".to_string())??;
     measured.errors += produced?.errors;
     Ok(measured)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn settings() -> LoadSettings {
+        LoadSettings {
+            bootstrap: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            topic: "t".into(),
+            partitions: 1,
+            record_bytes: 100,
+            record_bytes_max: 300,
+            keys: 0,
+            batch_bytes: 16384,
+            compression: Compression::None,
+            acks: 1,
+            connections: 1,
+            in_flight: 1,
+            rate: None,
+            started: Instant::now(),
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            records: None,
+            cpu: None,
+            producers_done: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn durations_and_record_sizes_parse_and_spread() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err() && parse_duration("5h").is_err());
+        let settings = settings();
+        let sizes: Vec<usize> = (0..10_000).map(|n| settings.record_size(n)).collect();
+        assert!(sizes.iter().all(|s| (100..=300).contains(s)));
+        let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
+        assert!((190.0..210.0).contains(&mean), "evenly spread: mean {mean}");
+    }
 }

@@ -149,10 +149,13 @@ pub fn print_baseline(baseline: &Baseline, json: bool) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "O_DIRECT write {:.0} MB/s, read {:.0} MB/s ({} KiB blocks); fdatasync p50 {:.0} µs p99 {:.0} µs; loopback TCP {:.0} MB/s ({} B messages)",
+        "O_DIRECT write {:.0} MB/s, read {:.0} MB/s ({} KiB blocks); one {} B write p50 {:.0} µs p99 {:.0} µs; append+fdatasync p50 {:.0} µs p99 {:.0} µs; loopback TCP {:.0} MB/s ({} B messages)",
         baseline.write_mb_per_s,
         baseline.read_mb_per_s,
         baseline.block_bytes >> 10,
+        baseline.message_bytes,
+        baseline.small_write_us_p50,
+        baseline.small_write_us_p99,
         baseline.fdatasync_us_p50,
         baseline.fdatasync_us_p99,
         baseline.loopback_mb_per_s,

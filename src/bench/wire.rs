@@ -72,8 +72,15 @@ impl Reader {
             .ok()
             .filter(|&s| s <= RESPONSE_BYTES_MAX)
             .ok_or(format!("response size {size}"))?;
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body).map_err(|e| format!("read {api:?} response: {e}"))?;
+        // Read straight into spare capacity: zero-filling a 64 MiB fetch first would cost as much.
+        let mut body = Vec::with_capacity(size);
+        (&mut self.stream)
+            .take(size as u64)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("read {api:?} response: {e}"))?;
+        if body.len() < size {
+            return Err(format!("{api:?} response cut short: {} of {size} bytes", body.len()));
+        }
         let mut body = Bytes::from(body);
         let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
             .map_err(|e| e.to_string())?;

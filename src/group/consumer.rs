@@ -52,6 +52,8 @@ pub struct ConsumerMember {
     pub rebalance_timeout: Duration,
     pub topic_names: BTreeSet<String>,
     pub regex: Option<String>,
+    /// `regex`, compiled once, anchored to whole topic names.
+    pattern: Option<regex::Regex>,
     pub assignor: Option<String>,
     /// What the member last said it owns.
     pub owned: BTreeSet<TopicPartition>,
@@ -88,9 +90,7 @@ impl ConsumerGroup {
     fn subscribed(member: &ConsumerMember, topics: &TopicMap) -> BTreeSet<String> {
         let mut names: BTreeSet<String> =
             member.topic_names.iter().filter(|name| topics.contains_key(*name)).cloned().collect();
-        if let Some(pattern) =
-            member.regex.as_deref().and_then(|r| regex::Regex::new(&format!("^(?:{r})$")).ok())
-        {
+        if let Some(pattern) = &member.pattern {
             names.extend(topics.keys().filter(|name| pattern.is_match(name)).cloned());
         }
         names
@@ -164,6 +164,29 @@ impl ConsumerGroup {
     }
 }
 
+/// Checks what a heartbeat asks for before anything changes: a known server assignor and a
+/// valid regex, which comes back compiled and anchored to whole topic names.
+fn subscription_pattern(
+    request: &ConsumerGroupHeartbeatRequest,
+) -> Result<Option<regex::Regex>, (ResponseError, String)> {
+    if let Some(assignor) = request.server_assignor.as_deref()
+        && !assignor::known(assignor)
+    {
+        return Err((ResponseError::UnsupportedAssignor, format!("no server assignor `{assignor}`")));
+    }
+    let pattern = match request.subscribed_topic_regex.as_deref().filter(|r| !r.is_empty()) {
+        Some(regex) => match regex::Regex::new(&format!("^(?:{regex})$")) {
+            Ok(pattern) => Some(pattern),
+            Err(_) => {
+                let message = format!("`{regex}` is not a valid regex");
+                return Err((ResponseError::InvalidRegularExpression, message));
+            }
+        },
+        None => None,
+    };
+    Ok(pattern)
+}
+
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
 }
@@ -223,6 +246,7 @@ impl Coordinator {
         topics: &TopicMap,
         client: &ClientInfo,
     ) -> Result<ConsumerGroupHeartbeatResponse, (ResponseError, String)> {
+        let pattern = subscription_pattern(request)?;
         let group_id = group.id.clone();
         let consumer = group.consumer.get_or_insert_with(ConsumerGroup::default);
         let member_id = match request.member_epoch {
@@ -251,7 +275,7 @@ impl Coordinator {
                 member.id.clone()
             }
         };
-        self.consumer_update(consumer, &member_id, request)?;
+        self.consumer_update(consumer, &member_id, request, pattern)?;
         consumer.refresh_topics(topics);
         if consumer.assignment_epoch < consumer.epoch {
             consumer.compute_target(topics);
@@ -312,6 +336,7 @@ impl Coordinator {
             rebalance_timeout: Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64),
             topic_names: BTreeSet::new(),
             regex: None,
+            pattern: None,
             assignor: None,
             owned: BTreeSet::new(),
             assigned: BTreeSet::new(),
@@ -354,18 +379,8 @@ impl Coordinator {
         consumer: &mut ConsumerGroup,
         member_id: &str,
         request: &ConsumerGroupHeartbeatRequest,
+        pattern: Option<regex::Regex>,
     ) -> Result<(), (ResponseError, String)> {
-        if let Some(assignor) = request.server_assignor.as_deref()
-            && !assignor::known(assignor)
-        {
-            return Err((ResponseError::UnsupportedAssignor, format!("no server assignor `{assignor}`")));
-        }
-        if let Some(regex) = request.subscribed_topic_regex.as_deref()
-            && !regex.is_empty()
-            && regex::Regex::new(regex).is_err()
-        {
-            return Err((ResponseError::InvalidRegularExpression, format!("`{regex}` is not a valid regex")));
-        }
         let session = self.config.consumer_session_timeout;
         let Some(member) = consumer.members.get_mut(member_id) else {
             return Err((ResponseError::UnknownMemberId, "the member left".into()));
@@ -382,6 +397,7 @@ impl Coordinator {
             let regex = Some(regex.to_string()).filter(|r| !r.is_empty());
             changed |= regex != member.regex;
             member.regex = regex;
+            member.pattern = pattern;
         }
         if let Some(assignor) = &request.server_assignor {
             changed |= member.assignor.as_deref() != Some(assignor.as_str());

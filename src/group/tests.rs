@@ -243,3 +243,35 @@ fn consumer_group_members_get_partitions_only_once_their_previous_owner_let_go()
         assert_eq!(assigned(&back), Some(vec![0, 1, 2, 3]), "a takes everything after b left");
     });
 }
+
+#[test]
+fn a_regex_subscription_takes_every_matching_topic_and_only_those() {
+    let dir = tempfile::tempdir().expect("dir");
+    block_on(async {
+        let coordinator = open_coordinator(dir.path(), config()).await;
+        let (wanted, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let topics: consumer::TopicMap =
+            [("orders-eu".to_string(), (wanted, 2)), ("audit".to_string(), (other, 2))].into();
+        let join = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(text("g")))
+            .with_member_id(text("m"))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_regex(Some(text("orders-.*")));
+        let joined = coordinator.consumer_heartbeat(join, &topics, &ClientInfo::default());
+        let assignment = joined.assignment.expect("an assignment");
+        let got: Vec<(uuid::Uuid, Vec<i32>)> =
+            assignment.topic_partitions.iter().map(|t| (t.topic_id, t.partitions.clone())).collect();
+        assert_eq!(got, vec![(wanted, vec![0, 1])]);
+        let bad = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(text("g")))
+            .with_member_id(text("n"))
+            .with_member_epoch(0)
+            .with_subscribed_topic_regex(Some(text("(unclosed")));
+        let refused = coordinator.consumer_heartbeat(bad, &topics, &ClientInfo::default());
+        assert_eq!(refused.error_code, ResponseError::InvalidRegularExpression.code());
+        let described = coordinator.describe_consumer("g", &topics);
+        let members: Vec<String> = described.members.iter().map(|m| m.member_id.to_string()).collect();
+        assert_eq!(members, vec!["m".to_string()], "a refused heartbeat changes nothing");
+    });
+}

@@ -133,8 +133,8 @@ TARGETS = {
 
 
 def table(rows):
-    lines = ["| workload | records/s | MB/s | ratio | bound | target | p50 µs | p99 µs | p99.9 µs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | records/s | MB/s | ratio | bound | target | p50 µs | p99 µs | p99.9 µs | steal % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, report in rows.items():
         target, _ = TARGETS.get(name, ("p99 ≤ 1 ms, p99.9 ≤ 5 ms" if name == "produce-half-rate"
                                        else "p99 ≤ 2 ms" if name == "e2e-half-rate" else "", None))
@@ -142,7 +142,8 @@ def table(rows):
         ratio = report.get("baseline_ratio")
         lines.append(f"| {name} | {report['records_per_s']:.0f} | {report['mb_per_s']:.1f} | "
                      f"{'' if ratio is None else f'{ratio:.2f}'} | {report.get('baseline_bound') or ''} | {target} | "
-                     f"{latency['p50']:.0f} | {latency['p99']:.0f} | {latency['p99_9']:.0f} |")
+                     f"{latency['p50']:.0f} | {latency['p99']:.0f} | {latency['p99_9']:.0f} | "
+                     f"{report.get('cpu_steal_percent') or 0:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -378,6 +378,7 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
         Some(baseline::measure(&args.baseline_dir, args.batch_bytes, args.cpu)?)
     };
     let settings = Arc::new(settings(&args)?);
+    let steal_before = report::cpu_times();
     let counters = Arc::new(Counters::default());
     let done = Arc::new(AtomicBool::new(false));
     let ticker = (!args.json).then(|| progress(counters.clone(), done.clone()));
@@ -394,7 +395,8 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
         let _ = ticker.join();
     }
     let elapsed = settings.deadline().min(Instant::now()).saturating_duration_since(settings.warm_end());
-    let summary = report::Summary::new(workload, &args, measured?, elapsed, baseline);
+    let mut summary = report::Summary::new(workload, &args, measured?, elapsed, baseline);
+    summary.cpu_steal_percent = report::steal_percent(steal_before, report::cpu_times());
     report::finish(&summary, &args)
 }
 

@@ -65,6 +65,9 @@ pub struct Summary {
     /// Throughput as a share of the baseline that bounds this workload.
     pub baseline_ratio: Option<f64>,
     pub baseline_bound: Option<&'static str>,
+    /// Share of this machine's CPU time the hypervisor took during the run (/proc/stat
+    /// steal): on a VM, latency tails above it are the host's, not the broker's.
+    pub cpu_steal_percent: Option<f64>,
     #[serde(skip)]
     histogram: Histogram<u64>,
 }
@@ -102,6 +105,7 @@ impl Summary {
             baseline_ratio: bound.map(|(_, limit)| mb_per_s / limit.max(1e-9)),
             baseline_bound: bound.map(|(name, _)| name),
             baseline,
+            cpu_steal_percent: None,
             histogram: measured.latency_us,
         }
     }
@@ -140,7 +144,24 @@ pub fn finish(summary: &Summary, args: &LoadArgs) -> Result<(), String> {
     if let (Some(ratio), Some(bound)) = (summary.baseline_ratio, summary.baseline_bound) {
         println!("{:.2} of this machine's {bound} baseline", ratio);
     }
+    if let Some(steal) = summary.cpu_steal_percent.filter(|steal| *steal >= 1.0) {
+        println!("the hypervisor stole {steal:.0}% of the CPU time during the run");
+    }
     Ok(())
+}
+
+/// (total, steal) CPU ticks of the whole machine so far, from /proc/stat (Linux).
+pub fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    Some((ticks.iter().take(8).sum(), *ticks.get(7)?))
+}
+
+pub fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((total0, steal0), (total1, steal1)) = (before?, after?);
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(100.0 * steal1.saturating_sub(steal0) as f64 / total as f64)
 }
 
 pub fn print_baseline(baseline: &Baseline, json: bool) -> Result<(), String> {

@@ -583,3 +583,38 @@ fn log_append_time_topics_carry_the_broker_clock() {
         break;
     }
 }
+
+#[test]
+fn list_offsets_by_time_finds_the_exact_record_inside_a_batch() {
+    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+    let broker = Broker::start(&["--cores", "1"]);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("linger.ms", "100")
+        .create()
+        .expect("producer");
+    // Sent together so they share batches; record i has timestamp 1 000 000 + 10 i.
+    let deliveries: Vec<_> = (0..100i64)
+        .map(|i| {
+            let record =
+                FutureRecord::to("timed").partition(0).key("k").payload("v").timestamp(1_000_000 + 10 * i);
+            producer.send_result(record).map_err(|(e, _)| e).expect("enqueue")
+        })
+        .collect();
+    for delivery in deliveries {
+        block_on(delivery).expect("report").map_err(|(e, _)| e).expect("delivered");
+    }
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("consumer");
+    for (target, expected) in [(1_000_370, 37), (1_000_371, 38), (1_000_000, 0), (2_000_000, -1)] {
+        let mut by_time = TopicPartitionList::new();
+        by_time.add_partition_offset("timed", 0, KafkaOffset::Offset(target)).expect("tpl");
+        let found = consumer.offsets_for_times(by_time, Duration::from_secs(10)).expect("offsets_for_times");
+        let offset = match found.elements()[0].offset() {
+            KafkaOffset::Offset(offset) => offset,
+            KafkaOffset::End => -1,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(offset, expected, "the first record at or after {target}");
+    }
+}

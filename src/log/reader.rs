@@ -122,13 +122,11 @@ impl BatchReader {
     }
 }
 
-/// Where the first batch with a timestamp at or after a target is.
+/// Where the first record with a timestamp at or after a target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimestampLookup {
-    /// The base offset of that batch (Kafka answers with the exact record; finding it needs
-    /// the records decoded, which the log never does).
     pub offset: Offset,
-    /// That batch's largest timestamp.
+    /// That record's timestamp.
     pub timestamp: i64,
 }
 
@@ -207,8 +205,9 @@ impl Log {
         Ok(Planned::Segment { view: SegmentView::new(segment, start), upper, truncations: state.truncations })
     }
 
-    /// The first batch whose largest timestamp is at or after `timestamp` (ListOffsets by time),
-    /// among readable batches. `None` if every batch is older.
+    /// The first record whose timestamp is at or after `timestamp` (ListOffsets by time), among
+    /// readable records. `None` if every record is older. The time index finds where to start;
+    /// only the batch that holds the answer is decoded (ListOffsets is no hot path).
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampLookup>, ReadError> {
         let (candidates, upper, log_start) = {
             let state = self.shared.state.borrow();
@@ -226,20 +225,48 @@ impl Log {
         for view in candidates {
             let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);
             let mut position = view.start_position;
-            while let Some((header, _)) = batches.batch_at(position, SCAN_READ_BYTES).await? {
+            while let Some((header, bytes)) = batches.batch_at(position, SCAN_READ_BYTES).await? {
                 if header.last_offset() >= upper.0 {
                     return Ok(None);
                 }
-                if header.max_timestamp >= timestamp {
-                    // DeleteRecords may have put the log start inside this batch.
-                    let offset = Offset(header.base_offset).max(log_start);
-                    return Ok(Some(TimestampLookup { offset, timestamp: header.max_timestamp }));
+                if header.max_timestamp >= timestamp
+                    && let Some(found) = first_record_at(&header, &bytes, timestamp, log_start)
+                {
+                    return Ok(Some(found));
                 }
                 position += header.total_bytes() as u64;
             }
         }
         Ok(None)
     }
+}
+
+/// The first record of a batch at or after `timestamp` and at or after the log start
+/// (DeleteRecords may have put it inside the batch). A LogAppendTime batch's records all have
+/// its timestamp. If the records cannot be decoded (a codec this build lacks), the batch's
+/// first readable offset and largest timestamp stand in.
+fn first_record_at(
+    header: &BatchHeader,
+    bytes: &Bytes,
+    timestamp: i64,
+    log_start: Offset,
+) -> Option<TimestampLookup> {
+    let fallback = TimestampLookup {
+        offset: Offset(header.base_offset).max(log_start),
+        timestamp: header.max_timestamp,
+    };
+    if header.is_log_append_time() {
+        return Some(fallback);
+    }
+    let mut buf = bytes.clone();
+    let Ok(records) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+        return Some(fallback);
+    };
+    records
+        .records
+        .iter()
+        .find(|record| record.offset >= log_start.0 && record.timestamp >= timestamp)
+        .map(|record| TimestampLookup { offset: Offset(record.offset), timestamp: record.timestamp })
 }
 
 async fn read_segment(

@@ -253,7 +253,7 @@ fn interval_policy_syncs_on_count_and_time() {
 }
 
 #[test]
-fn timestamp_lookup_finds_the_first_batch_at_or_after() {
+fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     block_on(async {
         let log = Log::open(dir.path(), config()).await.expect("open");
@@ -262,7 +262,10 @@ fn timestamp_lookup_finds_the_first_batch_at_or_after() {
             log.append(&batch, LeaderEpoch(0)).expect("append").durable.await.expect("durable");
         }
         let found = log.offset_for_timestamp(10_000 + 100 * 42 + 1).await.expect("lookup");
-        assert_eq!(found, Some(TimestampLookup { offset: Offset(84), timestamp: 10_000 + 4200 + 1 }));
+        // Batch 42 holds offsets 84 (at 14 200) and 85 (at 14 201): the record, not the batch.
+        assert_eq!(found, Some(TimestampLookup { offset: Offset(85), timestamp: 10_000 + 4200 + 1 }));
+        let exact = log.offset_for_timestamp(10_000 + 100 * 42).await.expect("lookup");
+        assert_eq!(exact, Some(TimestampLookup { offset: Offset(84), timestamp: 10_000 + 4200 }));
         assert_eq!(log.offset_for_timestamp(0).await.expect("lookup").map(|l| l.offset), Some(Offset(0)));
         assert_eq!(log.offset_for_timestamp(1 << 40).await.expect("lookup"), None);
         log.close().await.expect("close");

@@ -78,6 +78,15 @@ fn join_response(group: &Group, member_id: &str, version: i16) -> JoinGroupRespo
         .with_members(members)
 }
 
+/// A member's SyncGroup answer: its assignment, with the group's protocol (which only v5+
+/// encodes).
+fn sync_response(group: &Group, assignment: Bytes) -> SyncGroupResponse {
+    SyncGroupResponse::default()
+        .with_protocol_type(group.protocol_type.as_deref().map(text))
+        .with_protocol_name(group.protocol.as_deref().map(text))
+        .with_assignment(assignment)
+}
+
 fn protocols_of(request: &JoinGroupRequest) -> Vec<(String, Bytes)> {
     request.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect()
 }
@@ -477,10 +486,10 @@ impl Coordinator {
         }
     }
 
-    pub async fn sync(self: &Rc<Self>, request: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+    pub async fn sync(self: &Rc<Self>, request: SyncGroupRequest) -> SyncGroupResponse {
         let group_id = request.group_id.0.to_string();
         let Some(group) = self.group(&group_id) else { return sync_error(ResponseError::UnknownMemberId) };
-        let step = self.sync_step(&group, &request, version);
+        let step = self.sync_step(&group, &request);
         let answer = match step {
             SyncStep::Respond(response) => return response,
             SyncStep::Wait(answer) => answer,
@@ -493,12 +502,7 @@ impl Coordinator {
         answer.await.unwrap_or_else(|_| sync_error(ResponseError::UnknownMemberId))
     }
 
-    fn sync_step(
-        self: &Rc<Self>,
-        group: &RefCell<Group>,
-        request: &SyncGroupRequest,
-        version: i16,
-    ) -> SyncStep {
+    fn sync_step(self: &Rc<Self>, group: &RefCell<Group>, request: &SyncGroupRequest) -> SyncStep {
         let mut group = group.borrow_mut();
         let error = |error| SyncStep::Respond(sync_error(error));
         let member_id = request.member_id.as_str();
@@ -514,18 +518,12 @@ impl Coordinator {
         if type_differs || name_differs {
             return error(ResponseError::InconsistentGroupProtocol);
         }
-        let response = |group: &Group, assignment: Bytes| {
-            SyncGroupResponse::default()
-                .with_protocol_type(group.protocol_type.as_deref().filter(|_| version >= 5).map(text))
-                .with_protocol_name(group.protocol.as_deref().filter(|_| version >= 5).map(text))
-                .with_assignment(assignment)
-        };
         match group.state {
             GroupState::PreparingRebalance => error(ResponseError::RebalanceInProgress),
             GroupState::Stable => {
                 let assignment =
                     group.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default();
-                SyncStep::Respond(response(&group, assignment))
+                SyncStep::Respond(sync_response(&group, assignment))
             }
             GroupState::CompletingRebalance => {
                 let (reply, answer) = oneshot::channel();
@@ -575,15 +573,13 @@ impl Coordinator {
             return;
         }
         group.set_state(GroupState::Stable);
-        let (protocol_type, protocol) = (group.protocol_type.clone(), group.protocol.clone());
-        for member in group.members.values_mut() {
-            if let Some(sync) = member.sync.take() {
-                let response = SyncGroupResponse::default()
-                    .with_protocol_type(protocol_type.as_deref().map(text))
-                    .with_protocol_name(protocol.as_deref().map(text))
-                    .with_assignment(member.assignment.clone());
-                let _gone = sync.send(response);
-            }
+        let waiting: Vec<_> = group
+            .members
+            .values_mut()
+            .filter_map(|m| m.sync.take().map(|sync| (sync, m.assignment.clone())))
+            .collect();
+        for (sync, assignment) in waiting {
+            let _gone = sync.send(sync_response(&group, assignment));
         }
     }
 

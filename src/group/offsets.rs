@@ -8,10 +8,13 @@ use super::store::{Entry, OffsetValue};
 use super::{Coordinator, GROUP_ID_BYTES_MAX, OFFSET_METADATA_BYTES_MAX};
 use crate::types::TimestampMs;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
-use kafka_protocol::messages::{ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::messages::{
+    ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse, TopicName,
+};
 use kafka_protocol::protocol::Decodable;
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -75,7 +78,7 @@ impl Coordinator {
                 codes[t][p] = ResponseError::CoordinatorNotAvailable.code();
             }
         }
-        commit_response(&request, codes)
+        commit_response(commit_shape(&request), |t, p| codes[t][p])
     }
 
     /// Whether this commit may be made: members commit in their current generation; a
@@ -278,23 +281,31 @@ fn subscribed_topics(group: &Group) -> Result<BTreeSet<String>, ResponseError> {
     Ok(topics)
 }
 
-fn commit_response(request: &OffsetCommitRequest, codes: Vec<Vec<i16>>) -> OffsetCommitResponse {
-    let topics = request
-        .topics
-        .iter()
-        .zip(codes)
-        .map(|(topic, codes)| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .zip(codes)
-                .map(|(partition, code)| {
+/// The topics and partitions a commit names, in request order: all an answer needs.
+pub type CommitShape = Vec<(TopicName, Vec<i32>)>;
+
+pub fn commit_shape(request: &OffsetCommitRequest) -> CommitShape {
+    let partitions =
+        |topic: &OffsetCommitRequestTopic| topic.partitions.iter().map(|p| p.partition_index).collect();
+    request.topics.iter().map(|topic| (topic.name.clone(), partitions(topic))).collect()
+}
+
+/// The OffsetCommit answer: `code(t, p)` for the p-th partition of the t-th topic.
+pub fn commit_response(shape: CommitShape, code: impl Fn(usize, usize) -> i16) -> OffsetCommitResponse {
+    let topics = shape
+        .into_iter()
+        .enumerate()
+        .map(|(t, (name, partitions))| {
+            let partitions = partitions
+                .into_iter()
+                .enumerate()
+                .map(|(p, index)| {
                     OffsetCommitResponsePartition::default()
-                        .with_partition_index(partition.partition_index)
-                        .with_error_code(code)
+                        .with_partition_index(index)
+                        .with_error_code(code(t, p))
                 })
                 .collect();
-            OffsetCommitResponseTopic::default().with_name(topic.name.clone()).with_partitions(partitions)
+            OffsetCommitResponseTopic::default().with_name(name).with_partitions(partitions)
         })
         .collect();
     OffsetCommitResponse::default().with_topics(topics)

@@ -96,11 +96,11 @@ fn members_join_sync_and_are_fenced_by_generation_and_member_id() {
         assert_eq!((joined.error_code, joined.generation_id), (0, 1));
         assert_eq!((joined.leader.as_str(), joined.members.len()), (member.as_str(), 1));
 
-        let stale = coordinator.sync(sync_request(&member, 2, b"x"), 3).await;
+        let stale = coordinator.sync(sync_request(&member, 2, b"x")).await;
         assert_eq!(stale.error_code, ResponseError::IllegalGeneration.code());
-        let stranger = coordinator.sync(sync_request("nobody", 1, b"x"), 3).await;
+        let stranger = coordinator.sync(sync_request("nobody", 1, b"x")).await;
         assert_eq!(stranger.error_code, ResponseError::UnknownMemberId.code());
-        let synced = coordinator.sync(sync_request(&member, 1, b"assignment"), 3).await;
+        let synced = coordinator.sync(sync_request(&member, 1, b"assignment")).await;
         assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"assignment"[..]));
         assert_eq!(heartbeat(&coordinator, &member, 1, None), 0);
         assert_eq!(heartbeat(&coordinator, &member, 0, None), ResponseError::IllegalGeneration.code());
@@ -126,7 +126,7 @@ fn a_static_member_rejoining_a_stable_group_keeps_the_generation_and_fences_its_
         let joined = coordinator.join(join_request("", Some("instance-1")), 5, &client).await;
         let old = joined.member_id.to_string();
         assert_eq!((joined.error_code, joined.generation_id), (0, 1));
-        let synced = coordinator.sync(sync_request(&old, 1, b"mine"), 3).await;
+        let synced = coordinator.sync(sync_request(&old, 1, b"mine")).await;
         assert_eq!(synced.error_code, 0);
 
         let again = coordinator.join(join_request("", Some("instance-1")), 5, &client).await;
@@ -135,7 +135,7 @@ fn a_static_member_rejoining_a_stable_group_keeps_the_generation_and_fences_its_
         assert_ne!(new, old);
         let fenced = heartbeat(&coordinator, &old, 1, Some("instance-1"));
         assert_eq!(fenced, ResponseError::FencedInstanceId.code());
-        let resynced = coordinator.sync(sync_request(&new, 1, b"ignored"), 3).await;
+        let resynced = coordinator.sync(sync_request(&new, 1, b"ignored")).await;
         assert_eq!(&resynced.assignment[..], b"mine", "the stored assignment carries over");
     });
 }

@@ -284,8 +284,10 @@ impl Shard {
 
     /// The shard that coordinates `group`: the owner of its offsets partition.
     pub fn group_shard(&self, group: &str) -> Option<usize> {
-        let topic = self.topic(group::OFFSETS_TOPIC)?;
-        self.owner(&topic, group::partition_for(group, topic.partitions()))
+        // Asked on every group request: borrow the table rather than copy the topic out.
+        let topics = self.topics.borrow();
+        let topic = topics.get(group::OFFSETS_TOPIC)?;
+        self.owner(topic, group::partition_for(group, topic.partitions()))
     }
 
     /// Runs `task` on `shard` (here if it is this one) and returns its result; `None` if that

@@ -177,6 +177,17 @@ def admin_after_resume(list_groups, describe, offsets, delete, group):
     assert group not in list_groups(), f"{group} deleted"
 
 
+def run_group_check(check, group, produce, open_consumer, poll, commit, committed, group_admin):
+    """One client's group check: "split", "resume", or "admin" (resume, then the admin calls
+    `group_admin()` returns: list, describe, offsets, delete)."""
+    if check == "split":
+        split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
+        return
+    resume_after_commit(produce, open_consumer, poll, commit, committed)
+    if check == "admin":
+        admin_after_resume(*group_admin(), group)
+
+
 def confluent_group(address, topic, check, protocol="classic"):
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -219,20 +230,17 @@ def confluent_group(address, topic, check, protocol="classic"):
         partitions = [TopicPartition(topic, p) for p in range(GROUP_PARTITIONS)]
         return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10) if tp.offset >= 0}
 
-    if check == "split":
-        split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
-        return
-    resume_after_commit(produce, open_consumer, poll, commit, committed)
-    if check == "admin":
+    def group_admin():
         from confluent_kafka import ConsumerGroupTopicPartitions
 
-        admin_after_resume(
+        return (
             lambda: {g.group_id for g in admin.list_consumer_groups().result(10).valid},
             lambda g: admin.describe_consumer_groups([g])[g].result(10).state.name.title(),
             lambda g: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)])[g].result(10).topic_partitions,
             lambda g: admin.delete_consumer_groups([g])[g].result(10),
-            f"{topic}-group",
         )
+
+    run_group_check(check, f"{topic}-group", produce, open_consumer, poll, commit, committed, group_admin)
 
 
 def kafka_python_group(address, topic, check):
@@ -269,18 +277,15 @@ def kafka_python_group(address, topic, check):
         offsets = {p: consumer.committed(TopicPartition(topic, p)) for p in range(GROUP_PARTITIONS)}
         return {p: o for p, o in offsets.items() if o is not None}
 
-    if check == "split":
-        split_between_two(produce, open_consumer, poll, lambda c: {tp.partition for tp in c.assignment()})
-        return
-    resume_after_commit(produce, open_consumer, poll, commit, committed)
-    if check == "admin":
-        admin_after_resume(
+    def group_admin():
+        return (
             lambda: {g["group_id"] for g in admin.list_groups()},
             lambda g: admin.describe_groups([g])[g]["group_state"],
             lambda g: admin.list_group_offsets(g),
             lambda g: admin.delete_groups([g]),
-            f"{topic}-group",
         )
+
+    run_group_check(check, f"{topic}-group", produce, open_consumer, poll, commit, committed, group_admin)
 
 
 if __name__ == "__main__":

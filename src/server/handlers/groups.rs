@@ -4,7 +4,7 @@
 
 use crate::group::ClientInfo;
 use crate::group::consumer::TopicMap;
-use crate::group::offsets::{FetchedOffsets, OffsetQuery};
+use crate::group::offsets::{self, FetchedOffsets, OffsetQuery};
 use crate::server::Broker;
 use crate::shard::{Shard, topics};
 use kafka_protocol::error::ResponseError;
@@ -94,11 +94,11 @@ pub async fn join(
     })
 }
 
-pub async fn sync(shard: &Rc<Shard>, request: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+pub async fn sync(shard: &Rc<Shard>, request: SyncGroupRequest) -> SyncGroupResponse {
     let group = request.group_id.to_string();
     let answer = on_group_core(shard, &group, move |shard| async move {
         let groups = shard.groups().clone();
-        groups.sync(request, version).await
+        groups.sync(request).await
     });
     answer.await.unwrap_or_else(|| {
         SyncGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code())
@@ -124,7 +124,7 @@ pub async fn leave(shard: &Rc<Shard>, request: LeaveGroupRequest, version: i16) 
 
 pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.to_string();
-    let fallback = request.clone();
+    let shape = offsets::commit_shape(&request);
     let answer = on_group_core(shard, &group, move |shard| async move {
         let topic_id = |topic: &str, partition: i32| {
             shard.topic(topic).filter(|meta| (0..meta.partitions()).contains(&partition)).map(|meta| meta.id)
@@ -132,22 +132,8 @@ pub async fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> O
         let groups = shard.groups().clone();
         groups.commit(request, topic_id).await
     });
-    match answer.await {
-        Some(response) => response,
-        None => {
-            let topics = fallback.topics.iter().map(|topic| {
-                let partitions = topic.partitions.iter().map(|p| {
-                    offset_commit_response::OffsetCommitResponsePartition::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                });
-                offset_commit_response::OffsetCommitResponseTopic::default()
-                    .with_name(topic.name.clone())
-                    .with_partitions(partitions.collect())
-            });
-            OffsetCommitResponse::default().with_topics(topics.collect())
-        }
-    }
+    let unavailable = ResponseError::CoordinatorNotAvailable.code();
+    answer.await.unwrap_or_else(|| offsets::commit_response(shape, |_, _| unavailable))
 }
 
 /// The committed offsets of one group, from its core.

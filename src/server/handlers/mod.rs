@@ -155,9 +155,7 @@ async fn group_request(
         RequestKind::JoinGroup(request) => {
             ResponseKind::JoinGroup(groups::join(shard, request, version, client).await)
         }
-        RequestKind::SyncGroup(request) => {
-            ResponseKind::SyncGroup(groups::sync(shard, request, version).await)
-        }
+        RequestKind::SyncGroup(request) => ResponseKind::SyncGroup(groups::sync(shard, request).await),
         RequestKind::Heartbeat(request) => ResponseKind::Heartbeat(groups::heartbeat(shard, request).await),
         RequestKind::LeaveGroup(request) => {
             ResponseKind::LeaveGroup(groups::leave(shard, request, version).await)

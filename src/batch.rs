@@ -23,6 +23,9 @@ const ATTRIBUTES_AT: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const RECORDS_COUNT_AT: usize = 57;
 
 /// The only record format ringmq stores. Older formats are rejected at the protocol layer.
@@ -30,6 +33,11 @@ pub const MAGIC_V2: i8 = 2;
 
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 1 << 3;
 const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x7;
+const ATTRIBUTE_TRANSACTIONAL: i16 = 1 << 4;
+const ATTRIBUTE_CONTROL: i16 = 1 << 5;
+
+/// The producer id of a batch written without idempotence.
+pub const NO_PRODUCER_ID: i64 = -1;
 
 /// The smallest encoding of one v2 record: seven one-byte varints and the attributes byte
 /// (length, attributes, timestamp delta, offset delta, key length -1, value length -1, no
@@ -64,6 +72,9 @@ pub struct BatchHeader {
     pub last_offset_delta: i32,
     pub base_timestamp: i64,
     pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub records_count: i32,
 }
 
@@ -114,6 +125,9 @@ impl BatchHeader {
             last_offset_delta: be_i32(buf, LAST_OFFSET_DELTA_AT),
             base_timestamp: be_i64(buf, BASE_TIMESTAMP_AT),
             max_timestamp: be_i64(buf, MAX_TIMESTAMP_AT),
+            producer_id: be_i64(buf, PRODUCER_ID_AT),
+            producer_epoch: be_i16(buf, PRODUCER_EPOCH_AT),
+            base_sequence: be_i32(buf, BASE_SEQUENCE_AT),
             records_count: be_i32(buf, RECORDS_COUNT_AT),
         })
     }
@@ -130,6 +144,30 @@ impl BatchHeader {
     pub fn is_log_append_time(&self) -> bool {
         self.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0
     }
+
+    /// Written by an idempotent or transactional producer: its id, epoch and sequence count.
+    pub fn has_producer_id(&self) -> bool {
+        self.producer_id != NO_PRODUCER_ID
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTRIBUTE_TRANSACTIONAL != 0
+    }
+
+    /// A control batch (a transaction marker), not records of the application.
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
+    }
+
+    /// The sequence number of the batch's last record; sequences wrap from `i32::MAX` to 0.
+    pub fn last_sequence(&self) -> i32 {
+        sequence_after(self.base_sequence, self.last_offset_delta)
+    }
+}
+
+/// The sequence `steps` after `sequence`, wrapping from `i32::MAX` to 0 as Kafka's producers do.
+pub fn sequence_after(sequence: i32, steps: i32) -> i32 {
+    if sequence > i32::MAX - steps { steps - (i32::MAX - sequence) - 1 } else { sequence + steps }
 }
 
 /// Parses and fully checks the batch at the start of `buf`: header, that all its bytes are

@@ -22,6 +22,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub retention_check_interval: Duration,
+    /// How long a partition remembers an idle idempotent producer (Kafka's
+    /// `producer.id.expiration.ms`).
+    pub producer_id_expiration: Duration,
     pub spin_before_park: Duration,
     pub groups: GroupConfig,
     /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
@@ -283,6 +286,15 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "producer_id_expiration_ms",
+        default: "86400000",
+        meaning: "how long a partition keeps the sequence state of an idempotent producer that stopped writing to it (checked with retention)",
+        apply: |c, v| {
+            c.producer_id_expiration = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_segment_bytes",
         default: "1073741824",
         meaning: "default segment.bytes",
@@ -373,6 +385,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             num_partitions: 1,
             retention_check_interval: Duration::from_secs(300),
+            producer_id_expiration: Duration::ZERO,
             spin_before_park: Duration::ZERO,
             groups: GroupConfig {
                 initial_rebalance_delay: Duration::ZERO,

@@ -15,9 +15,30 @@ pub fn encode_batch(seed: u64, count: usize, value_bytes: usize, timestamp: i64)
             Record { sequence: i as i32, ..crate::record::plain(i as i64, timestamp + i as i64, key, value) }
         })
         .collect();
+    encode_records(&records)
+}
+
+/// Like `encode_batch`, written by idempotent producer `producer_id` at `epoch`, its first
+/// record carrying sequence `base_sequence`.
+pub fn encode_idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count: usize) -> Bytes {
+    let records: Vec<Record> = (0..count)
+        .map(|i| {
+            let value = Some(payload(producer_id as u64 ^ (base_sequence as u64 + i as u64), 40));
+            Record {
+                producer_id,
+                producer_epoch: epoch,
+                sequence: base_sequence.wrapping_add(i as i32),
+                ..crate::record::plain(i as i64, 1_000 + i as i64, None, value)
+            }
+        })
+        .collect();
+    encode_records(&records)
+}
+
+fn encode_records(records: &[Record]) -> Bytes {
     let mut buf = BytesMut::new();
     let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    if let Err(error) = RecordBatchEncoder::encode(&mut buf, &records, &options) {
+    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records, &options) {
         panic!("encoding a test batch failed: {error}");
     }
     buf.freeze()

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Buf;
-use common::{Broker, produce_all, read_response, request_frame};
+use common::{Broker, assigned_from_start, produce_all, read_response, request_frame};
 use futures_lite::future::block_on;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, StrBytes};
@@ -321,23 +321,6 @@ fn librdkafka_consumes_every_record_with_each_codec_and_lists_offsets() {
     let found = consumer.offsets_for_times(by_time, Duration::from_secs(10)).expect("offsets_for_times");
     let offset = found.elements()[0].offset();
     assert!(matches!(offset, KafkaOffset::Offset(o) if o > 0 && o < high), "{offset:?} within (0, {high})");
-}
-
-/// A consumer assigned every partition of `topic` from the beginning (no group coordination).
-fn assigned_from_start(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
-    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address.to_string())
-        .set("group.id", "unused-for-assign")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, KafkaOffset::Beginning).expect("assign");
-    }
-    consumer.assign(&assignment).expect("assign");
-    consumer
 }
 
 fn consume_keys(broker: &Broker, topic: &str, partitions: i32, expected: usize) -> Vec<String> {

@@ -7,6 +7,7 @@
 //! under `FsyncBeforeAck` they share one fdatasync (group commit).
 
 use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
+use super::producers::Snapshot;
 use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{AppendError, Command, FlushPolicy, LogError, LogState, Shared, StorageError};
@@ -246,6 +247,7 @@ async fn seal_active(shared: &Shared, appender: &Appender) -> Result<(), Storage
 async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<(), StorageError> {
     assert_eq!(shared.state.borrow().written, base, "roll with unwritten batches before it");
     seal_active(shared, appender).await?;
+    save_producers(shared, base).await?;
     let path = segment::log_path(&shared.dir, base);
     let (writer, reader) = match open_new_segment(&path).await {
         Ok(opened) => opened,
@@ -266,6 +268,18 @@ async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<
     Ok(())
 }
 
+/// Saves the idempotent producers' state as of `offset` (everything before it written) as the
+/// snapshot a later open starts from.
+async fn save_producers(shared: &Shared, offset: Offset) -> Result<(), StorageError> {
+    let snapshot = Snapshot { offset: offset.0, producers: shared.state.borrow().producers.as_of(offset.0) };
+    let data = snapshot
+        .encode()
+        .map_err(|e| StorageError::new("encode producer snapshot", std::io::Error::other(e)))?;
+    io::write_file_atomic(&segment::producers_path(&shared.dir, offset), data)
+        .await
+        .map_err(|e| StorageError::new("write producer snapshot", e))
+}
+
 async fn open_new_segment(path: &std::path::Path) -> Result<(WriteFile, ReadFile), StorageError> {
     let writer = WriteFile::open(path, true).await.map_err(|e| StorageError::new("create segment", e))?;
     let reader = ReadFile::open(path).map_err(|e| StorageError::new("open segment", e))?;
@@ -279,6 +293,8 @@ async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
         return Err(LogError::Failed(error));
     }
     seal_active(shared, &appender).await.map_err(LogError::Storage)?;
+    let log_end = shared.state.borrow().log_end;
+    save_producers(shared, log_end).await.map_err(LogError::Storage)?;
     let checkpoint = {
         let state = shared.state.borrow();
         let active = state.active();
@@ -337,6 +353,15 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
             .await
             .map_err(|e| storage("write log start offset", e))?;
     }
+    for snapshot in
+        super::recovery::list_snapshots(&shared.dir).await.map_err(|e| storage("list log directory", e))?
+    {
+        if snapshot > new_end {
+            io::remove_file(&segment::producers_path(&shared.dir, snapshot))
+                .await
+                .map_err(|e| storage("remove producer snapshot", e))?;
+        }
+    }
     appender.writer.truncate(cut_position).await.map_err(|e| storage("truncate segment", e))?;
     appender.writer.fdatasync().await.map_err(|e| storage("fdatasync segment", e))?;
     let reader = shared.state.borrow().active().reader.clone();
@@ -361,6 +386,7 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
     state.unsynced_records = 0;
     state.unsynced_bytes = 0;
     state.cache.truncate_from(new_end);
+    state.producers.truncate_from(new_end.0);
     state.check_positions();
     Ok(())
 }

@@ -65,12 +65,22 @@ impl CleanShutdown {
 }
 
 pub fn encode_log_start(offset: Offset) -> Vec<u8> {
-    seal(&[offset.0 as u64])
+    encode_counter(offset.0)
 }
 
 pub fn decode_log_start(data: &[u8]) -> Option<Offset> {
-    let [offset] = unseal::<1>(data)?;
-    i64::try_from(offset).ok().map(Offset)
+    decode_counter(data).map(Offset)
+}
+
+/// One non-negative number, sealed: the layout of `log-start-offset`, also used for the
+/// broker's `producer-ids` reservation.
+pub fn encode_counter(value: i64) -> Vec<u8> {
+    seal(&[value as u64])
+}
+
+pub fn decode_counter(data: &[u8]) -> Option<i64> {
+    let [value] = unseal::<1>(data)?;
+    i64::try_from(value).ok()
 }
 
 #[cfg(test)]

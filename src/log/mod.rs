@@ -12,9 +12,10 @@
 //! - log end: the next offset to assign; batches between `written` and it are queued.
 
 mod appender;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod config;
 mod index;
+pub mod producers;
 mod reader;
 mod recovery;
 mod retention;
@@ -25,13 +26,14 @@ pub use index::{OffsetIndex, TimeIndex};
 pub use reader::{ReadBatches, ReadLimits, TimestampLookup};
 pub use retention::RetentionOutcome;
 
-use crate::batch::{self, BatchError, HEADER_BYTES};
+use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::batch_cache::{BatchCache, StoredBatch};
 use crate::constants::APPEND_WAITERS_MAX;
 use crate::io::{Signal, Task};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use bytes::Bytes;
 use futures_channel::oneshot;
+use producers::{Producers, SequenceError, Verdict};
 use segment::Segment;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -74,6 +76,8 @@ pub enum AppendError {
     Backpressure,
     #[error("the log is being truncated")]
     Truncating,
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -112,6 +116,9 @@ pub struct Appended {
     pub last_offset: Offset,
     /// The broker time the batches were appended at (Kafka's log append time).
     pub log_append_time: TimestampMs,
+    /// The batches repeat ones an idempotent producer already appended at these offsets:
+    /// nothing new was appended, and `durable` says when the originals are.
+    pub duplicate: bool,
     pub durable: Durable,
 }
 
@@ -124,6 +131,11 @@ impl Future for Durable {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|reply| reply.unwrap_or(Err(AppendError::Closed)))
     }
+}
+
+enum ProducerCheck {
+    Append(Vec<(i64, producers::AppendedBatch)>),
+    Duplicate { first: Offset, last: Offset },
 }
 
 struct Waiter {
@@ -166,6 +178,8 @@ struct LogState {
     /// `stable_notified`.
     readers_waiting: Vec<std::task::Waker>,
     stable_notified: Offset,
+    /// Idempotent producers' sequences, including batches not yet written.
+    producers: Producers,
 }
 
 impl LogState {
@@ -183,6 +197,42 @@ impl LogState {
             FlushPolicy::FsyncBeforeAck => self.synced,
             FlushPolicy::Interval { .. } => self.written,
         }
+    }
+
+    /// A future that resolves once everything below `end` is acknowledged. Waiters stay in
+    /// order of `end`: acknowledging pops from the front, failing a write from the back.
+    fn wait_durable(&mut self, end: Offset) -> Durable {
+        let (reply, receiver) = oneshot::channel();
+        if end <= self.stable() {
+            let _receiver_is_here = reply.send(Ok(()));
+        } else {
+            let at = self.waiters.partition_point(|waiter| waiter.end <= end);
+            self.waiters.insert(at, Waiter { end, reply });
+        }
+        Durable(receiver)
+    }
+
+    /// Checks the batches of idempotent producers, in order, as if appended at the log end:
+    /// what to record once they are, or the offsets of the batch they repeat (Kafka answers a
+    /// request holding a retried batch with that batch's offsets and appends nothing).
+    fn check_producers(&self, batches: &[(BatchHeader, Bytes)]) -> Result<ProducerCheck, SequenceError> {
+        let mut staged = Vec::new();
+        let mut base = self.log_end.0;
+        for (header, _) in batches {
+            if header.has_producer_id() {
+                match self.producers.check(&staged, header)? {
+                    Verdict::Append => staged.push(Producers::staged(header, base)),
+                    Verdict::Duplicate { first_offset, last_offset } => {
+                        return Ok(ProducerCheck::Duplicate {
+                            first: Offset(first_offset),
+                            last: Offset(last_offset),
+                        });
+                    }
+                }
+            }
+            base += i64::from(header.last_offset_delta) + 1;
+        }
+        Ok(ProducerCheck::Append(staged))
     }
 
     fn check_positions(&self) {
@@ -220,6 +270,7 @@ impl LogState {
         self.log_end = offset;
         self.pending.clear();
         self.cache.truncate_from(offset);
+        self.producers.truncate_from(offset.0);
         while self.waiters.back().is_some_and(|waiter| waiter.end > offset) {
             if let Some(waiter) = self.waiters.pop_back() {
                 let _ignored = waiter.reply.send(Err(error.clone()));
@@ -287,6 +338,19 @@ impl Log {
             return Err(AppendError::Backpressure);
         }
         let now = TimestampMs::now();
+        let staged = match state.check_producers(&batches)? {
+            ProducerCheck::Append(staged) => staged,
+            ProducerCheck::Duplicate { first, last } => {
+                return Ok(Appended {
+                    base_offset: first,
+                    last_offset: last,
+                    log_append_time: now,
+                    duplicate: true,
+                    durable: state.wait_durable(last.next()),
+                });
+            }
+        };
+        state.producers.record(staged, now.0);
         let log_append_time = (state.config.timestamp_type == TimestampType::LogAppendTime).then_some(now.0);
         let base_offset = state.log_end;
         for (header, bytes) in batches {
@@ -305,16 +369,16 @@ impl Log {
             state.cache.push(stored);
             state.log_end = last.next();
         }
-        let (reply, receiver) = oneshot::channel();
         let end = state.log_end;
-        state.waiters.push_back(Waiter { end, reply });
+        let durable = state.wait_durable(end);
         drop(state);
         self.shared.wake_flusher.notify();
         Ok(Appended {
             base_offset,
             last_offset: Offset(end.0 - 1),
             log_append_time: now,
-            durable: Durable(receiver),
+            duplicate: false,
+            durable,
         })
     }
 
@@ -387,6 +451,16 @@ impl Log {
         Ok(())
     }
 
+    /// Forgets idempotent producers whose last append was before `before_ms`; returns how many.
+    pub fn expire_producers(&self, before_ms: i64) -> usize {
+        self.shared.state.borrow_mut().producers.expire(before_ms)
+    }
+
+    /// Idempotent producers this partition remembers.
+    pub fn producer_count(&self) -> usize {
+        self.shared.state.borrow().producers.len()
+    }
+
     /// Whether batches get the broker's time (topic `message.timestamp.type=LogAppendTime`).
     pub fn log_append_time_enabled(&self) -> bool {
         self.shared.state.borrow().config.timestamp_type == TimestampType::LogAppendTime
@@ -441,3 +515,5 @@ impl Log {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_producers;

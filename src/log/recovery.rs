@@ -11,17 +11,21 @@
 //!   middle: everything after the last valid batch goes, as Kafka does.
 //!
 //! The checkpoint is removed before the log accepts appends, so a crash from then on scans.
+//!
+//! Idempotent producers' state comes from the newest intact `<offset>.producers` snapshot at or
+//! below the recovered log end, with the batches written after it replayed (`producers`).
 
 use super::appender::{Appender, load_tail};
 use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
 use super::index::{OffsetIndex, TimeIndex};
+use super::producers::{Producers, Snapshot};
 use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{LogConfig, LogError, LogState, ReadError, StorageError};
 use crate::batch_cache::BatchCache;
 use crate::constants::SCAN_READ_BYTES;
 use crate::io::{self, ReadFile, WriteFile};
-use crate::types::Offset;
+use crate::types::{Offset, TimestampMs};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,7 +35,7 @@ fn storage(operation: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
 }
 
 pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, Appender), LogError> {
-    let bases = list_segments(dir).await.map_err(storage("list log directory"))?;
+    let (bases, snapshots) = list_files(dir).await.map_err(storage("list log directory"))?;
     let clean = io::read_small_file(&dir.join(CLEAN_SHUTDOWN_FILE))
         .await
         .map_err(storage("read clean-shutdown checkpoint"))?
@@ -54,6 +58,7 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
             .await
             .map_err(storage("write log start offset"))?;
     }
+    let producers = recover_producers(dir, &segments, &snapshots).await?;
     let active_path = segment::log_path(dir, active.base);
     let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
     let tail = load_tail(&active.reader, active.size_bytes).await?;
@@ -62,7 +67,7 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
         .map_err(storage("remove clean-shutdown checkpoint"))?;
     io::sync_dir(&active_path).await.map_err(storage("sync log directory"))?;
 
-    let state = LogState::recovered(config, segments, log_start);
+    let state = LogState::recovered(config, segments, log_start, producers);
     state.check_positions();
     Ok((state, Appender { writer, tail }))
 }
@@ -109,7 +114,12 @@ async fn open_segments(
 
 impl LogState {
     /// The state of a log just opened: everything in its files is written and synced.
-    fn recovered(config: LogConfig, segments: VecDeque<Segment>, log_start: Offset) -> LogState {
+    fn recovered(
+        config: LogConfig,
+        segments: VecDeque<Segment>,
+        log_start: Offset,
+        producers: Producers,
+    ) -> LogState {
         let log_end = segments.back().expect("at least one segment").end;
         LogState {
             cache: BatchCache::new(config.cache_bytes_max),
@@ -131,6 +141,7 @@ impl LogState {
             last_sync_at: Instant::now(),
             readers_waiting: Vec::new(),
             stable_notified: log_end,
+            producers,
         }
     }
 }
@@ -262,13 +273,13 @@ fn plausible(header: &crate::batch::BatchHeader, segment: &Segment) -> bool {
         && header.last_offset() - segment.base.0 <= i64::from(i32::MAX)
 }
 
-/// Base offsets of the segment files in `dir`, ascending. Creates `dir` if missing and
-/// removes temporary files a crash left behind.
-async fn list_segments(dir: &Path) -> std::io::Result<Vec<Offset>> {
+/// Base offsets of the segment files in `dir` and offsets of its producer snapshots, both
+/// ascending. Creates `dir` if missing and removes temporary files a crash left behind.
+async fn list_files(dir: &Path) -> std::io::Result<(Vec<Offset>, Vec<Offset>)> {
     let dir: PathBuf = dir.to_path_buf();
     io::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
-        let mut bases = Vec::new();
+        let (mut bases, mut snapshots) = (Vec::new(), Vec::new());
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -277,10 +288,69 @@ async fn list_segments(dir: &Path) -> std::io::Result<Vec<Offset>> {
                 std::fs::remove_file(entry.path())?;
             } else if let Some(base) = segment::parse_log_file_name(&name) {
                 bases.push(base);
+            } else if let Some(offset) = segment::parse_producers_file_name(&name) {
+                snapshots.push(offset);
             }
         }
         bases.sort();
-        Ok(bases)
+        snapshots.sort();
+        Ok((bases, snapshots))
     })
     .await
+}
+
+/// Offsets of the producer snapshots in `dir`, ascending.
+pub(super) async fn list_snapshots(dir: &Path) -> std::io::Result<Vec<Offset>> {
+    Ok(list_files(dir).await?.1)
+}
+
+/// The idempotent producers' state at the log end: the newest intact snapshot at or below it,
+/// then every batch written after it. Without one, every segment is replayed. Snapshots past
+/// the log end (their data was lost) or superseded ones that name no segment are removed.
+async fn recover_producers(
+    dir: &Path,
+    segments: &VecDeque<Segment>,
+    snapshots: &[Offset],
+) -> Result<Producers, LogError> {
+    let log_end = segments.back().expect("at least one segment").end;
+    let mut loaded = None;
+    for &offset in snapshots.iter().rev().filter(|&&offset| offset <= log_end) {
+        let data = io::read_small_file(&segment::producers_path(dir, offset))
+            .await
+            .map_err(storage("read producer snapshot"))?;
+        match data.and_then(|data| Snapshot::decode(&data)).filter(|snapshot| snapshot.offset == offset.0) {
+            Some(snapshot) => {
+                loaded = Some((offset, Producers::from_snapshot(snapshot)));
+                break;
+            }
+            None => tracing::warn!(dir = %dir.display(), %offset, "ignoring a damaged producer snapshot"),
+        }
+    }
+    let loaded_at = loaded.as_ref().map(|(offset, _)| *offset);
+    let (from, mut producers) = loaded.unwrap_or_else(|| (Offset(0), Producers::default()));
+    let now = TimestampMs::now().0;
+    for segment in segments.iter().filter(|segment| segment.end > from) {
+        let mut position = if segment.base >= from {
+            0
+        } else {
+            u64::from(segment.index.position_before(segment.relative(from)))
+        };
+        let mut batches = BatchReader::new(segment.reader.clone(), segment.base, segment.size_bytes);
+        while let Some((header, bytes)) = batches.batch_at(position, SCAN_READ_BYTES).await? {
+            if header.last_offset() >= from.0 {
+                producers.replay(&header, now);
+            }
+            position += bytes.len() as u64;
+        }
+    }
+    let bases: Vec<Offset> = segments.iter().map(|segment| segment.base).collect();
+    for &offset in snapshots {
+        let kept = loaded_at == Some(offset) || (offset <= log_end && bases.contains(&offset));
+        if !kept {
+            io::remove_file(&segment::producers_path(dir, offset))
+                .await
+                .map_err(storage("remove producer snapshot"))?;
+        }
+    }
+    Ok(producers)
 }

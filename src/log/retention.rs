@@ -92,8 +92,12 @@ impl Log {
 /// Removes a segment's log and index files and makes the removal durable. Readers that still
 /// hold the file open finish their reads.
 pub(super) async fn remove_segment_files(dir: &Path, base: Offset) -> Result<(), StorageError> {
-    let paths =
-        [segment::log_path(dir, base), segment::index_path(dir, base), segment::time_index_path(dir, base)];
+    let paths = [
+        segment::log_path(dir, base),
+        segment::index_path(dir, base),
+        segment::time_index_path(dir, base),
+        segment::producers_path(dir, base),
+    ];
     for path in &paths {
         io::remove_file(path).await.map_err(|e| StorageError::new("remove segment file", e))?;
     }

@@ -33,9 +33,23 @@ pub fn time_index_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.timeindex", base.0))
 }
 
+/// The producers' state as of `offset` (see `producers`), saved at a roll or a clean close.
+pub fn producers_path(dir: &Path, offset: Offset) -> PathBuf {
+    dir.join(format!("{:020}.producers", offset.0))
+}
+
 /// The base offset named by a segment file name (`00000000000000000042.log` → 42).
 pub fn parse_log_file_name(name: &str) -> Option<Offset> {
-    let digits = name.strip_suffix(".log")?;
+    parse_offset_file_name(name, ".log")
+}
+
+/// The offset named by a producer snapshot's file name.
+pub fn parse_producers_file_name(name: &str) -> Option<Offset> {
+    parse_offset_file_name(name, ".producers")
+}
+
+fn parse_offset_file_name(name: &str, suffix: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

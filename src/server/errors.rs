@@ -3,6 +3,7 @@
 use crate::batch::BatchError;
 use crate::log::AppendError;
 use crate::log::ReadError;
+use crate::log::producers::SequenceError;
 use crate::shard::{CreateTopicError, DeleteRecordsError, FetchError, ProduceError};
 use kafka_protocol::error::ResponseError;
 
@@ -23,6 +24,12 @@ pub fn produce(error: &ProduceError) -> ResponseError {
         ProduceError::Append(AppendError::Backpressure) => ResponseError::RequestTimedOut,
         ProduceError::Append(AppendError::Closed | AppendError::Truncating) => {
             ResponseError::NotLeaderOrFollower
+        }
+        ProduceError::Append(AppendError::Sequence(SequenceError::InvalidEpoch { .. })) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        ProduceError::Append(AppendError::Sequence(SequenceError::OutOfOrder { .. })) => {
+            ResponseError::OutOfOrderSequenceNumber
         }
     }
 }

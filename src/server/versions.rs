@@ -34,6 +34,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 0, 1),
+    (ApiKey::InitProducerId, 0, 0, 5),
 ];
 
 /// Whether requests of `api` at `version` are decoded and answered.

@@ -5,6 +5,7 @@
 //! Shard 0 also owns topic creation: it checks the request, places the partitions, persists
 //! the table and tells every shard (itself included) before it answers.
 
+mod producer_ids;
 pub mod topics;
 
 use crate::config::BrokerConfig;
@@ -14,6 +15,7 @@ use crate::log::{AppendError, Log, LogError, ReadError, ReadLimits};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use bytes::Bytes;
 use futures_channel::oneshot;
+use producer_ids::ProducerIds;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -213,6 +215,8 @@ pub struct Shard {
     logs: RefCell<HashMap<(String, i32), Rc<Log>>>,
     mesh: Mesh<ShardMessage>,
     groups: Rc<Coordinator>,
+    /// Shard 0 only: the producer id allocator.
+    producer_ids: Option<ProducerIds>,
     /// Shard 0 only: names being created, and the next shard to place a partition on.
     creating: RefCell<BTreeSet<String>>,
     next_owner: Cell<usize>,
@@ -229,6 +233,8 @@ impl Shard {
         let inboxes = mesh.take_inboxes();
         let offsets_partitions = topics.get(group::OFFSETS_TOPIC).map_or(1, TopicMeta::partitions);
         let groups = Coordinator::new(config.groups.clone(), offsets_partitions);
+        let producer_ids =
+            if mesh.shard() == 0 { Some(ProducerIds::load(&config.data_dir).await?) } else { None };
         let shard = Rc::new(Shard {
             id: mesh.shard(),
             shards: mesh.shards(),
@@ -237,6 +243,7 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             mesh,
             groups,
+            producer_ids,
             creating: RefCell::new(BTreeSet::new()),
             next_owner: Cell::new(0),
         });
@@ -309,6 +316,16 @@ impl Shard {
         });
         self.mesh.send_to(shard, ShardMessage::Run(remote)).await.ok()?;
         answer.await.ok()
+    }
+
+    /// A producer id never handed out before (InitProducerId), from shard 0's allocator;
+    /// `None` if it cannot reserve one.
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Option<i64> {
+        let allocated = self.run_on(0, |shard| async move {
+            let ids = shard.producer_ids.as_ref()?;
+            ids.allocate().await.map_err(|error| tracing::error!(%error, "cannot reserve producer ids")).ok()
+        });
+        allocated.await.flatten()
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -761,9 +778,15 @@ impl Shard {
         Ok(log.delete_records_before(Offset(offset)).await?.0)
     }
 
-    /// Applies retention (time and size) to every log placed here.
+    /// Applies retention (time and size) to every log placed here, and forgets idempotent
+    /// producers idle for longer than `producer_id_expiration_ms`.
     pub async fn enforce_retention(&self) {
+        let expiration_ms = self.config.producer_id_expiration.as_millis() as i64;
         for ((topic, partition), log) in self.owned_logs() {
+            let expired = log.expire_producers(TimestampMs::now().0.saturating_sub(expiration_ms));
+            if expired > 0 {
+                tracing::debug!(topic, partition, expired, "idle producer ids forgotten");
+            }
             match log.enforce_retention(TimestampMs::now()).await {
                 Ok(outcome) if outcome.segments_deleted > 0 => {
                     let bytes = outcome.bytes_deleted;

@@ -3,11 +3,14 @@
 //! hand-made frames. Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::future::block_on;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -148,4 +151,21 @@ pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
         }
     });
     lines
+}
+
+/// A consumer assigned every partition of `topic` from the beginning (no group coordination).
+pub fn assigned_from_start(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
+    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", "unused-for-assign")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, KafkaOffset::Beginning).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
 }

@@ -2,12 +2,14 @@
 back from the beginning, list metadata; or, for the -group-split and -group-resume checks,
 the same through consumer groups.
 
-Usage: clients.py CHECK HOST:PORT, CHECK one of confluent, kafka-python, kafka-python-defaults,
+Usage: clients.py CHECK HOST:PORT, CHECK one of confluent, confluent-idempotent, kafka-python,
+kafka-python-defaults,
 confluent-group-split, kafka-python-group-split, confluent-group-resume,
 kafka-python-group-resume.
 
-kafka-python-defaults uses kafka-python's default producer, which is idempotent (it needs
-InitProducerId, see findings.md); the other kafka-python checks turn idempotence off.
+kafka-python-defaults uses kafka-python's default producer, which is idempotent;
+confluent-idempotent sets enable.idempotence. Both check that the partitions hold exactly the
+records produced, no duplicate.
 
 group-split: two members of one group, each polling in its own thread, share a 4-partition
 topic once the group has settled; together they read every record exactly once, and each
@@ -24,13 +26,13 @@ import uuid
 RECORDS = 1000
 
 
-def confluent(address, topic):
+def confluent(address, topic, **producer_settings):
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": address})
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(10)
-    producer = Producer({"bootstrap.servers": address, "compression.type": "zstd", "acks": "all"})
+    producer = Producer({"bootstrap.servers": address, "compression.type": "zstd", "acks": "all", **producer_settings})
     errors = []
     for i in range(RECORDS):
         producer.produce(topic, key=f"k{i}", value=f"v{i}", on_delivery=lambda e, m: e and errors.append(e))
@@ -44,6 +46,8 @@ def confluent(address, topic):
         if message is not None and message.error() is None:
             got[message.key().decode()] = message.value().decode()
     assert got == {f"k{i}": f"v{i}" for i in range(RECORDS)}, f"consumed {len(got)} of {RECORDS}"
+    stored = sum(high - low for low, high in (consumer.get_watermark_offsets(TopicPartition(topic, p)) for p in range(3)))
+    assert stored == RECORDS, f"{stored} records stored for {RECORDS} produced"
     metadata = admin.list_topics(timeout=10)
     assert len(metadata.topics[topic].partitions) == 3
 
@@ -69,6 +73,9 @@ def kafka_python(address, topic, **producer_settings):
             for record in records:
                 got[record.key.decode()] = record.value.decode()
     assert got == {f"k{i}": f"v{i}" for i in range(RECORDS)}, f"consumed {len(got)} of {RECORDS}"
+    partitions = [TopicPartition(topic, p) for p in range(3)]
+    stored = sum(consumer.end_offsets(partitions).values()) - sum(consumer.beginning_offsets(partitions).values())
+    assert stored == RECORDS, f"{stored} records stored for {RECORDS} produced"
     assert consumer.partitions_for_topic(topic) == {0, 1, 2}
 
 
@@ -295,6 +302,7 @@ if __name__ == "__main__":
         "confluent": confluent,
         "kafka-python": lambda a, t: kafka_python(a, t, enable_idempotence=False),
         "kafka-python-defaults": kafka_python,
+        "confluent-idempotent": lambda a, t: confluent(a, t, **{"enable.idempotence": True}),
         "confluent-group-split": lambda a, t: confluent_group(a, t, "split"),
         "confluent-group-resume": lambda a, t: confluent_group(a, t, "resume"),
         "confluent-kip848-split": lambda a, t: confluent_group(a, t, "split", protocol="consumer"),

@@ -99,8 +99,10 @@ check "python confluent, KIP-848 protocol: two members read every record once" \
     "$venv/bin/python" tests/compat/clients.py confluent-kip848-split "$address"
 check "python confluent, KIP-848 protocol: commit, close, reopen resumes at the commit" \
     "$venv/bin/python" tests/compat/clients.py confluent-kip848-resume "$address"
-known_failure "python kafka-python with its default (idempotent) producer" \
+check "python kafka-python with its default (idempotent) producer" \
     "$venv/bin/python" tests/compat/clients.py kafka-python-defaults "$address"
+check "python confluent idempotent producer" \
+    "$venv/bin/python" tests/compat/clients.py confluent-idempotent "$address"
 
 echo
 echo "compat: $known known failures listed in tests/compat/findings.md"

@@ -11,6 +11,7 @@ mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod producers;
 
 use super::frame::REQUEST_PREFIX_BYTES;
 use super::{Broker, versions};
@@ -130,6 +131,9 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         }
         RequestKind::ListOffsets(request) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, request).await)
+        }
+        RequestKind::InitProducerId(request) => {
+            ResponseKind::InitProducerId(producers::init_producer_id(shard, request).await)
         }
         RequestKind::Produce(request) => match produce::handle(shard, request).await {
             Some(response) => ResponseKind::Produce(response),

@@ -1,0 +1,123 @@
+//! Idempotent producers on a real log: retries are acknowledged at their first offsets and not
+//! stored again, across a clean close, a crash, segment rolls and failed writes.
+
+use super::producers::SequenceError;
+use super::*;
+use crate::io::{block_on, fault};
+use crate::testing::encode_idempotent_batch;
+
+fn config() -> LogConfig {
+    LogConfig { segment_bytes: 64 << 10, index_interval_bytes: 1024, ..LogConfig::default() }
+}
+
+/// Appends producer 42's batch of `count` records at `sequence` and waits for it.
+async fn produce(log: &Log, epoch: i16, sequence: i32, count: usize) -> Result<(Offset, bool), AppendError> {
+    let appended = log.append(&encode_idempotent_batch(42, epoch, sequence, count), LeaderEpoch(0))?;
+    appended.durable.await?;
+    Ok((appended.base_offset, appended.duplicate))
+}
+
+#[test]
+fn a_retry_is_answered_with_the_first_offsets_and_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        assert_eq!(produce(&log, 0, 0, 3).await.expect("first"), (Offset(0), false));
+        assert_eq!(produce(&log, 0, 3, 2).await.expect("second"), (Offset(3), false));
+        assert_eq!(produce(&log, 0, 0, 3).await.expect("retry"), (Offset(0), true));
+        assert_eq!(log.log_end_offset(), Offset(5), "nothing appended for the retry");
+        let gap = produce(&log, 0, 9, 1).await;
+        assert!(matches!(gap, Err(AppendError::Sequence(SequenceError::OutOfOrder { .. }))));
+        let zombie = produce(&log, 1, 0, 1).await.map(|_| ());
+        assert!(zombie.is_ok(), "a new epoch starts at 0");
+        let fenced = produce(&log, 0, 5, 1).await;
+        assert!(matches!(fenced, Err(AppendError::Sequence(SequenceError::InvalidEpoch { .. }))));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn dedup_holds_after_a_clean_close_a_crash_and_rolls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        for batch in 0..1000 {
+            produce(&log, 0, batch * 4, 4).await.expect("append");
+        }
+        assert!(log.segment_count() > 3, "rolled by size");
+        log.close().await.expect("close");
+
+        let log = Log::open(dir.path(), config()).await.expect("reopen");
+        assert_eq!(
+            produce(&log, 0, 3996, 4).await.expect("retry"),
+            (Offset(3996), true),
+            "after a clean close"
+        );
+        for batch in 1000..1300 {
+            produce(&log, 0, batch * 4, 4).await.expect("append");
+        }
+        drop(log); // crash: the state comes from the last roll's snapshot and a replay
+
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a crash");
+        assert_eq!(produce(&log, 0, 5196, 4).await.expect("retry"), (Offset(5196), true), "after a crash");
+        let gap = produce(&log, 0, 6000, 1).await;
+        assert!(matches!(gap, Err(AppendError::Sequence(SequenceError::OutOfOrder { last: 5199, .. }))));
+        assert_eq!(produce(&log, 0, 5200, 1).await.expect("next"), (Offset(5200), false));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_damaged_snapshot_is_skipped_for_an_older_one_and_a_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        for batch in 0..600 {
+            produce(&log, 0, batch * 4, 4).await.expect("append");
+        }
+        log.close().await.expect("close");
+        let newest = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "producers"))
+            .max()
+            .expect("a snapshot");
+        std::fs::write(&newest, b"garbage").expect("damage");
+        let log = Log::open(dir.path(), config()).await.expect("reopen");
+        assert_eq!(produce(&log, 0, 2396, 4).await.expect("retry"), (Offset(2396), true));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_failed_write_gives_the_sequence_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        produce(&log, 0, 0, 2).await.expect("append");
+        fault::arm(fault::Fault::WriteNoSpace { after_writes: 0 });
+        assert!(matches!(produce(&log, 0, 2, 2).await, Err(AppendError::Storage(_))));
+        fault::clear();
+        // Not a duplicate: the failed batch was never stored, so its retry must be.
+        assert_eq!(produce(&log, 0, 2, 2).await.expect("retry after the failure"), (Offset(2), false));
+        assert_eq!(log.log_end_offset(), Offset(4));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_retry_of_a_batch_still_in_flight_waits_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let config = LogConfig { flush: FlushPolicy::FsyncBeforeAck, ..config() };
+        let log = Log::open(dir.path(), config).await.expect("open");
+        let first = log.append(&encode_idempotent_batch(42, 0, 0, 2), LeaderEpoch(0)).expect("append");
+        let retry = log.append(&encode_idempotent_batch(42, 0, 0, 2), LeaderEpoch(0)).expect("retry");
+        assert!(retry.duplicate);
+        assert!(log.stable_offset() < Offset(2), "not yet durable when the retry arrives");
+        retry.durable.await.expect("acknowledged once the original is");
+        assert!(log.stable_offset() >= Offset(2));
+        first.durable.await.expect("original");
+        log.close().await.expect("close");
+    });
+}

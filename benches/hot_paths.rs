@@ -99,6 +99,7 @@ fn hot_paths(c: &mut Criterion) {
             high_watermark: 1 << 20,
             last_stable_offset: 1 << 20,
             log_start_offset: 0,
+            aborted: Vec::new(),
             records,
         }],
     }];

@@ -170,6 +170,41 @@ pub fn sequence_after(sequence: i32, steps: i32) -> i32 {
     if sequence > i32::MAX - steps { steps - (i32::MAX - sequence) - 1 } else { sequence + steps }
 }
 
+/// Whether a control batch's marker commits (`Some(true)`), aborts (`Some(false)`), or is not
+/// a transaction marker this code can read (`None`). The marker is the key of the batch's
+/// first record: version (i16) and type (i16: 0 abort, 1 commit). Bounds-checked throughout.
+pub fn control_commits(batch: &[u8]) -> Option<bool> {
+    let mut at = HEADER_BYTES;
+    let _length = varint(batch, &mut at)?;
+    at += 1; // attributes
+    let _timestamp_delta = varint(batch, &mut at)?;
+    let _offset_delta = varint(batch, &mut at)?;
+    let key_length = varint(batch, &mut at)?;
+    if key_length < 4 {
+        return None;
+    }
+    let key = batch.get(at..at + 4)?;
+    match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+/// A zigzag varint (Kafka's record fields) at `at`, advancing it; at most 10 bytes.
+fn varint(buf: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let byte = *buf.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
 /// Parses and fully checks the batch at the start of `buf`: header, that all its bytes are
 /// present, and its CRC32C. Returns the header; the batch is `buf[..header.total_bytes()]`.
 pub fn validate(buf: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {

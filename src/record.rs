@@ -3,7 +3,41 @@
 //! pass through the broker as bytes and never become `Record`s.
 
 use bytes::Bytes;
-use kafka_protocol::records::{Record, TimestampType};
+use bytes::BytesMut;
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+/// `records` as one uncompressed v2 batch (several if their producer fields differ).
+pub fn encode(records: &[Record]) -> Result<Bytes, String> {
+    let mut out = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut out, records, &options)
+        .map_err(|e| format!("encode a record batch: {e}"))?;
+    Ok(out.freeze())
+}
+
+/// The control batch ending producer `producer_id`'s transaction at `epoch`: one record whose
+/// key is (version 0, type 1 commit / 0 abort) and value (version 0, coordinator epoch).
+pub fn transaction_marker(
+    producer_id: i64,
+    epoch: i16,
+    commits: bool,
+    coordinator_epoch: i32,
+    now: i64,
+) -> Record {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&i16::from(commits).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    Record {
+        transactional: true,
+        control: true,
+        producer_id,
+        producer_epoch: epoch,
+        ..plain(0, now, Some(Bytes::from(key)), Some(Bytes::from(value)))
+    }
+}
 
 /// A plain record (no transaction, no producer id, no headers) at `offset` within its batch.
 pub fn plain(offset: i64, timestamp: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {

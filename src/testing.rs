@@ -1,8 +1,8 @@
 //! Deterministic Kafka record batches for tests, benchmarks and the crash-test child: the
 //! payload of every record is a pure function of a seed, so a reader can check it byte for byte.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
+use bytes::Bytes;
+use kafka_protocol::records::Record;
 
 /// A v2 batch of `count` records of `value_bytes` each, encoded by the kafka-protocol crate
 /// (as a producer would), with record payloads derived from `seed`.
@@ -21,10 +21,26 @@ pub fn encode_batch(seed: u64, count: usize, value_bytes: usize, timestamp: i64)
 /// Like `encode_batch`, written by idempotent producer `producer_id` at `epoch`, its first
 /// record carrying sequence `base_sequence`.
 pub fn encode_idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count: usize) -> Bytes {
+    encode_producer_batch(producer_id, epoch, base_sequence, count, false)
+}
+
+/// Like `encode_idempotent_batch`, inside a transaction.
+pub fn encode_transactional_batch(producer_id: i64, epoch: i16, base_sequence: i32, count: usize) -> Bytes {
+    encode_producer_batch(producer_id, epoch, base_sequence, count, true)
+}
+
+fn encode_producer_batch(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    count: usize,
+    transactional: bool,
+) -> Bytes {
     let records: Vec<Record> = (0..count)
         .map(|i| {
             let value = Some(payload(producer_id as u64 ^ (base_sequence as u64 + i as u64), 40));
             Record {
+                transactional,
                 producer_id,
                 producer_epoch: epoch,
                 sequence: base_sequence.wrapping_add(i as i32),
@@ -36,12 +52,7 @@ pub fn encode_idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32,
 }
 
 fn encode_records(records: &[Record]) -> Bytes {
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records, &options) {
-        panic!("encoding a test batch failed: {error}");
-    }
-    buf.freeze()
+    crate::record::encode(records).unwrap_or_else(|error| panic!("encoding a test batch failed: {error}"))
 }
 
 /// `len` pseudo-random bytes determined by `seed` (xorshift).

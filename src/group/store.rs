@@ -5,9 +5,7 @@
 //! skipped with a warning, never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-};
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
@@ -143,10 +141,7 @@ pub fn encode(entries: &[Entry], now: i64) -> Result<Bytes, String> {
         .enumerate()
         .map(|(i, entry)| crate::record::plain(i as i64, now, Some(entry.key()), entry.value()))
         .collect();
-    let mut out = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    RecordBatchEncoder::encode(&mut out, &records, &options).map_err(|e| e.to_string())?;
-    Ok(out.freeze())
+    crate::record::encode(&records)
 }
 
 /// The entries of the record batches in `chunk`; records that are not ours are skipped.

@@ -271,7 +271,7 @@ async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<
 /// Saves the idempotent producers' state as of `offset` (everything before it written) as the
 /// snapshot a later open starts from.
 async fn save_producers(shared: &Shared, offset: Offset) -> Result<(), StorageError> {
-    let snapshot = Snapshot { offset: offset.0, producers: shared.state.borrow().producers.as_of(offset.0) };
+    let snapshot: Snapshot = shared.state.borrow().producers.snapshot_at(offset.0);
     let data = snapshot
         .encode()
         .map_err(|e| StorageError::new("encode producer snapshot", std::io::Error::other(e)))?;

@@ -78,6 +78,10 @@ pub enum AppendError {
     Truncating,
     #[error(transparent)]
     Sequence(#[from] SequenceError),
+    #[error("control batches are written by the broker, not by clients")]
+    ControlBatchFromClient,
+    #[error("encode: {0}")]
+    Encode(String),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -133,8 +137,16 @@ impl Future for Durable {
     }
 }
 
+/// Who writes a batch: a client's produce request, or a coordinator of this broker (the group
+/// coordinator's transactional offsets, the transaction coordinator's markers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Coordinator,
+}
+
 enum ProducerCheck {
-    Append(Vec<(i64, producers::AppendedBatch)>),
+    Append(Vec<producers::Staged>),
     Duplicate { first: Offset, last: Offset },
 }
 
@@ -212,27 +224,50 @@ impl LogState {
         Durable(receiver)
     }
 
-    /// Checks the batches of idempotent producers, in order, as if appended at the log end:
-    /// what to record once they are, or the offsets of the batch they repeat (Kafka answers a
-    /// request holding a retried batch with that batch's offsets and appends nothing).
-    fn check_producers(&self, batches: &[(BatchHeader, Bytes)]) -> Result<ProducerCheck, SequenceError> {
+    /// Checks the batches of idempotent and transactional producers, in order, as if appended
+    /// at the log end: what to record once they are, or the offsets of the batch they repeat
+    /// (Kafka answers a request holding a retried batch with that batch's offsets and appends
+    /// nothing). Clients may not write control batches; the coordinators' batches skip the
+    /// sequence checks (they carry none).
+    fn stage_producers(
+        &self,
+        batches: &[(BatchHeader, Bytes)],
+        origin: Origin,
+    ) -> Result<ProducerCheck, AppendError> {
         let mut staged = Vec::new();
         let mut base = self.log_end.0;
-        for (header, _) in batches {
-            if header.has_producer_id() {
-                match self.producers.check(&staged, header)? {
-                    Verdict::Append => staged.push(Producers::staged(header, base)),
-                    Verdict::Duplicate { first_offset, last_offset } => {
-                        return Ok(ProducerCheck::Duplicate {
-                            first: Offset(first_offset),
-                            last: Offset(last_offset),
-                        });
-                    }
+        for (header, bytes) in batches {
+            if header.is_control() {
+                if origin == Origin::Client {
+                    return Err(AppendError::ControlBatchFromClient);
                 }
+                let commits = batch::control_commits(bytes).ok_or(AppendError::ControlBatchFromClient)?;
+                if header.has_producer_id() {
+                    let (id, epoch) = (header.producer_id, header.producer_epoch);
+                    staged.push(self.producers.stage_marker(&staged, id, epoch, commits, base)?);
+                }
+            } else if header.has_producer_id() {
+                if origin == Origin::Client
+                    && let Verdict::Duplicate { first_offset, last_offset } =
+                        self.producers.check(&staged, header)?
+                {
+                    return Ok(ProducerCheck::Duplicate {
+                        first: Offset(first_offset),
+                        last: Offset(last_offset),
+                    });
+                }
+                staged.push(self.producers.stage_data(&staged, header, base));
             }
             base += i64::from(header.last_offset_delta) + 1;
         }
         Ok(ProducerCheck::Append(staged))
+    }
+
+    /// Below this, records are stable: acknowledged and not part of an open transaction (what
+    /// `read_committed` consumers may read).
+    fn last_stable(&self) -> Offset {
+        let stable = self.stable();
+        self.producers.first_unstable_offset().map_or(stable, |first| stable.min(Offset(first)))
     }
 
     fn check_positions(&self) {
@@ -323,6 +358,33 @@ impl Log {
     /// assigns offsets and queues them for writing. Nothing is appended unless every batch is
     /// valid. The returned `durable` future says when they are acknowledged.
     pub fn append(&self, records: &Bytes, leader_epoch: LeaderEpoch) -> Result<Appended, AppendError> {
+        self.append_from(records, leader_epoch, Origin::Client)
+    }
+
+    /// Ends producer `producer_id`'s transaction in this partition with a marker (a control
+    /// batch) at `epoch`; the transaction coordinator writes one to every partition of a
+    /// transaction it commits or aborts.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commits: bool,
+        coordinator_epoch: i32,
+        leader_epoch: LeaderEpoch,
+    ) -> Result<Appended, AppendError> {
+        let now = TimestampMs::now().0;
+        let marker = crate::record::transaction_marker(producer_id, epoch, commits, coordinator_epoch, now);
+        let batch = crate::record::encode(&[marker]).map_err(AppendError::Encode)?;
+        self.append_from(&batch, leader_epoch, Origin::Coordinator)
+    }
+
+    /// `append`, by a client or by one of the broker's coordinators.
+    pub fn append_from(
+        &self,
+        records: &Bytes,
+        leader_epoch: LeaderEpoch,
+        origin: Origin,
+    ) -> Result<Appended, AppendError> {
         let mut state = self.shared.state.borrow_mut();
         let batches = batch::split_validated(records, state.config.message_bytes_max)?;
         if let Some(error) = &state.failed {
@@ -338,7 +400,7 @@ impl Log {
             return Err(AppendError::Backpressure);
         }
         let now = TimestampMs::now();
-        let staged = match state.check_producers(&batches)? {
+        let staged = match state.stage_producers(&batches, origin)? {
             ProducerCheck::Append(staged) => staged,
             ProducerCheck::Duplicate { first, last } => {
                 return Ok(Appended {
@@ -423,10 +485,11 @@ impl Log {
 
     /// Resolves once the stable offset is beyond `offset`: new records a consumer positioned at
     /// `offset` can read. For long-polling fetches; cancel by dropping.
-    pub async fn wait_for_records_at(&self, offset: Offset) {
+    pub async fn wait_for_records_at(&self, offset: Offset, committed_only: bool) {
         std::future::poll_fn(|cx| {
             let mut state = self.shared.state.borrow_mut();
-            if state.stable() > offset {
+            let visible = if committed_only { state.last_stable() } else { state.stable() };
+            if visible > offset {
                 return Poll::Ready(());
             }
             state.readers_waiting.push(cx.waker().clone());
@@ -475,9 +538,21 @@ impl Log {
         self.shared.state.borrow().log_end
     }
 
-    /// Below this, appends are acknowledged under the flush policy and readable.
+    /// Below this, appends are acknowledged under the flush policy and readable (Kafka's high
+    /// watermark on a single replica).
     pub fn stable_offset(&self) -> Offset {
         self.shared.state.borrow().stable()
+    }
+
+    /// Below this, records are acknowledged and in no open transaction: what `read_committed`
+    /// consumers read (Kafka's last stable offset).
+    pub fn last_stable_offset(&self) -> Offset {
+        self.shared.state.borrow().last_stable()
+    }
+
+    /// Aborted transactions with records in `[from, upper)`, for `read_committed` fetches.
+    pub fn aborted_transactions(&self, from: Offset, upper: Offset) -> Vec<producers::AbortedTransaction> {
+        self.shared.state.borrow().producers.aborted_between(from.0, upper.0)
     }
 
     pub fn written_offset(&self) -> Offset {

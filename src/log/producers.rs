@@ -1,10 +1,13 @@
-//! Idempotent producers: what a partition remembers of each producer id so a retried batch is
-//! acknowledged without being appended twice and a gap or a zombie is refused (Kafka's
-//! ProducerStateManager).
+//! Idempotent and transactional producers: what a partition remembers of each producer id so
+//! a retried batch is acknowledged without being appended twice, a gap or a zombie is refused,
+//! and transactions are tracked (Kafka's ProducerStateManager).
 //!
-//! Each producer keeps the last batches it appended (their sequence and offset ranges, at
-//! most `BATCHES_RETAINED`): a batch that matches one of them is a duplicate; any other must
-//! carry the next sequence of the producer's current epoch, or sequence 0 of a newer epoch.
+//! Each producer keeps the last batches it appended (their sequence and offset ranges): a
+//! batch that matches one of them is a duplicate; any other must carry the next sequence of
+//! the producer's current epoch, or sequence 0 of a newer epoch. A transactional batch opens
+//! the producer's transaction at its offset unless one is open; the coordinator's marker (a
+//! control batch) closes it, and an abort marker records the aborted range for
+//! `read_committed` consumers. The lowest open transaction bounds the last stable offset.
 //!
 //! The state is updated when offsets are assigned, before the batch is written, so the next
 //! in-flight request sees it. A write that fails takes its batches back (`truncate_from`),
@@ -13,37 +16,36 @@
 //! closes; opening loads the newest one and replays batch headers written after it.
 
 use crate::batch::{self, BatchHeader};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Batches remembered per producer for deduplication: Kafka's producers keep at most five
 /// requests in flight per partition, so a retry is always among the last five.
 pub const BATCHES_RETAINED: usize = 5;
 
-/// One batch a producer appended: enough to recognise its retry and to continue its sequence.
+/// Entries kept per producer: room for the five data batches with a transaction marker
+/// between each, and one more that says what the producer was before them all.
+const ENTRIES_RETAINED: usize = 2 * BATCHES_RETAINED + 1;
+
+/// One batch a producer appended, or a marker that ended its transaction: enough to recognise
+/// a retry, continue its sequence and know its open transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AppendedBatch {
     pub epoch: i16,
+    /// -1 for a marker.
     pub first_sequence: i32,
+    /// The producer's last sequence once this is in (a marker of a new epoch resets it to -1,
+    /// so the next batch starts at 0).
     pub last_sequence: i32,
     pub first_offset: i64,
     pub last_offset: i64,
+    pub marker: bool,
+    /// The first offset of the producer's open transaction once this is in.
+    pub open_transaction: Option<i64>,
 }
 
-impl AppendedBatch {
-    fn of(header: &BatchHeader, first_offset: i64) -> AppendedBatch {
-        AppendedBatch {
-            epoch: header.producer_epoch,
-            first_sequence: header.base_sequence,
-            last_sequence: header.last_sequence(),
-            first_offset,
-            last_offset: first_offset + i64::from(header.last_offset_delta),
-        }
-    }
-}
-
-/// What one producer has appended to this partition, oldest first. One more batch than
-/// `BATCHES_RETAINED` is kept: the oldest only says what the producer was before the others,
-/// so that taking the newer ones back (a failed write) leaves the producer where it was.
+/// What one producer has appended to this partition, oldest first. More entries are kept than
+/// deduplication needs: the oldest only says what the producer was before the others, so that
+/// taking the newer ones back (a failed write) leaves the producer where it was.
 #[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Producer {
     pub batches: VecDeque<AppendedBatch>,
@@ -58,7 +60,7 @@ impl Producer {
 
     fn push(&mut self, batch: AppendedBatch, now_ms: i64) {
         self.batches.push_back(batch);
-        while self.batches.len() > BATCHES_RETAINED + 1 {
+        while self.batches.len() > ENTRIES_RETAINED {
             self.batches.pop_front();
         }
         self.last_append_ms = now_ms;
@@ -67,12 +69,21 @@ impl Producer {
     /// The retained batch `header` repeats, if it is a retry of one.
     fn duplicate_of(&self, header: &BatchHeader) -> Option<&AppendedBatch> {
         let last_sequence = header.last_sequence();
-        self.batches.iter().rev().take(BATCHES_RETAINED).find(|batch| {
+        self.batches.iter().rev().filter(|batch| !batch.marker).take(BATCHES_RETAINED).find(|batch| {
             batch.epoch == header.producer_epoch
                 && batch.first_sequence == header.base_sequence
                 && batch.last_sequence == last_sequence
         })
     }
+}
+
+/// A transaction that was aborted: `read_committed` consumers skip its records in
+/// `[first_offset, last_offset]` (the last offset is the abort marker's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AbortedTransaction {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// Why a producer's batch is refused.
@@ -93,10 +104,10 @@ pub enum Verdict {
     Duplicate { first_offset: i64, last_offset: i64 },
 }
 
-/// Decides on `header` (a batch with a producer id) given what its producer last appended:
-/// `last` is the producer's newest batch, `producer` its retained history (both `None` for a
-/// producer this partition does not know, which may start at any sequence, as in Kafka since
-/// KIP-360).
+/// Decides on `header` (a data batch with a producer id) given what its producer last
+/// appended: `last` is the producer's newest entry, `producer` its retained history (both
+/// `None` for a producer this partition does not know, which may start at any sequence, as in
+/// Kafka since KIP-360).
 pub fn check(
     producer: Option<&Producer>,
     last: Option<&AppendedBatch>,
@@ -119,20 +130,29 @@ pub fn check(
         header.base_sequence == batch::sequence_after(last.last_sequence, 1)
     };
     if !in_sequence {
-        return Err(SequenceError::OutOfOrder {
-            producer_id,
-            epoch,
-            sequence: header.base_sequence,
-            last: last.last_sequence,
-        });
+        let (sequence, last) = (header.base_sequence, last.last_sequence);
+        return Err(SequenceError::OutOfOrder { producer_id, epoch, sequence, last });
     }
     Ok(Verdict::Append)
 }
 
-/// Every producer known to one partition.
+/// A producer's entry for a batch or marker about to be appended, from its previous entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staged {
+    pub producer_id: i64,
+    pub entry: AppendedBatch,
+    /// For a marker: whether it commits (else aborts).
+    pub commits: Option<bool>,
+}
+
+/// Every producer known to one partition, its open transactions and the aborted ones.
 #[derive(Debug, Default)]
 pub struct Producers {
     producers: HashMap<i64, Producer>,
+    /// (first offset, producer id) of every open transaction.
+    open: BTreeSet<(i64, i64)>,
+    /// Oldest first, ordered by `last_offset`.
+    aborted: VecDeque<AbortedTransaction>,
 }
 
 impl Producers {
@@ -148,41 +168,127 @@ impl Producers {
         self.producers.is_empty()
     }
 
-    /// Checks `header`, a batch that would be appended at `first_offset`, against what is known
-    /// plus `staged` (batches of the same request checked before it, not yet recorded).
-    pub fn check(
+    /// The newest entry of `producer_id`, counting `staged` (entries of the same request not
+    /// yet recorded).
+    pub fn last<'a>(&'a self, staged: &'a [Staged], producer_id: i64) -> Option<&'a AppendedBatch> {
+        let staged = staged.iter().rev().find(|staged| staged.producer_id == producer_id);
+        staged.map(|staged| &staged.entry).or_else(|| self.producers.get(&producer_id)?.last())
+    }
+
+    /// Checks `header`, a data batch of an idempotent producer, against what is known plus
+    /// `staged`.
+    pub fn check(&self, staged: &[Staged], header: &BatchHeader) -> Result<Verdict, SequenceError> {
+        check(self.producers.get(&header.producer_id), self.last(staged, header.producer_id), header)
+    }
+
+    /// The entry of a data batch appended at `first_offset`: a transactional batch opens the
+    /// producer's transaction unless one is open.
+    pub fn stage_data(&self, staged: &[Staged], header: &BatchHeader, first_offset: i64) -> Staged {
+        let open = self.last(staged, header.producer_id).and_then(|last| last.open_transaction);
+        let entry = AppendedBatch {
+            epoch: header.producer_epoch,
+            first_sequence: header.base_sequence,
+            last_sequence: header.last_sequence(),
+            first_offset,
+            last_offset: first_offset + i64::from(header.last_offset_delta),
+            marker: false,
+            open_transaction: if header.is_transactional() { open.or(Some(first_offset)) } else { open },
+        };
+        Staged { producer_id: header.producer_id, entry, commits: None }
+    }
+
+    /// The entry of a transaction marker for `producer_id` at `epoch`, appended at `offset`.
+    /// A marker of an older epoch than the producer's is refused.
+    pub fn stage_marker(
         &self,
-        staged: &[(i64, AppendedBatch)],
-        header: &BatchHeader,
-    ) -> Result<Verdict, SequenceError> {
-        let producer = self.producers.get(&header.producer_id);
-        let staged_last =
-            staged.iter().rev().find(|(id, _)| *id == header.producer_id).map(|(_, batch)| batch);
-        check(producer, staged_last.or_else(|| producer.and_then(Producer::last)), header)
+        staged: &[Staged],
+        producer_id: i64,
+        epoch: i16,
+        commits: bool,
+        offset: i64,
+    ) -> Result<Staged, SequenceError> {
+        let last = self.last(staged, producer_id);
+        if let Some(last) = last.filter(|last| last.epoch > epoch) {
+            return Err(SequenceError::InvalidEpoch { producer_id, epoch, current: last.epoch });
+        }
+        let last_sequence = last.filter(|last| last.epoch == epoch).map_or(-1, |last| last.last_sequence);
+        let entry = AppendedBatch {
+            epoch,
+            first_sequence: -1,
+            last_sequence,
+            first_offset: offset,
+            last_offset: offset,
+            marker: true,
+            open_transaction: None,
+        };
+        Ok(Staged { producer_id, entry, commits: Some(commits) })
     }
 
-    /// The entry for a batch that passed `check` and is appended at `first_offset`.
-    pub fn staged(header: &BatchHeader, first_offset: i64) -> (i64, AppendedBatch) {
-        (header.producer_id, AppendedBatch::of(header, first_offset))
-    }
-
-    /// Records batches that passed `check` and were given their offsets.
-    pub fn record(&mut self, staged: impl IntoIterator<Item = (i64, AppendedBatch)>, now_ms: i64) {
-        for (producer_id, batch) in staged {
-            self.producers.entry(producer_id).or_default().push(batch, now_ms);
+    /// Records entries that were checked and given their offsets, in order.
+    pub fn record(&mut self, staged: impl IntoIterator<Item = Staged>, now_ms: i64) {
+        for Staged { producer_id, entry, commits } in staged {
+            let producer = self.producers.entry(producer_id).or_default();
+            let was_open = producer.last().and_then(|last| last.open_transaction);
+            match (was_open, entry.open_transaction) {
+                (None, Some(first)) => {
+                    self.open.insert((first, producer_id));
+                }
+                (Some(first), None) => {
+                    self.open.remove(&(first, producer_id));
+                    if commits == Some(false) {
+                        let last_offset = entry.last_offset;
+                        self.aborted.push_back(AbortedTransaction {
+                            producer_id,
+                            first_offset: first,
+                            last_offset,
+                        });
+                    }
+                }
+                _ => {}
+            }
+            producer.push(entry, now_ms);
         }
     }
 
     /// Records a batch read back from the log (recovery), without checking it: the log is the
-    /// truth. Control batches and batches without a producer id change nothing here.
-    pub fn replay(&mut self, header: &BatchHeader, now_ms: i64) {
-        if header.has_producer_id() && !header.is_control() {
-            self.record([Producers::staged(header, header.base_offset)], now_ms);
+    /// truth. `commits` is the marker type of a control batch (`None` if unreadable: skipped).
+    pub fn replay(&mut self, header: &BatchHeader, commits: Option<bool>, now_ms: i64) {
+        if !header.has_producer_id() {
+            return;
+        }
+        let staged = if header.is_control() {
+            let Some(commits) = commits else { return };
+            let (id, epoch, offset) = (header.producer_id, header.producer_epoch, header.base_offset);
+            match self.stage_marker(&[], id, epoch, commits, offset) {
+                Ok(staged) => staged,
+                Err(_) => return,
+            }
+        } else {
+            self.stage_data(&[], header, header.base_offset)
+        };
+        self.record([staged], now_ms);
+    }
+
+    /// The first offset of the oldest open transaction: records from there on are not stable.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.open.first().map(|&(first, _)| first)
+    }
+
+    /// Aborted transactions with records in `[from, upper)`, oldest first.
+    pub fn aborted_between(&self, from: i64, upper: i64) -> Vec<AbortedTransaction> {
+        let start = self.aborted.partition_point(|aborted| aborted.last_offset < from);
+        self.aborted.range(start..).filter(|aborted| aborted.first_offset < upper).copied().collect()
+    }
+
+    /// Forgets aborted transactions that ended before the log start.
+    pub fn forget_aborted_before(&mut self, log_start: i64) {
+        while self.aborted.front().is_some_and(|aborted| aborted.last_offset < log_start) {
+            self.aborted.pop_front();
         }
     }
 
-    /// Forgets every batch at or after `offset` (a failed write, a truncation): each producer
-    /// goes back to its state before them. A producer left with no batch is forgotten, and is
+    /// Forgets every entry at or after `offset` (a failed write, a truncation): each producer
+    /// goes back to its state before them. A producer left with no entry is forgotten, and is
     /// then accepted at any sequence, as a producer the partition never saw.
     pub fn truncate_from(&mut self, offset: i64) {
         self.producers.retain(|_, producer| {
@@ -191,28 +297,45 @@ impl Producers {
             }
             !producer.batches.is_empty()
         });
+        while self.aborted.back().is_some_and(|aborted| aborted.last_offset >= offset) {
+            self.aborted.pop_back();
+        }
+        self.open = open_transactions(&self.producers);
     }
 
     /// Forgets producers that appended nothing since `before_ms` (Kafka's
-    /// `producer.id.expiration.ms`). Returns how many went.
+    /// `producer.id.expiration.ms`), unless their transaction is open. Returns how many went.
     pub fn expire(&mut self, before_ms: i64) -> usize {
         let count = self.producers.len();
-        self.producers.retain(|_, producer| producer.last_append_ms >= before_ms);
+        self.producers.retain(|_, producer| {
+            producer.last_append_ms >= before_ms
+                || producer.last().is_some_and(|last| last.open_transaction.is_some())
+        });
         count - self.producers.len()
     }
 
-    /// The producers as they were just before `offset`: what a snapshot at `offset` holds.
-    pub fn as_of(&self, offset: i64) -> Vec<(i64, Producer)> {
-        let mut copy = Producers { producers: self.producers.clone() };
+    /// The state as it was just before `offset`: what a snapshot at `offset` holds.
+    pub fn snapshot_at(&self, offset: i64) -> Snapshot {
+        let mut copy = Producers {
+            producers: self.producers.clone(),
+            open: BTreeSet::new(),
+            aborted: self.aborted.clone(),
+        };
         copy.truncate_from(offset);
         let mut producers: Vec<(i64, Producer)> = copy.producers.into_iter().collect();
         producers.sort_by_key(|(id, _)| *id);
-        producers
+        Snapshot { offset, producers, aborted: copy.aborted.into_iter().collect() }
     }
 
     pub fn from_snapshot(snapshot: Snapshot) -> Producers {
-        Producers { producers: snapshot.producers.into_iter().collect() }
+        let producers: HashMap<i64, Producer> = snapshot.producers.into_iter().collect();
+        let open = open_transactions(&producers);
+        Producers { producers, open, aborted: snapshot.aborted.into_iter().collect() }
     }
+}
+
+fn open_transactions(producers: &HashMap<i64, Producer>) -> BTreeSet<(i64, i64)> {
+    producers.iter().filter_map(|(&id, producer)| Some((producer.last()?.open_transaction?, id))).collect()
 }
 
 /// The producers of a partition as of `offset`, saved to `<offset>.producers`.
@@ -220,6 +343,7 @@ impl Producers {
 pub struct Snapshot {
     pub offset: i64,
     pub producers: Vec<(i64, Producer)>,
+    pub aborted: Vec<AbortedTransaction>,
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"RMQP";
@@ -280,7 +404,8 @@ mod tests {
     ) -> Result<Verdict, SequenceError> {
         let verdict = producers.check(&[], batch)?;
         if verdict == Verdict::Append {
-            producers.record([Producers::staged(batch, *end)], 0);
+            let staged = producers.stage_data(&[], batch, *end);
+            producers.record([staged], 0);
             *end += i64::from(batch.records_count);
         }
         Ok(verdict)
@@ -328,7 +453,7 @@ mod tests {
     fn batches_of_one_request_are_checked_in_order() {
         let producers = Producers::default();
         let first = header(1, 0, 0, 2);
-        let staged = [Producers::staged(&first, 0)];
+        let staged = [producers.stage_data(&[], &first, 0)];
         assert_eq!(producers.check(&staged, &header(1, 0, 2, 1)), Ok(Verdict::Append));
         assert!(producers.check(&staged, &header(1, 0, 5, 1)).is_err());
     }
@@ -339,18 +464,70 @@ mod tests {
         for sequence in 0..8 {
             append(&mut producers, &mut end, &header(11, 2, sequence, 1)).expect("append");
         }
-        let snapshot = Snapshot { offset: end, producers: producers.as_of(end) };
-        let encoded = snapshot.encode().expect("encode");
-        assert_eq!(
-            Snapshot::decode(&encoded),
-            Some(Snapshot { offset: end, producers: producers.as_of(end) })
-        );
+        let encoded = producers.snapshot_at(end).encode().expect("encode");
+        assert_eq!(Snapshot::decode(&encoded), Some(producers.snapshot_at(end)));
         for at in 0..encoded.len() {
             let mut damaged = encoded.clone();
             damaged[at] ^= 0x40;
             assert_eq!(Snapshot::decode(&damaged), None, "flip at {at}");
         }
         assert_eq!(Snapshot::decode(&encoded[..encoded.len() - 1]), None);
+    }
+
+    fn transactional(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
+        BatchHeader { attributes: 1 << 4, ..header(producer_id, epoch, base_sequence, records) }
+    }
+
+    fn mark(producers: &mut Producers, end: &mut i64, producer_id: i64, epoch: i16, commits: bool) {
+        let staged = producers.stage_marker(&[], producer_id, epoch, commits, *end).expect("marker");
+        producers.record([staged], 0);
+        *end += 1;
+    }
+
+    #[test]
+    fn open_transactions_bound_the_stable_offset_and_aborts_are_listed() {
+        let (mut producers, mut end) = (Producers::default(), 0);
+        append(&mut producers, &mut end, &header(1, 0, 0, 2)).expect("plain");
+        append(&mut producers, &mut end, &transactional(2, 0, 0, 3)).expect("txn A");
+        append(&mut producers, &mut end, &transactional(3, 0, 0, 1)).expect("txn B");
+        append(&mut producers, &mut end, &transactional(2, 0, 3, 1)).expect("txn A again");
+        assert_eq!(producers.first_unstable_offset(), Some(2));
+        mark(&mut producers, &mut end, 2, 0, false); // abort A at 7
+        assert_eq!(producers.first_unstable_offset(), Some(5), "B is still open");
+        mark(&mut producers, &mut end, 3, 0, true); // commit B at 8
+        assert_eq!(producers.first_unstable_offset(), None);
+        let aborted = AbortedTransaction { producer_id: 2, first_offset: 2, last_offset: 7 };
+        assert_eq!(producers.aborted_between(0, 100), vec![aborted]);
+        assert_eq!(producers.aborted_between(8, 100), vec![]);
+        assert_eq!(producers.aborted_between(0, 2), vec![]);
+        producers.forget_aborted_before(8);
+        assert_eq!(producers.aborted_between(0, 100), vec![]);
+    }
+
+    #[test]
+    fn a_marker_of_a_new_epoch_restarts_the_sequence_and_fences_older_batches() {
+        let (mut producers, mut end) = (Producers::default(), 0);
+        append(&mut producers, &mut end, &transactional(5, 0, 0, 4)).expect("txn");
+        mark(&mut producers, &mut end, 5, 1, false); // the coordinator bumped the epoch
+        assert!(matches!(
+            append(&mut producers, &mut end, &transactional(5, 0, 4, 1)),
+            Err(SequenceError::InvalidEpoch { current: 1, .. })
+        ));
+        assert_eq!(append(&mut producers, &mut end, &transactional(5, 1, 0, 1)), Ok(Verdict::Append));
+        assert!(producers.stage_marker(&[], 5, 0, true, end).is_err(), "a stale marker");
+    }
+
+    #[test]
+    fn taking_back_a_marker_reopens_its_transaction() {
+        let (mut producers, mut end) = (Producers::default(), 0);
+        append(&mut producers, &mut end, &transactional(9, 0, 0, 2)).expect("txn");
+        mark(&mut producers, &mut end, 9, 0, false);
+        assert_eq!(producers.first_unstable_offset(), None);
+        producers.truncate_from(2);
+        assert_eq!(producers.first_unstable_offset(), Some(0));
+        assert_eq!(producers.aborted_between(0, 100), vec![]);
+        let snapshot = producers.snapshot_at(2);
+        assert_eq!(Producers::from_snapshot(snapshot).first_unstable_offset(), Some(0));
     }
 
     proptest! {
@@ -367,7 +544,7 @@ mod tests {
             let mut before = None;
             for (at, (producer_id, records)) in appends.iter().enumerate() {
                 if at == cut_after {
-                    before = Some((end, producers.as_of(end)));
+                    before = Some((end, producers.snapshot_at(end).producers));
                 }
                 let sequence = sequences.entry(*producer_id).or_insert(0);
                 let batch = header(*producer_id, 0, *sequence, *records);
@@ -376,7 +553,7 @@ mod tests {
             }
             if let Some((cut, expected)) = before {
                 producers.truncate_from(cut);
-                let now = producers.as_of(i64::MAX);
+                let now = producers.snapshot_at(i64::MAX).producers;
                 for (producer_id, producer) in &now {
                     let was = expected.iter().find(|(id, _)| id == producer_id).map(|(_, p)| p.last().copied());
                     prop_assert_eq!(was.flatten(), producer.last().copied());

@@ -338,7 +338,8 @@ async fn recover_producers(
         let mut batches = BatchReader::new(segment.reader.clone(), segment.base, segment.size_bytes);
         while let Some((header, bytes)) = batches.batch_at(position, SCAN_READ_BYTES).await? {
             if header.last_offset() >= from.0 {
-                producers.replay(&header, now);
+                let commits = if header.is_control() { crate::batch::control_commits(&bytes) } else { None };
+                producers.replay(&header, commits, now);
             }
             position += bytes.len() as u64;
         }

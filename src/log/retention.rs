@@ -40,6 +40,7 @@ impl Log {
             state.log_start = state.log_start.max(first_base);
             let log_start = state.log_start;
             state.cache.evict_before(log_start);
+            state.producers.forget_aborted_before(log_start.0);
             state.check_positions();
             (doomed, log_start)
         };
@@ -71,6 +72,7 @@ impl Log {
             }
             state.log_start = offset;
             state.cache.evict_before(offset);
+            state.producers.forget_aborted_before(offset.0);
             let mut doomed = Vec::new();
             while state.segments.len() > 1 && state.segments.front().is_some_and(|first| first.end <= offset)
             {

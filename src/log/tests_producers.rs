@@ -4,7 +4,7 @@
 use super::producers::SequenceError;
 use super::*;
 use crate::io::{block_on, fault};
-use crate::testing::encode_idempotent_batch;
+use crate::testing::{encode_idempotent_batch, encode_transactional_batch};
 
 fn config() -> LogConfig {
     LogConfig { segment_bytes: 64 << 10, index_interval_bytes: 1024, ..LogConfig::default() }
@@ -120,4 +120,58 @@ fn a_retry_of_a_batch_still_in_flight_waits_for_it() {
         first.durable.await.expect("original");
         log.close().await.expect("close");
     });
+}
+
+/// Appends producer `id`'s transactional batch and waits for it.
+async fn produce_in_transaction(log: &Log, id: i64, sequence: i32, count: usize) -> Offset {
+    let appended =
+        log.append(&encode_transactional_batch(id, 0, sequence, count), LeaderEpoch(0)).expect("append");
+    appended.durable.await.expect("durable");
+    appended.base_offset
+}
+
+async fn end_transaction(log: &Log, id: i64, commits: bool) -> Offset {
+    let appended = log.append_marker(id, 0, commits, 0, LeaderEpoch(0)).expect("marker");
+    appended.durable.await.expect("durable");
+    appended.base_offset
+}
+
+#[test]
+fn transactions_bound_the_last_stable_offset_and_aborts_survive_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        assert_eq!(produce_in_transaction(&log, 7, 0, 3).await, Offset(0));
+        assert_eq!(produce_in_transaction(&log, 8, 0, 2).await, Offset(3));
+        assert_eq!((log.stable_offset(), log.last_stable_offset()), (Offset(5), Offset(0)));
+        assert_eq!(end_transaction(&log, 7, false).await, Offset(5));
+        assert_eq!(log.last_stable_offset(), Offset(3), "producer 8 is still open");
+        assert_eq!(end_transaction(&log, 8, true).await, Offset(6));
+        assert_eq!(log.last_stable_offset(), Offset(7));
+        let aborted = log.aborted_transactions(Offset(0), Offset(7));
+        assert_eq!(
+            aborted.iter().map(|a| (a.producer_id, a.first_offset, a.last_offset)).collect::<Vec<_>>(),
+            [(7, 0, 5)]
+        );
+        produce_in_transaction(&log, 9, 0, 1).await; // left open across the restarts
+        log.close().await.expect("close");
+
+        let log = Log::open(dir.path(), config()).await.expect("reopen");
+        assert_eq!(log.last_stable_offset(), Offset(7), "the open transaction is restored");
+        assert_eq!(log.aborted_transactions(Offset(0), Offset(7)).len(), 1);
+        end_transaction(&log, 9, false).await;
+        drop(log); // crash: the abort marker is replayed
+
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a crash");
+        assert_eq!(log.last_stable_offset(), Offset(9));
+        assert_eq!(log.aborted_transactions(Offset(0), Offset(9)).len(), 2);
+        let refused = log.append(&log_marker_batch(), LeaderEpoch(0));
+        assert!(matches!(refused, Err(AppendError::ControlBatchFromClient)));
+        log.close().await.expect("close");
+    });
+}
+
+/// A transaction marker as a client might try to send one.
+fn log_marker_batch() -> Bytes {
+    crate::record::encode(&[crate::record::transaction_marker(7, 0, true, 0, 1)]).expect("encode")
 }

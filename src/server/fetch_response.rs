@@ -3,6 +3,7 @@
 //! batch cache or a DMA read buffer), written to the socket with one vectored write.
 //! Versions 4 to 16; checked against the kafka-protocol crate's decoder in the tests.
 
+use crate::log::producers::AbortedTransaction;
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub struct PartitionResult {
@@ -11,6 +12,8 @@ pub struct PartitionResult {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// (producer id, first offset) of aborted transactions, for `read_committed` consumers.
+    pub aborted: Vec<AbortedTransaction>,
     pub records: Vec<Bytes>,
 }
 
@@ -106,7 +109,12 @@ fn encode_partition(out: &mut Chunks, version: i16, flexible: bool, partition: &
     if version >= 5 {
         out.current.put_i64(partition.log_start_offset);
     }
-    out.length(flexible, 0, true); // aborted_transactions: none
+    out.length(flexible, partition.aborted.len(), true);
+    for aborted in &partition.aborted {
+        out.current.put_i64(aborted.producer_id);
+        out.current.put_i64(aborted.first_offset);
+        out.no_tagged_fields(flexible);
+    }
     if version >= 11 {
         out.current.put_i32(-1); // preferred_read_replica: none
     }
@@ -136,6 +144,11 @@ mod tests {
                         high_watermark: 42,
                         last_stable_offset: 42,
                         log_start_offset: 3,
+                        aborted: vec![AbortedTransaction {
+                            producer_id: 12,
+                            first_offset: 40,
+                            last_offset: 41,
+                        }],
                         records: records(1),
                     },
                     PartitionResult {
@@ -144,6 +157,7 @@ mod tests {
                         high_watermark: 7,
                         last_stable_offset: 7,
                         log_start_offset: 0,
+                        aborted: vec![],
                         records: vec![],
                     },
                 ],
@@ -181,6 +195,8 @@ mod tests {
             if version >= 5 {
                 assert_eq!(first.log_start_offset, 3);
             }
+            let aborted = first.aborted_transactions.as_deref().expect("aborted transactions");
+            assert_eq!((aborted[0].producer_id.0, aborted[0].first_offset), (12, 40));
             let expected: Vec<u8> =
                 topics[0].partitions[0].records.iter().flat_map(|c| c.iter().copied()).collect();
             assert_eq!(first.records.as_deref(), Some(&expected[..]));

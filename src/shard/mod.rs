@@ -11,6 +11,7 @@ pub mod topics;
 use crate::config::BrokerConfig;
 use crate::group::{self, Coordinator};
 use crate::io::{self, Mesh};
+use crate::log::producers::AbortedTransaction;
 use crate::log::{AppendError, Log, LogError, ReadError, ReadLimits};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use bytes::Bytes;
@@ -58,6 +59,7 @@ pub enum ShardMessage {
     /// Answer once any of these partitions has records at its offset, or at the deadline.
     WaitForRecords {
         partitions: Vec<(String, i32, Offset)>,
+        committed_only: bool,
         deadline: Instant,
         reply: oneshot::Sender<()>,
     },
@@ -65,6 +67,7 @@ pub enum ShardMessage {
         topic: String,
         partition: i32,
         timestamp: i64,
+        committed_only: bool,
         reply: oneshot::Sender<ListedOffset>,
     },
     /// To shard 0: delete a topic (answered once every shard dropped it).
@@ -121,6 +124,8 @@ pub struct PartitionRead {
     pub bytes_max: usize,
     /// Return one batch even if it is larger than `bytes_max`.
     pub min_one: bool,
+    /// `read_committed`: read up to the last stable offset, and list aborted transactions.
+    pub committed_only: bool,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -138,20 +143,32 @@ pub enum FetchError {
 pub struct Fetched {
     pub error: Option<FetchError>,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// For `read_committed`: aborted transactions among the records returned.
+    pub aborted: Vec<AbortedTransaction>,
     pub chunks: Vec<Bytes>,
     pub bytes: usize,
 }
 
 impl Fetched {
     fn failed(error: FetchError) -> Fetched {
-        Fetched { error: Some(error), high_watermark: -1, log_start_offset: -1, ..Fetched::default() }
+        Fetched {
+            error: Some(error),
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            ..Fetched::default()
+        }
     }
 }
 
 /// The answer to ListOffsets for one partition: an offset and the timestamp it was found by
 /// (-1 for each when none applies).
 pub type ListedOffset = Result<(i64, i64), FetchError>;
+
+/// The `isolation_level` of Fetch and ListOffsets that reads only committed records.
+pub const READ_COMMITTED: i8 = 1;
 
 /// ListOffsets' special timestamps.
 pub const LATEST_TIMESTAMP: i64 = -1;
@@ -397,15 +414,16 @@ impl Shard {
             ShardMessage::Fetch { read, reply } => {
                 let _gone = reply.send(self.fetch_here(&read).await);
             }
-            ShardMessage::WaitForRecords { partitions, deadline, mut reply } => {
-                futures_lite::future::or(self.wait_here(&partitions, deadline), async {
+            ShardMessage::WaitForRecords { partitions, committed_only, deadline, mut reply } => {
+                futures_lite::future::or(self.wait_here(&partitions, committed_only, deadline), async {
                     reply.cancellation().await;
                 })
                 .await;
                 let _gone = reply.send(());
             }
-            ShardMessage::ListOffsets { topic, partition, timestamp, reply } => {
-                let _gone = reply.send(self.list_offset_here(&topic, partition, timestamp).await);
+            ShardMessage::ListOffsets { topic, partition, timestamp, committed_only, reply } => {
+                let listed = self.list_offset_here(&topic, partition, timestamp, committed_only).await;
+                let _gone = reply.send(listed);
             }
             ShardMessage::DeleteTopic { name, reply } => {
                 let _gone = reply.send(self.delete_topic(&name).await);
@@ -445,27 +463,43 @@ impl Shard {
         let Some(log) = self.log(&read.topic, read.partition) else {
             return Fetched::failed(FetchError::UnknownTopicOrPartition);
         };
-        let limits =
-            ReadLimits { bytes_max: read.bytes_max, min_one: read.min_one, upper: log.stable_offset() };
+        let upper = if read.committed_only { log.last_stable_offset() } else { log.stable_offset() };
+        let limits = ReadLimits { bytes_max: read.bytes_max, min_one: read.min_one, upper };
         let result = log.read(read.offset, limits).await;
         let (high_watermark, log_start_offset) = (log.stable_offset().0, log.log_start_offset().0);
+        let last_stable_offset = log.last_stable_offset().0;
         match result {
             Ok(batches) => Fetched {
                 error: None,
                 high_watermark,
+                last_stable_offset,
                 log_start_offset,
+                aborted: if read.committed_only && batches.bytes > 0 {
+                    log.aborted_transactions(read.offset, batches.next_offset)
+                } else {
+                    Vec::new()
+                },
                 chunks: batches.chunks,
                 bytes: batches.bytes,
             },
-            Err(error) => {
-                Fetched { error: Some(error.into()), high_watermark, log_start_offset, ..Fetched::default() }
-            }
+            Err(error) => Fetched {
+                error: Some(error.into()),
+                high_watermark,
+                last_stable_offset,
+                log_start_offset,
+                ..Fetched::default()
+            },
         }
     }
 
     /// Waits until any of `partitions` (topic, partition, offset) has records at its offset,
     /// or until `deadline`.
-    pub async fn wait_for_records(&self, partitions: Vec<(TopicMeta, i32, Offset)>, deadline: Instant) {
+    pub async fn wait_for_records(
+        &self,
+        partitions: Vec<(TopicMeta, i32, Offset)>,
+        committed_only: bool,
+        deadline: Instant,
+    ) {
         let mut by_owner: BTreeMap<usize, Vec<(String, i32, Offset)>> = BTreeMap::new();
         for (topic, partition, offset) in partitions {
             if let Some(owner) = self.owner(&topic, partition) {
@@ -475,11 +509,13 @@ impl Shard {
         let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = Vec::new();
         for (owner, partitions) in by_owner {
             if owner == self.id {
-                waits.push(Box::pin(async move { self.wait_here(&partitions, deadline).await }));
+                waits.push(Box::pin(
+                    async move { self.wait_here(&partitions, committed_only, deadline).await },
+                ));
                 continue;
             }
             let (reply, answer) = oneshot::channel();
-            let message = ShardMessage::WaitForRecords { partitions, deadline, reply };
+            let message = ShardMessage::WaitForRecords { partitions, committed_only, deadline, reply };
             if self.mesh.send_to(owner, message).await.is_ok() {
                 waits.push(Box::pin(async move {
                     let _answered_or_gone = answer.await;
@@ -493,12 +529,12 @@ impl Shard {
         futures_lite::future::or(first_of(waits), io::sleep(sleep)).await;
     }
 
-    async fn wait_here(&self, partitions: &[(String, i32, Offset)], deadline: Instant) {
+    async fn wait_here(&self, partitions: &[(String, i32, Offset)], committed_only: bool, deadline: Instant) {
         let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = Vec::new();
         for (topic, partition, offset) in partitions {
             if let Some(log) = self.log(topic, *partition) {
                 let offset = *offset;
-                waits.push(Box::pin(async move { log.wait_for_records_at(offset).await }));
+                waits.push(Box::pin(async move { log.wait_for_records_at(offset, committed_only).await }));
             }
         }
         let sleep = deadline.saturating_duration_since(Instant::now());
@@ -507,20 +543,35 @@ impl Shard {
 
     /// ListOffsets for one partition: the earliest or latest offset, or the first batch at or
     /// after a timestamp.
-    pub async fn list_offset(&self, topic: &TopicMeta, partition: i32, timestamp: i64) -> ListedOffset {
+    /// `committed_only`: the latest offset is the last stable one (`read_committed`).
+    pub async fn list_offset(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+        timestamp: i64,
+        committed_only: bool,
+    ) -> ListedOffset {
         let owner = self.owner(topic, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
         if owner == self.id {
-            return self.list_offset_here(&topic.name, partition, timestamp).await;
+            return self.list_offset_here(&topic.name, partition, timestamp, committed_only).await;
         }
+        let name = topic.name.clone();
         let message =
-            |reply| ShardMessage::ListOffsets { topic: topic.name.clone(), partition, timestamp, reply };
+            |reply| ShardMessage::ListOffsets { topic: name, partition, timestamp, committed_only, reply };
         self.ask(owner, message, || Err(FetchError::ShardUnavailable)).await
     }
 
-    async fn list_offset_here(&self, topic: &str, partition: i32, timestamp: i64) -> ListedOffset {
+    async fn list_offset_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+        committed_only: bool,
+    ) -> ListedOffset {
         let log = self.log(topic, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
         match timestamp {
             EARLIEST_TIMESTAMP => Ok((log.log_start_offset().0, -1)),
+            LATEST_TIMESTAMP if committed_only => Ok((log.last_stable_offset().0, -1)),
             LATEST_TIMESTAMP => Ok((log.stable_offset().0, -1)),
             _ => Ok(log
                 .offset_for_timestamp(timestamp)

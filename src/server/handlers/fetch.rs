@@ -5,7 +5,7 @@
 use crate::io;
 use crate::server::fetch_response::{self, PartitionResult, TopicResult};
 use crate::shard::topics::TopicMeta;
-use crate::shard::{FetchError, Fetched, PartitionRead, Shard};
+use crate::shard::{FetchError, Fetched, PartitionRead, READ_COMMITTED, Shard};
 use crate::types::Offset;
 use bytes::Bytes;
 use kafka_protocol::messages::FetchRequest;
@@ -42,24 +42,25 @@ pub async fn handle(
             }
         })
         .collect();
+    let committed_only = request.isolation_level == READ_COMMITTED;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
-    let mut fetched = read_all(shard, &wanted).await;
+    let mut fetched = read_all(shard, &wanted, committed_only).await;
     loop {
         let bytes: usize = fetched.iter().flatten().map(|f| f.bytes).sum();
         let failed = fetched.iter().flatten().any(|f| f.error.is_some());
         if bytes >= min_bytes.max(1) || failed || Instant::now() >= deadline {
             break;
         }
-        shard.wait_for_records(waiting_positions(&wanted), deadline).await;
-        fetched = read_all(shard, &wanted).await;
+        shard.wait_for_records(waiting_positions(&wanted), committed_only, deadline).await;
+        fetched = read_all(shard, &wanted, committed_only).await;
     }
     let bytes_max = usize::try_from(request.max_bytes).unwrap_or(usize::MAX);
     fetch_response::encode(version, correlation_id, &results(wanted, fetched, bytes_max))
 }
 
 /// Reads every wanted partition, all at once, each on its owning shard.
-async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted]) -> Vec<Vec<Fetched>> {
+async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], committed_only: bool) -> Vec<Vec<Fetched>> {
     let tasks: Vec<Vec<io::Task<Fetched>>> = wanted
         .iter()
         .map(|topic| {
@@ -74,6 +75,7 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted]) -> Vec<Vec<Fetched>> {
                         offset: Offset(partition.fetch_offset),
                         bytes_max: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                         min_one: true,
+                        committed_only,
                     };
                     io::spawn_local(async move {
                         match meta {
@@ -134,8 +136,9 @@ fn results(wanted: Vec<Wanted>, fetched: Vec<Vec<Fetched>>, bytes_max: usize) ->
                             .as_ref()
                             .map_or(0, |e| crate::server::errors::fetch(e).code()),
                         high_watermark: fetched.high_watermark,
-                        last_stable_offset: fetched.high_watermark,
+                        last_stable_offset: fetched.last_stable_offset,
                         log_start_offset: fetched.log_start_offset,
+                        aborted: if fits { fetched.aborted } else { Vec::new() },
                         records,
                     }
                 })

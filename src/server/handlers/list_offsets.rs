@@ -2,13 +2,14 @@
 //! timestamp.
 
 use crate::server::errors;
-use crate::shard::Shard;
+use crate::shard::{READ_COMMITTED, Shard};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 pub async fn handle(shard: &Shard, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let committed_only = request.isolation_level == READ_COMMITTED;
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let meta = shard.topic(&topic.name);
@@ -17,7 +18,10 @@ pub async fn handle(shard: &Shard, request: ListOffsetsRequest) -> ListOffsetsRe
             let response =
                 ListOffsetsPartitionResponse::default().with_partition_index(partition.partition_index);
             let listed = match &meta {
-                Some(meta) => shard.list_offset(meta, partition.partition_index, partition.timestamp).await,
+                Some(meta) => {
+                    let (index, timestamp) = (partition.partition_index, partition.timestamp);
+                    shard.list_offset(meta, index, timestamp, committed_only).await
+                }
                 None => Err(crate::shard::FetchError::UnknownTopicOrPartition),
             };
             partitions.push(match listed {

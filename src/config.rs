@@ -27,6 +27,7 @@ pub struct BrokerConfig {
     pub producer_id_expiration: Duration,
     pub spin_before_park: Duration,
     pub groups: GroupConfig,
+    pub transactions: TxnConfig,
     /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
     pub topic_defaults: LogConfig,
 }
@@ -47,6 +48,19 @@ pub struct GroupConfig {
     /// KIP-848 consumer groups: how often members heartbeat, and how long one may be silent.
     pub consumer_heartbeat_interval: Duration,
     pub consumer_session_timeout: Duration,
+}
+
+/// The transaction coordinator's settings (Kafka's `transaction.*` and `transactional.id.*`).
+#[derive(Clone, Debug)]
+pub struct TxnConfig {
+    /// Partitions of the internal `__transaction_state` topic (fixed once it exists).
+    pub state_topic_partitions: i32,
+    /// The longest transaction timeout a producer may ask for.
+    pub timeout_max: Duration,
+    /// How often open transactions are checked against their timeout.
+    pub abort_check_interval: Duration,
+    /// How long an idle transactional id's state is kept.
+    pub id_expiration: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +249,48 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "transaction_state_log_num_partitions",
+        default: "16",
+        meaning: "partitions of the internal __transaction_state topic, which spread transactional ids over the cores (fixed once the topic exists)",
+        apply: |c, v| {
+            c.transactions.state_topic_partitions = parse(v)?;
+            if !(1..=1000).contains(&c.transactions.state_topic_partitions) {
+                return Err("must be 1 to 1000".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "transaction_max_timeout_ms",
+        default: "900000",
+        meaning: "the longest transaction.timeout.ms a producer may use; InitProducerId asking for more fails",
+        apply: |c, v| {
+            c.transactions.timeout_max = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "transaction_abort_timed_out_transaction_cleanup_interval_ms",
+        default: "10000",
+        meaning: "how often each core aborts the transactions that outlived their timeout",
+        apply: |c, v| {
+            c.transactions.abort_check_interval = Duration::from_millis(parse(v)?);
+            if c.transactions.abort_check_interval.is_zero() {
+                return Err("must be positive".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        key: "transactional_id_expiration_ms",
+        default: "604800000",
+        meaning: "how long the state of a transactional id with no transaction running is kept after its last use",
+        apply: |c, v| {
+            c.transactions.id_expiration = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "group_consumer_heartbeat_interval_ms",
         default: "5000",
         meaning: "heartbeat interval of members of consumer groups that use the KIP-848 protocol (group.protocol=consumer)",
@@ -396,6 +452,12 @@ impl BrokerConfig {
                 offsets_retention: Duration::ZERO,
                 consumer_heartbeat_interval: Duration::ZERO,
                 consumer_session_timeout: Duration::ZERO,
+            },
+            transactions: TxnConfig {
+                state_topic_partitions: 0,
+                timeout_max: Duration::ZERO,
+                abort_check_interval: Duration::ZERO,
+                id_expiration: Duration::ZERO,
             },
             topic_defaults: LogConfig { cache_bytes_max: BATCH_CACHE_BYTES_DEFAULT, ..LogConfig::default() },
         };

@@ -7,6 +7,9 @@
 //! - `server`: `ringmq serve`: shards, connections, Kafka request handlers.
 //! - `shard`: one core's partitions and topic table; cross-core messages.
 //! - `group`: the consumer-group coordinator; groups live on the core owning their offsets partition.
+//! - `txn`: the transaction coordinator; a transactional id lives on the core owning its
+//!   `__transaction_state` partition.
+//! - `codec`: the classic big-endian fields of the coordinators' internal records.
 //! - `bench`: `ringmq bench`, the Kafka-protocol load generator and this machine's baselines.
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
@@ -14,6 +17,7 @@
 pub mod batch;
 pub mod batch_cache;
 pub mod bench;
+pub mod codec;
 pub mod config;
 pub mod constants;
 pub mod group;
@@ -22,6 +26,7 @@ pub mod log;
 pub mod record;
 pub mod server;
 pub mod shard;
+pub mod txn;
 pub mod types;
 
 #[doc(hidden)]

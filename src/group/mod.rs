@@ -21,12 +21,12 @@ pub mod store;
 
 use crate::config::GroupConfig;
 use crate::log::{AppendError, Log, ReadLimits};
-use crate::types::{LeaderEpoch, Offset, TimestampMs};
+use crate::types::{LeaderEpoch, TimestampMs};
 use state::{Group, GroupState};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use store::Entry;
+use store::{Decoded, Entry};
 
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -79,6 +79,9 @@ pub struct Coordinator {
     logs: RefCell<BTreeMap<i32, Rc<Log>>>,
     /// How many partitions the offsets topic has.
     partitions: i32,
+    /// Offsets committed inside transactions not yet ended, by (offsets partition, producer
+    /// id): they apply when the commit marker reaches that partition.
+    pending: RefCell<HashMap<(i32, i64), Vec<Entry>>>,
 }
 
 impl Coordinator {
@@ -88,6 +91,7 @@ impl Coordinator {
             groups: RefCell::new(HashMap::new()),
             logs: RefCell::new(BTreeMap::new()),
             partitions,
+            pending: RefCell::new(HashMap::new()),
         })
     }
 
@@ -125,22 +129,20 @@ impl Coordinator {
     /// groups it holds. Members of restored groups keep their session; those that do not
     /// heartbeat expire as usual.
     pub async fn load(self: &Rc<Self>, partition: i32, log: Rc<Log>) -> Result<usize, String> {
-        let mut from = log.log_start_offset();
-        let upper = log.stable_offset();
         let mut records = 0;
-        while from < upper {
-            let limits = ReadLimits { bytes_max: 1 << 20, min_one: true, upper };
-            let read = log.read(from, limits).await.map_err(|e| format!("read offsets partition: {e}"))?;
-            if read.next_offset <= from {
-                break;
-            }
-            for chunk in &read.chunks {
-                for entry in store::decode(chunk)? {
-                    records += 1;
-                    self.replay(entry);
+        for chunk in read_partition(&log).await? {
+            for decoded in store::decode(&chunk)? {
+                records += 1;
+                match decoded {
+                    Decoded::Entry(entry) => self.replay(entry),
+                    Decoded::Transactional { producer_id, entry } => {
+                        self.pending.borrow_mut().entry((partition, producer_id)).or_default().push(entry)
+                    }
+                    Decoded::Marker { producer_id, commits } => {
+                        self.complete_transaction(partition, producer_id, commits)
+                    }
                 }
             }
-            from = read.next_offset;
         }
         self.logs.borrow_mut().insert(partition, log);
         let restored: Vec<String> = self
@@ -156,6 +158,20 @@ impl Coordinator {
             self.watch_members(&id);
         }
         Ok(records)
+    }
+
+    /// Producer `producer_id`'s transaction ended on offsets partition `partition` (its marker
+    /// was appended there): its offsets apply if it committed, and are dropped if not.
+    pub fn complete_transaction(&self, partition: i32, producer_id: i64, commits: bool) {
+        let entries = self.pending.borrow_mut().remove(&(partition, producer_id)).unwrap_or_default();
+        if commits {
+            entries.into_iter().for_each(|entry| self.replay(entry));
+        }
+    }
+
+    /// Whether `group` has offsets committed in a transaction that has not ended.
+    fn has_pending_offsets(&self, group: &str) -> bool {
+        self.pending.borrow().values().flatten().any(|entry| entry.group() == group)
     }
 
     fn replay(&self, entry: Entry) {
@@ -245,17 +261,12 @@ impl Coordinator {
         if records <= 2 * entries.len() as i64 + COMPACT_SLACK_RECORDS {
             return Ok(());
         }
-        let start = log.log_end_offset();
-        let mut last = None;
-        for chunk in entries.chunks(COMPACT_BATCH_RECORDS) {
-            let batch = store::encode(chunk, TimestampMs::now().0).map_err(WriteError::Encode)?;
-            last = Some(log.append(&batch, LeaderEpoch(0))?.durable);
-        }
-        if let Some(durable) = last {
-            durable.await?;
-        }
-        let from = if entries.is_empty() { log.stable_offset() } else { start };
-        log.delete_records_before(Offset(from.0)).await.map_err(|e| WriteError::Encode(e.to_string()))?;
+        let batches = entries
+            .chunks(COMPACT_BATCH_RECORDS)
+            .map(|chunk| store::encode(chunk, TimestampMs::now().0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(WriteError::Encode)?;
+        log.supersede_with(&batches).await.map_err(|e| WriteError::Encode(e.to_string()))?;
         tracing::info!(partition, records, live = entries.len(), "compacted an offsets partition");
         Ok(())
     }
@@ -277,6 +288,27 @@ impl Coordinator {
         self.groups.borrow_mut().remove(id);
         self.write(id, &entries).await
     }
+}
+
+/// Every batch of an internal partition readable now, from its start: what a coordinator
+/// replays when it takes the partition over. One `Bytes` per read, whole batches.
+pub async fn read_partition(log: &Log) -> Result<Vec<bytes::Bytes>, String> {
+    let mut from = log.log_start_offset();
+    let upper = log.stable_offset();
+    let mut chunks = Vec::new();
+    while from < upper {
+        let limits = ReadLimits { bytes_max: 1 << 20, min_one: true, upper };
+        let read = log.read(from, limits).await.map_err(|e| format!("read {}: {e}", log.dir().display()))?;
+        if read.next_offset <= from {
+            break;
+        }
+        chunks.push(match read.chunks.as_slice() {
+            [one] => one.clone(),
+            _ => bytes::Bytes::from(read.to_vec()),
+        });
+        from = read.next_offset;
+    }
+    Ok(chunks)
 }
 
 /// Records beyond twice the live ones a partition may hold before it is compacted.

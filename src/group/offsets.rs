@@ -6,6 +6,7 @@ use super::assignor::TopicPartition;
 use super::state::{Group, GroupState};
 use super::store::{Entry, OffsetValue};
 use super::{Coordinator, GROUP_ID_BYTES_MAX, OFFSET_METADATA_BYTES_MAX};
+use crate::log::{AppendError, Origin};
 use crate::types::TimestampMs;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic;
@@ -14,6 +15,7 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{
     ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse, TopicName,
+    TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::Decodable;
 use std::collections::BTreeSet;
@@ -164,9 +166,14 @@ impl Coordinator {
         group_id: &str,
         query: &OffsetQuery,
         member: Option<(&str, i32)>,
+        require_stable: bool,
     ) -> Result<FetchedOffsets, ResponseError> {
         if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
             return Err(ResponseError::InvalidGroupId);
+        }
+        if require_stable && self.has_pending_offsets(group_id) {
+            // A transaction has committed offsets that have not been settled (KIP-447).
+            return Err(ResponseError::UnstableOffsetCommit);
         }
         let group = self.group(group_id);
         let group = group.as_ref().map(|group| group.borrow());
@@ -309,4 +316,119 @@ pub fn commit_response(shape: CommitShape, code: impl Fn(usize, usize) -> i16) -
         })
         .collect();
     OffsetCommitResponse::default().with_topics(topics)
+}
+
+impl Coordinator {
+    /// TxnOffsetCommit: offsets committed inside producer `producer_id`'s transaction. They are
+    /// written to the group's offsets partition now, as a transactional batch, and apply when
+    /// the transaction's commit marker reaches that partition (`complete_transaction`).
+    /// `exists(topic, partition)`: whether the partition exists. Returns each partition's error.
+    pub async fn txn_commit(
+        self: &Rc<Self>,
+        request: &TxnOffsetCommitRequest,
+        exists: impl Fn(&str, i32) -> bool,
+    ) -> Vec<Vec<i16>> {
+        let refused = self.check_txn_commit(request).err();
+        let mut codes: Vec<Vec<i16>> =
+            request.topics.iter().map(|topic| vec![0; topic.partitions.len()]).collect();
+        let group_id = request.group_id.to_string();
+        let (mut entries, mut written) = (Vec::new(), Vec::new());
+        let now = TimestampMs::now().0;
+        for (t, topic) in request.topics.iter().enumerate() {
+            for (p, partition) in topic.partitions.iter().enumerate() {
+                let metadata = partition.committed_metadata.as_deref().unwrap_or_default();
+                let error = refused.or_else(|| {
+                    if metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                        Some(ResponseError::OffsetMetadataTooLarge)
+                    } else if !exists(topic.name.as_str(), partition.partition_index) {
+                        Some(ResponseError::UnknownTopicOrPartition)
+                    } else {
+                        None
+                    }
+                });
+                if let Some(error) = error {
+                    codes[t][p] = error.code();
+                    continue;
+                }
+                let value = OffsetValue {
+                    offset: partition.committed_offset,
+                    leader_epoch: partition.committed_leader_epoch,
+                    metadata: metadata.to_string(),
+                    commit_timestamp: now,
+                };
+                let (topic, partition) = (topic.name.to_string(), partition.partition_index);
+                entries.push(Entry::Offset { group: group_id.clone(), topic, partition, value: Some(value) });
+                written.push((t, p));
+            }
+        }
+        if entries.is_empty() {
+            return codes;
+        }
+        let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+        if let Err(error) = self.store_transactional(&group_id, entries, producer_id, epoch).await {
+            tracing::warn!(group = group_id, %error, "storing transactional offsets failed");
+            let code = match error {
+                super::WriteError::Append(AppendError::Sequence(_)) => ResponseError::ProducerFenced,
+                _ => ResponseError::CoordinatorNotAvailable,
+            };
+            for (t, p) in written {
+                codes[t][p] = code.code();
+            }
+        }
+        codes
+    }
+
+    /// A transactional commit from a group member (KIP-447: member id and generation given)
+    /// must come from a current member; one without them (or for a group that has no members)
+    /// is accepted as Kafka accepts it.
+    fn check_txn_commit(&self, request: &TxnOffsetCommitRequest) -> Result<(), ResponseError> {
+        let group_id = request.group_id.as_str();
+        if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let Some(group) = self.group(group_id) else { return Ok(()) };
+        let group = group.borrow();
+        if group.state == GroupState::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if request.member_id.is_empty() || request.generation_id < 0 || group.consumer.is_some() {
+            return Ok(());
+        }
+        if let Some(instance) = request.group_instance_id.as_deref()
+            && group.instances.get(instance).is_some_and(|id| id != request.member_id.as_str())
+        {
+            return Err(ResponseError::FencedInstanceId);
+        }
+        if !group.members.contains_key(request.member_id.as_str()) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if request.generation_id != group.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// Appends transactional offset entries and holds them as pending until the transaction
+    /// ends; if they do not become durable they are dropped again.
+    async fn store_transactional(
+        &self,
+        group_id: &str,
+        entries: Vec<Entry>,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(), super::WriteError> {
+        let log = self.log_for(group_id)?;
+        let batch = super::store::encode_transactional(&entries, producer_id, epoch, TimestampMs::now().0)
+            .map_err(super::WriteError::Encode)?;
+        let appended = log.append_from(&batch, crate::types::LeaderEpoch(0), Origin::Coordinator)?;
+        let key = (super::partition_for(group_id, self.partitions), producer_id);
+        self.pending.borrow_mut().entry(key).or_default().extend(entries.iter().cloned());
+        let result = appended.durable.await;
+        if result.is_err()
+            && let Some(pending) = self.pending.borrow_mut().get_mut(&key)
+        {
+            pending.retain(|entry| !entries.contains(entry));
+        }
+        Ok(result?)
+    }
 }

@@ -4,6 +4,7 @@
 //! tombstone. Every byte read back is bounds-checked; a record this code cannot read is
 //! skipped with a warning, never a panic.
 
+use crate::codec::{Reader, put_bytes, put_nullable_string, put_string};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
@@ -64,6 +65,12 @@ pub enum Entry {
 }
 
 impl Entry {
+    pub fn group(&self) -> &str {
+        match self {
+            Entry::Offset { group, .. } | Entry::Group { group, .. } => group,
+        }
+    }
+
     fn key(&self) -> Bytes {
         let mut out = BytesMut::new();
         match self {
@@ -116,24 +123,6 @@ impl Entry {
     }
 }
 
-fn put_string(out: &mut BytesMut, text: &str) {
-    // Names and ids are bounded far below i16::MAX by the requests that carry them.
-    out.put_i16(text.len().min(i16::MAX as usize) as i16);
-    out.put_slice(&text.as_bytes()[..text.len().min(i16::MAX as usize)]);
-}
-
-fn put_nullable_string(out: &mut BytesMut, text: Option<&str>) {
-    match text {
-        Some(text) => put_string(out, text),
-        None => out.put_i16(-1),
-    }
-}
-
-fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
-    out.put_i32(bytes.len() as i32);
-    out.put_slice(bytes);
-}
-
 /// A record batch (uncompressed, v2) holding `entries`, stamped `now`.
 pub fn encode(entries: &[Entry], now: i64) -> Result<Bytes, String> {
     let records: Vec<Record> = entries
@@ -144,21 +133,63 @@ pub fn encode(entries: &[Entry], now: i64) -> Result<Bytes, String> {
     crate::record::encode(&records)
 }
 
-/// The entries of the record batches in `chunk`; records that are not ours are skipped.
-pub fn decode(chunk: &Bytes) -> Result<Vec<Entry>, String> {
+/// The batch of a transactional offset commit (TxnOffsetCommit): `entries` written by producer
+/// `producer_id` at `epoch`, visible only once the transaction's commit marker follows.
+pub fn encode_transactional(
+    entries: &[Entry],
+    producer_id: i64,
+    epoch: i16,
+    now: i64,
+) -> Result<Bytes, String> {
+    let records: Vec<Record> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| Record {
+            transactional: true,
+            producer_id,
+            producer_epoch: epoch,
+            // No sequence (the coordinator writes it), but the encoder wants offset - sequence
+            // constant within a batch.
+            sequence: i as i32 - 1,
+            ..crate::record::plain(i as i64, now, Some(entry.key()), entry.value())
+        })
+        .collect();
+    crate::record::encode(&records)
+}
+
+/// What one record of the offsets topic says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// An entry that applies when read.
+    Entry(Entry),
+    /// An offset commit of producer `producer_id`'s transaction: applies at its commit marker.
+    Transactional { producer_id: i64, entry: Entry },
+    /// The end of producer `producer_id`'s transaction.
+    Marker { producer_id: i64, commits: bool },
+}
+
+/// The records of the batches in `chunk`; records that are not ours are skipped.
+pub fn decode(chunk: &Bytes) -> Result<Vec<Decoded>, String> {
     let mut buf = chunk.clone();
     let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| e.to_string())?;
-    let mut entries = Vec::new();
+    let mut decoded = Vec::new();
     for record in sets.into_iter().flat_map(|set| set.records) {
         if record.control {
+            let commits = record.key.as_deref().and_then(|key| key.get(2..4)).map(|kind| kind == [0, 1]);
+            if let Some(commits) = commits {
+                decoded.push(Decoded::Marker { producer_id: record.producer_id, commits });
+            }
             continue;
         }
         match decode_record(record.key.as_deref(), record.value.as_deref()) {
-            Ok(entry) => entries.push(entry),
+            Ok(entry) if record.transactional => {
+                decoded.push(Decoded::Transactional { producer_id: record.producer_id, entry })
+            }
+            Ok(entry) => decoded.push(Decoded::Entry(entry)),
             Err(reason) => tracing::warn!(offset = record.offset, reason, "skipping an offsets-topic record"),
         }
     }
-    Ok(entries)
+    Ok(decoded)
 }
 
 fn decode_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Entry, String> {
@@ -231,57 +262,6 @@ fn group_value(value: &mut Reader<'_>) -> Result<GroupValue, String> {
     Ok(GroupValue { protocol_type, generation, protocol, leader, state_timestamp, members })
 }
 
-/// Big-endian reads that fail instead of running past the end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err(format!("needs {n} bytes, {} left", self.0.len()));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn i16(&mut self) -> Result<i16, String> {
-        let bytes = self.take(2)?;
-        Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
-    }
-
-    fn i32(&mut self) -> Result<i32, String> {
-        let bytes = self.take(4)?;
-        Ok(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-    }
-
-    fn i64(&mut self) -> Result<i64, String> {
-        let mut out = [0; 8];
-        out.copy_from_slice(self.take(8)?);
-        Ok(i64::from_be_bytes(out))
-    }
-
-    fn nullable_string(&mut self) -> Result<Option<String>, String> {
-        let len = self.i16()?;
-        if len < 0 {
-            return Ok(None);
-        }
-        let bytes = self.take(len as usize)?;
-        String::from_utf8(bytes.to_vec()).map(Some).map_err(|e| e.to_string())
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.nullable_string()?.ok_or_else(|| "a null string where one is required".to_string())
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let len = self.i32()?;
-        if len < 0 {
-            return Ok(&[]);
-        }
-        self.take(len as usize)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +300,12 @@ mod tests {
             Entry::Group { group: "g".into(), value: None },
         ];
         let batch = encode(&entries, 1000).expect("encode");
-        assert_eq!(decode(&batch).expect("decode"), entries);
+        let decoded: Vec<Decoded> = entries.iter().cloned().map(Decoded::Entry).collect();
+        assert_eq!(decode(&batch).expect("decode"), decoded);
+        let transactional = encode_transactional(&entries, 77, 3, 5).expect("encode");
+        let decoded: Vec<Decoded> =
+            entries.into_iter().map(|entry| Decoded::Transactional { producer_id: 77, entry }).collect();
+        assert_eq!(decode(&transactional).expect("decode"), decoded);
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn commit_request(offset: i64) -> OffsetCommitRequest {
 
 fn committed(coordinator: &Coordinator) -> Option<i64> {
     let query = Some(vec![("t".to_string(), vec![0])]);
-    let found = coordinator.fetch_offsets("g", &query, None).expect("fetch");
+    let found = coordinator.fetch_offsets("g", &query, None, false).expect("fetch");
     found[0].1[0].1.as_ref().map(|value| value.offset)
 }
 

@@ -102,6 +102,8 @@ pub enum LogError {
     Storage(StorageError),
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
     #[error("offset {0} is below the log start offset")]
     BelowLogStart(Offset),
     #[error("offset {requested} is beyond the stable offset {stable}")]
@@ -247,9 +249,10 @@ impl LogState {
                     staged.push(self.producers.stage_marker(&staged, id, epoch, commits, base)?);
                 }
             } else if header.has_producer_id() {
-                if origin == Origin::Client
-                    && let Verdict::Duplicate { first_offset, last_offset } =
-                        self.producers.check(&staged, header)?
+                if origin == Origin::Coordinator {
+                    self.producers.check_epoch(&staged, header)?;
+                } else if let Verdict::Duplicate { first_offset, last_offset } =
+                    self.producers.check(&staged, header)?
                 {
                     return Ok(ProducerCheck::Duplicate {
                         first: Offset(first_offset),

@@ -181,6 +181,19 @@ impl Producers {
         check(self.producers.get(&header.producer_id), self.last(staged, header.producer_id), header)
     }
 
+    /// Checks that `header`'s epoch is not older than its producer's here (the coordinators'
+    /// batches carry no sequence, but a fenced producer's must not land).
+    pub fn check_epoch(&self, staged: &[Staged], header: &BatchHeader) -> Result<(), SequenceError> {
+        match self.last(staged, header.producer_id) {
+            Some(last) if last.epoch > header.producer_epoch => Err(SequenceError::InvalidEpoch {
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                current: last.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The entry of a data batch appended at `first_offset`: a transactional batch opens the
     /// producer's transaction unless one is open.
     pub fn stage_data(&self, staged: &[Staged], header: &BatchHeader, first_offset: i64) -> Staged {

@@ -91,6 +91,26 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Compaction for the coordinators' internal partitions, which are append-only: appends
+    /// `batches` (the live state, written again) and, once they are durable, deletes every
+    /// record before them. With no batches, everything stable is deleted.
+    pub async fn supersede_with(&self, batches: &[bytes::Bytes]) -> Result<(), LogError> {
+        let start = self.log_end_offset();
+        let mut last = None;
+        for batch in batches {
+            last = Some(
+                self.append_from(batch, crate::types::LeaderEpoch(0), super::Origin::Coordinator)?.durable,
+            );
+        }
+        if let Some(durable) = last {
+            durable.await?;
+        }
+        let from = if batches.is_empty() { self.stable_offset() } else { start };
+        self.delete_records_before(from).await.map(|_| ())
+    }
+}
+
 /// Removes a segment's log and index files and makes the removal durable. Readers that still
 /// hold the file open finish their reads.
 pub(super) async fn remove_segment_files(dir: &Path, base: Offset) -> Result<(), StorageError> {

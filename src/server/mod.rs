@@ -73,9 +73,15 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         idle_timeout: config.connections_max_idle,
     });
     let mut topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
-    topics
-        .ensure_offsets_topic(&config.data_dir, config.groups.offsets_topic_partitions, config.cores)
-        .map_err(|e| ServeError::Shard(e.to_string()))?;
+    let internal = [
+        (crate::group::OFFSETS_TOPIC, config.groups.offsets_topic_partitions),
+        (crate::txn::TRANSACTION_TOPIC, config.transactions.state_topic_partitions),
+    ];
+    for (name, partitions) in internal {
+        topics
+            .ensure_internal_topic(name, &config.data_dir, partitions, config.cores)
+            .map_err(|e| ServeError::Shard(e.to_string()))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(io_error("install signal handler"))?;
@@ -153,6 +159,7 @@ async fn shard_main(start: ShardStart) {
     let _main_thread_waits = ready.send(Ok(()));
     let stopping = io::Latch::default();
     io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
+    io::spawn_detached(abort_timed_out_transactions(shard.clone(), stopping.clone()));
     io::spawn_detached(watch_for_stop(stop, stopping.clone()));
     let connections = Connections::default();
     loop {
@@ -191,6 +198,19 @@ async fn apply_retention(shard: Rc<Shard>, stopping: io::Latch) {
         if !stopping.is_set() {
             shard.enforce_retention().await;
             shard.groups().maintain().await;
+            shard.txns().maintain().await;
+        }
+    }
+}
+
+/// Aborts the transactions on this shard that outlived their timeout, every
+/// `transaction_abort_timed_out_transaction_cleanup_interval_ms` until the stop.
+async fn abort_timed_out_transactions(shard: Rc<Shard>, stopping: io::Latch) {
+    let interval = shard.config().transactions.abort_check_interval;
+    while !stopping.is_set() {
+        futures_lite::future::or(io::sleep(interval), stopping.wait()).await;
+        if !stopping.is_set() {
+            shard.txns().abort_timed_out(&shard).await;
         }
     }
 }

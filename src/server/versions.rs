@@ -35,6 +35,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 0, 1),
     (ApiKey::InitProducerId, 0, 0, 5),
+    // AddPartitionsToTxn v4+ is broker-to-broker (KIP-890); clients use up to v3.
+    (ApiKey::AddPartitionsToTxn, 0, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 0, 4),
+    (ApiKey::EndTxn, 0, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0, 0),
+    (ApiKey::ListTransactions, 0, 0, 2),
 ];
 
 /// Whether requests of `api` at `version` are decoded and answered.

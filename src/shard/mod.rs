@@ -13,6 +13,7 @@ use crate::group::{self, Coordinator};
 use crate::io::{self, Mesh};
 use crate::log::producers::AbortedTransaction;
 use crate::log::{AppendError, Log, LogError, ReadError, ReadLimits};
+use crate::txn;
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -232,6 +233,7 @@ pub struct Shard {
     logs: RefCell<HashMap<(String, i32), Rc<Log>>>,
     mesh: Mesh<ShardMessage>,
     groups: Rc<Coordinator>,
+    txns: Rc<txn::Coordinator>,
     /// Shard 0 only: the producer id allocator.
     producer_ids: Option<ProducerIds>,
     /// Shard 0 only: names being created, and the next shard to place a partition on.
@@ -250,6 +252,8 @@ impl Shard {
         let inboxes = mesh.take_inboxes();
         let offsets_partitions = topics.get(group::OFFSETS_TOPIC).map_or(1, TopicMeta::partitions);
         let groups = Coordinator::new(config.groups.clone(), offsets_partitions);
+        let txn_partitions = topics.get(txn::TRANSACTION_TOPIC).map_or(1, TopicMeta::partitions);
+        let txns = txn::Coordinator::new(config.transactions.clone(), txn_partitions);
         let producer_ids =
             if mesh.shard() == 0 { Some(ProducerIds::load(&config.data_dir).await?) } else { None };
         let shard = Rc::new(Shard {
@@ -260,6 +264,7 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             mesh,
             groups,
+            txns,
             producer_ids,
             creating: RefCell::new(BTreeSet::new()),
             next_owner: Cell::new(0),
@@ -268,6 +273,7 @@ impl Shard {
             shard.apply_topic_created(topic.clone()).await?;
         }
         shard.load_groups().await?;
+        shard.load_transactions().await?;
         for (_, inbox) in inboxes {
             let shard = shard.clone();
             io::spawn_detached(async move {
@@ -304,6 +310,62 @@ impl Shard {
             tracing::debug!(shard = self.id, partition, records, "loaded an offsets partition");
         }
         Ok(())
+    }
+
+    pub fn txns(&self) -> &Rc<txn::Coordinator> {
+        &self.txns
+    }
+
+    /// Rebuilds the transactional ids of the transaction partitions this shard owns, and
+    /// completes the transactions a crash left prepared.
+    async fn load_transactions(self: &Rc<Self>) -> Result<(), String> {
+        let Some(topic) = self.topic(txn::TRANSACTION_TOPIC) else { return Ok(()) };
+        for partition in 0..topic.partitions() {
+            if self.owner(&topic, partition) != Some(self.id) {
+                continue;
+            }
+            let Some(log) = self.log(&topic.name, partition) else { continue };
+            for id in self.txns.load(partition, log).await? {
+                let shard = self.clone();
+                io::spawn_detached(async move { shard.txns.resume(&shard, &id).await });
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard that coordinates `transactional_id`: the owner of its transaction partition.
+    pub fn txn_shard(&self, transactional_id: &str) -> Option<usize> {
+        let topics = self.topics.borrow();
+        let topic = topics.get(txn::TRANSACTION_TOPIC)?;
+        self.owner(topic, txn::partition_for(transactional_id, topic.partitions()))
+    }
+
+    /// Writes the marker ending producer `producer_id`'s transaction to `partition` of `topic`,
+    /// on the shard that owns it, and waits until it is durable. On the offsets topic the
+    /// group coordinator settles the transaction's offsets as the marker is appended. A topic
+    /// deleted meanwhile needs no marker.
+    pub async fn write_marker(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        epoch: i16,
+        commits: bool,
+    ) -> Result<(), String> {
+        let Some(meta) = self.topic(topic) else { return Ok(()) };
+        let Some(owner) = self.owner(&meta, partition) else { return Ok(()) };
+        let topic = topic.to_string();
+        let written = self.run_on(owner, move |shard| async move {
+            let Some(log) = shard.log(&topic, partition) else { return Ok(()) };
+            let appended = log
+                .append_marker(producer_id, epoch, commits, 0, LeaderEpoch(0))
+                .map_err(|error| error.to_string())?;
+            if topic == group::OFFSETS_TOPIC {
+                shard.groups.complete_transaction(partition, producer_id, commits);
+            }
+            appended.durable.await.map_err(|error| error.to_string())
+        });
+        written.await.unwrap_or_else(|| Err(format!("shard {owner} is unavailable")))
     }
 
     /// The shard that coordinates `group`: the owner of its offsets partition.

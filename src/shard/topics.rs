@@ -90,19 +90,22 @@ impl TopicTable {
 
     /// Adds the group coordinator's internal topic if it does not exist yet, its partitions
     /// spread over `cores` in turn, and writes the table. Runs before the shards start.
-    pub fn ensure_offsets_topic(
+    /// Creates a coordinator's internal topic (`__consumer_offsets`, `__transaction_state`) if
+    /// it does not exist, its partitions spread over the cores, and saves the table.
+    pub fn ensure_internal_topic(
         &mut self,
+        name: &str,
         data_dir: &Path,
         partitions: i32,
         cores: usize,
     ) -> Result<(), TopicsFileError> {
-        if self.get(crate::group::OFFSETS_TOPIC).is_some() {
+        if self.get(name).is_some() {
             return Ok(());
         }
         // Never deleted by time or size; the coordinator compacts it itself.
         let configs = [("retention.ms", "-1"), ("retention.bytes", "-1"), ("segment.bytes", "104857600")];
         self.insert(TopicMeta {
-            name: crate::group::OFFSETS_TOPIC.to_string(),
+            name: name.to_string(),
             id: uuid::Uuid::new_v4(),
             owners: (0..partitions).map(|p| (p as usize % cores.max(1)) as u16).collect(),
             configs: configs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -123,7 +126,7 @@ impl TopicTable {
 
 /// Whether `name` is a topic clients may not produce to or delete (Kafka's internal topics).
 pub fn is_internal(name: &str) -> bool {
-    name == crate::group::OFFSETS_TOPIC
+    name == crate::group::OFFSETS_TOPIC || name == crate::txn::TRANSACTION_TOPIC
 }
 
 /// Kafka's rule: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.

@@ -48,15 +48,11 @@ pub fn find_coordinator(
     let found = |key: &StrBytes| {
         let coordinator = FoundCoordinator::default().with_key(key.clone());
         match request.key_type {
-            GROUP_KEY => coordinator
+            // Every core of this broker coordinates its share of the transactional ids.
+            GROUP_KEY | TRANSACTION_KEY => coordinator
                 .with_node_id(BrokerId(broker.node_id))
                 .with_host(text(&broker.advertised.ip().to_string()))
                 .with_port(i32::from(broker.advertised.port())),
-            // Transactions come with the transaction coordinator.
-            TRANSACTION_KEY => coordinator
-                .with_node_id(BrokerId(-1))
-                .with_port(-1)
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
             _ => coordinator
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)
@@ -142,11 +138,12 @@ async fn fetch_group_offsets(
     group: String,
     query: OffsetQuery,
     member: Option<(String, i32)>,
+    require_stable: bool,
 ) -> Result<FetchedOffsets, i16> {
     let key = group.clone();
     let answer = on_group_core(shard, &key, move |shard| async move {
         let member = member.as_ref().map(|(id, epoch)| (id.as_str(), *epoch));
-        shard.groups().fetch_offsets(&group, &query, member).map_err(|e| e.code())
+        shard.groups().fetch_offsets(&group, &query, member, require_stable).map_err(|e| e.code())
     });
     answer.await.unwrap_or(Err(ResponseError::CoordinatorNotAvailable.code()))
 }
@@ -165,7 +162,8 @@ pub async fn offset_fetch(
             // A KIP-848 member says who it is; its epoch must be current.
             let member = group.member_id.as_ref().filter(|id| !id.is_empty() && group.member_epoch >= 0);
             let member = member.map(|id| (id.to_string(), group.member_epoch));
-            let found = fetch_group_offsets(shard, group.group_id.to_string(), query, member).await;
+            let group_id = group.group_id.to_string();
+            let found = fetch_group_offsets(shard, group_id, query, member, request.require_stable).await;
             let response = OffsetFetchResponseGroup::default().with_group_id(group.group_id);
             groups.push(match found {
                 Ok(offsets) => response.with_topics(offsets_v8(offsets)),
@@ -178,7 +176,9 @@ pub async fn offset_fetch(
         .topics
         .clone()
         .map(|topics| topics.into_iter().map(|t| (t.name.to_string(), t.partition_indexes)).collect());
-    match fetch_group_offsets(shard, request.group_id.to_string(), query.clone(), None).await {
+    let require_stable = request.require_stable;
+    match fetch_group_offsets(shard, request.group_id.to_string(), query.clone(), None, require_stable).await
+    {
         Ok(offsets) => OffsetFetchResponse::default().with_topics(offsets_v0(offsets, version)),
         // Before v2 errors can only be told per partition.
         Err(code) if version < 2 => {

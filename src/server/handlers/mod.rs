@@ -11,7 +11,7 @@ mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
-mod producers;
+mod transactions;
 
 use super::frame::REQUEST_PREFIX_BYTES;
 use super::{Broker, versions};
@@ -99,6 +99,10 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         Ok(response) => return encode(api, version, correlation_id, &response),
         Err(other) => other,
     };
+    let request = match transaction_request(shard, request, version).await {
+        Ok(response) => return encode(api, version, correlation_id, &response),
+        Err(other) => other,
+    };
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(request) => {
@@ -132,9 +136,6 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         RequestKind::ListOffsets(request) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, request).await)
         }
-        RequestKind::InitProducerId(request) => {
-            ResponseKind::InitProducerId(producers::init_producer_id(shard, request).await)
-        }
         RequestKind::Produce(request) => match produce::handle(shard, request).await {
             Some(response) => ResponseKind::Produce(response),
             None => return Outcome::Silent,
@@ -142,6 +143,38 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };
     encode(api, version, correlation_id, &response)
+}
+
+/// Answers the producer and transaction APIs; any other request comes back as it was.
+async fn transaction_request(
+    shard: &Rc<Shard>,
+    request: RequestKind,
+    version: i16,
+) -> Result<ResponseKind, RequestKind> {
+    Ok(match request {
+        RequestKind::InitProducerId(request) => {
+            ResponseKind::InitProducerId(transactions::init_producer_id(shard, request, version).await)
+        }
+        RequestKind::AddPartitionsToTxn(request) => {
+            ResponseKind::AddPartitionsToTxn(transactions::add_partitions(shard, request, version).await)
+        }
+        RequestKind::AddOffsetsToTxn(request) => {
+            ResponseKind::AddOffsetsToTxn(transactions::add_offsets(shard, request, version).await)
+        }
+        RequestKind::EndTxn(request) => {
+            ResponseKind::EndTxn(transactions::end_txn(shard, request, version).await)
+        }
+        RequestKind::TxnOffsetCommit(request) => {
+            ResponseKind::TxnOffsetCommit(transactions::txn_offset_commit(shard, request, version).await)
+        }
+        RequestKind::DescribeTransactions(request) => {
+            ResponseKind::DescribeTransactions(transactions::describe(shard, request).await)
+        }
+        RequestKind::ListTransactions(request) => {
+            ResponseKind::ListTransactions(transactions::list(shard, request).await)
+        }
+        other => return Err(other),
+    })
 }
 
 /// Answers the group coordinator's APIs; any other request comes back as it was.

@@ -65,11 +65,12 @@ fn librdkafka_fetches_metadata_naming_this_broker() {
     let brokers: Vec<(i32, String, i32)> =
         metadata.brokers().iter().map(|b| (b.id(), b.host().to_string(), b.port())).collect();
     assert_eq!(brokers, vec![(0, "127.0.0.1".to_string(), i32::from(broker.address.port()))]);
-    // A new broker holds only the group coordinator's internal topic (which Kafka marks
-    // internal; librdkafka leaves it out of regex subscriptions).
-    let topics: Vec<(&str, usize)> =
+    // A new broker holds only the coordinators' internal topics (which Kafka marks internal;
+    // librdkafka leaves them out of regex subscriptions).
+    let mut topics: Vec<(&str, usize)> =
         metadata.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
-    assert_eq!(topics, vec![("__consumer_offsets", 16)]);
+    topics.sort();
+    assert_eq!(topics, vec![("__consumer_offsets", 16), ("__transaction_state", 16)]);
 }
 
 #[test]

@@ -3,13 +3,14 @@ back from the beginning, list metadata; or, for the -group-split and -group-resu
 the same through consumer groups.
 
 Usage: clients.py CHECK HOST:PORT, CHECK one of confluent, confluent-idempotent, kafka-python,
-kafka-python-defaults,
+kafka-python-defaults, confluent-transactions, kafka-python-transactions,
 confluent-group-split, kafka-python-group-split, confluent-group-resume,
 kafka-python-group-resume.
 
 kafka-python-defaults uses kafka-python's default producer, which is idempotent;
 confluent-idempotent sets enable.idempotence. Both check that the partitions hold exactly the
-records produced, no duplicate.
+records produced, no duplicate. -transactions: rounds of records in transactions, every other
+one aborted; read_committed readers see only the committed rounds.
 
 group-split: two members of one group, each polling in its own thread, share a 4-partition
 topic once the group has settled; together they read every record exactly once, and each
@@ -295,6 +296,85 @@ def kafka_python_group(address, topic, check):
     run_group_check(check, f"{topic}-group", produce, open_consumer, poll, commit, committed, group_admin)
 
 
+TXN_ROUNDS = 6
+TXN_RECORDS = 50
+
+
+def check_transactions(produce_round, read):
+    """Rounds of TXN_RECORDS records, each in its own transaction; odd rounds are aborted after
+    their records reached the broker. read_committed readers see the committed rounds, each
+    record once; read_uncommitted readers see every round."""
+    for round in range(TXN_ROUNDS):
+        produce_round(round, commit=round % 2 == 0)
+    committed = read("read_committed", TXN_RECORDS * TXN_ROUNDS // 2)
+    expected = sorted(f"r{r}-{i}" for r in range(0, TXN_ROUNDS, 2) for i in range(TXN_RECORDS))
+    assert sorted(committed) == expected, f"read_committed saw {len(committed)} records, wanted {len(expected)}"
+    everything = read("read_uncommitted", TXN_RECORDS * TXN_ROUNDS)
+    assert len(everything) == TXN_RECORDS * TXN_ROUNDS, f"read_uncommitted saw {len(everything)}"
+
+
+def confluent_transactions(address, topic):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    producer = Producer({"bootstrap.servers": address, "transactional.id": f"{topic}-tx"})
+    producer.init_transactions(30)
+
+    def produce_round(round, commit):
+        producer.begin_transaction()
+        for i in range(TXN_RECORDS):
+            producer.produce(topic, key=f"r{round}-{i}", value=b"v")
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(30)
+
+    def read(isolation, count):
+        consumer = Consumer({"bootstrap.servers": address, "group.id": f"{topic}-{isolation}",
+                             "isolation.level": isolation, "enable.auto.commit": False})
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        keys = []
+        wait_until(f"{count} records", lambda: keys.extend(
+            m.key().decode() for m in consumer.consume(100, 0.2) if m.error() is None) or len(keys) >= count)
+        time.sleep(1)
+        keys.extend(m.key().decode() for m in consumer.consume(100, 0.5) if m.error() is None)
+        consumer.close()
+        return keys
+
+    check_transactions(produce_round, read)
+
+
+def kafka_python_transactions(address, topic):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    producer = KafkaProducer(bootstrap_servers=address, transactional_id=f"{topic}-tx")
+    producer.init_transactions()
+
+    def produce_round(round, commit):
+        producer.begin_transaction()
+        futures = [producer.send(topic, key=f"r{round}-{i}".encode(), value=b"v") for i in range(TXN_RECORDS)]
+        producer.flush()
+        for future in futures:
+            future.get(timeout=30)
+        (producer.commit_transaction if commit else producer.abort_transaction)()
+
+    def read(isolation, count):
+        consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False, isolation_level=isolation)
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        keys = []
+
+        def poll():
+            for records in consumer.poll(timeout_ms=200).values():
+                keys.extend(record.key.decode() for record in records)
+            return len(keys) >= count
+
+        wait_until(f"{count} records", poll)
+        time.sleep(1)
+        poll()
+        consumer.close()
+        return keys
+
+    check_transactions(produce_round, read)
+
+
 if __name__ == "__main__":
     client, address = sys.argv[1], sys.argv[2]
     topic = f"{client}-{uuid.uuid4().hex[:8]}"
@@ -303,6 +383,8 @@ if __name__ == "__main__":
         "kafka-python": lambda a, t: kafka_python(a, t, enable_idempotence=False),
         "kafka-python-defaults": kafka_python,
         "confluent-idempotent": lambda a, t: confluent(a, t, **{"enable.idempotence": True}),
+        "confluent-transactions": confluent_transactions,
+        "kafka-python-transactions": kafka_python_transactions,
         "confluent-group-split": lambda a, t: confluent_group(a, t, "split"),
         "confluent-group-resume": lambda a, t: confluent_group(a, t, "resume"),
         "confluent-kip848-split": lambda a, t: confluent_group(a, t, "split", protocol="consumer"),

@@ -103,6 +103,10 @@ check "python kafka-python with its default (idempotent) producer" \
     "$venv/bin/python" tests/compat/clients.py kafka-python-defaults "$address"
 check "python confluent idempotent producer" \
     "$venv/bin/python" tests/compat/clients.py confluent-idempotent "$address"
+for client in confluent kafka-python; do
+    check "python $client transactions: committed rounds read once by read_committed, aborted ones hidden" \
+        "$venv/bin/python" tests/compat/clients.py "$client-transactions" "$address"
+done
 
 echo
 echo "compat: $known known failures listed in tests/compat/findings.md"

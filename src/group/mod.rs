@@ -71,6 +71,9 @@ pub enum WriteError {
     Append(#[from] AppendError),
 }
 
+/// Offsets a producer committed in its open transaction, with its epoch.
+type PendingOffsets = (i16, Vec<Entry>);
+
 /// One core's share of the group coordinator.
 pub struct Coordinator {
     config: GroupConfig,
@@ -81,7 +84,8 @@ pub struct Coordinator {
     partitions: i32,
     /// Offsets committed inside transactions not yet ended, by (offsets partition, producer
     /// id): they apply when the commit marker reaches that partition.
-    pending: RefCell<HashMap<(i32, i64), Vec<Entry>>>,
+    /// The producer's epoch is kept to write them again when the partition is compacted.
+    pending: RefCell<HashMap<(i32, i64), PendingOffsets>>,
 }
 
 impl Coordinator {
@@ -135,8 +139,8 @@ impl Coordinator {
                 records += 1;
                 match decoded {
                     Decoded::Entry(entry) => self.replay(entry),
-                    Decoded::Transactional { producer_id, entry } => {
-                        self.pending.borrow_mut().entry((partition, producer_id)).or_default().push(entry)
+                    Decoded::Transactional { producer_id, epoch, entry } => {
+                        self.hold_pending(partition, producer_id, epoch, [entry])
                     }
                     Decoded::Marker { producer_id, commits } => {
                         self.complete_transaction(partition, producer_id, commits)
@@ -163,15 +167,38 @@ impl Coordinator {
     /// Producer `producer_id`'s transaction ended on offsets partition `partition` (its marker
     /// was appended there): its offsets apply if it committed, and are dropped if not.
     pub fn complete_transaction(&self, partition: i32, producer_id: i64, commits: bool) {
-        let entries = self.pending.borrow_mut().remove(&(partition, producer_id)).unwrap_or_default();
+        let (_, entries) = self.pending.borrow_mut().remove(&(partition, producer_id)).unwrap_or_default();
         if commits {
             entries.into_iter().for_each(|entry| self.replay(entry));
         }
     }
 
-    /// Whether `group` has offsets committed in a transaction that has not ended.
-    fn has_pending_offsets(&self, group: &str) -> bool {
-        self.pending.borrow().values().flatten().any(|entry| entry.group() == group)
+    /// Holds offsets committed in producer `producer_id`'s transaction until it ends.
+    fn hold_pending(
+        &self,
+        partition: i32,
+        producer_id: i64,
+        epoch: i16,
+        entries: impl IntoIterator<Item = Entry>,
+    ) {
+        let mut pending = self.pending.borrow_mut();
+        let (held_epoch, held) = pending.entry((partition, producer_id)).or_default();
+        *held_epoch = epoch;
+        held.extend(entries);
+    }
+
+    /// The partitions whose offsets `group` committed in a transaction that has not ended.
+    fn pending_partitions(&self, group: &str) -> std::collections::BTreeSet<(String, i32)> {
+        let pending = self.pending.borrow();
+        let entries = pending.values().flat_map(|(_, entries)| entries);
+        entries
+            .filter_map(|entry| match entry {
+                Entry::Offset { group: of, topic, partition, .. } if of == group => {
+                    Some((topic.clone(), *partition))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn replay(&self, entry: Entry) {
@@ -261,11 +288,21 @@ impl Coordinator {
         if records <= 2 * entries.len() as i64 + COMPACT_SLACK_RECORDS {
             return Ok(());
         }
-        let batches = entries
+        let now = TimestampMs::now().0;
+        let mut batches = entries
             .chunks(COMPACT_BATCH_RECORDS)
-            .map(|chunk| store::encode(chunk, TimestampMs::now().0))
+            .map(|chunk| store::encode(chunk, now))
             .collect::<Result<Vec<_>, _>>()
             .map_err(WriteError::Encode)?;
+        // Offsets of transactions still open are written again too, as the transactional
+        // batches they were, so that their marker still settles them after a restart.
+        for ((of, producer_id), (epoch, held)) in self.pending.borrow().iter() {
+            if *of == partition {
+                let batch = store::encode_transactional(held, *producer_id, *epoch, now)
+                    .map_err(WriteError::Encode)?;
+                batches.push(batch);
+            }
+        }
         log.supersede_with(&batches).await.map_err(|e| WriteError::Encode(e.to_string()))?;
         tracing::info!(partition, records, live = entries.len(), "compacted an offsets partition");
         Ok(())

@@ -24,7 +24,9 @@ use std::rc::Rc;
 /// Which offsets an OffsetFetch asks for: named partitions by topic, or (None) all of them.
 pub type OffsetQuery = Option<Vec<(String, Vec<i32>)>>;
 /// The committed offsets found, by topic: (partition, offset if committed).
-pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+/// A partition whose offset a transaction has committed but not settled is UNSTABLE_OFFSET_COMMIT
+/// when the fetch requires stable offsets (KIP-447).
+pub type FetchedOffsets = Vec<(String, Vec<(i32, Result<Option<OffsetValue>, ResponseError>)>)>;
 
 impl Coordinator {
     /// OffsetCommit. `topic_id(topic, partition)` is the partition's topic id if it exists.
@@ -171,10 +173,7 @@ impl Coordinator {
         if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
             return Err(ResponseError::InvalidGroupId);
         }
-        if require_stable && self.has_pending_offsets(group_id) {
-            // A transaction has committed offsets that have not been settled (KIP-447).
-            return Err(ResponseError::UnstableOffsetCommit);
-        }
+        let unstable = if require_stable { self.pending_partitions(group_id) } else { BTreeSet::new() };
         let group = self.group(group_id);
         let group = group.as_ref().map(|group| group.borrow());
         if let (Some(group), Some((member_id, epoch))) = (&group, member)
@@ -186,7 +185,11 @@ impl Coordinator {
             }
         }
         let offsets = |topic: &str, partition: i32| {
-            group.as_ref().and_then(|g| g.offsets.get(&(topic.to_string(), partition)).cloned())
+            let key = (topic.to_string(), partition);
+            if unstable.contains(&key) {
+                return Err(ResponseError::UnstableOffsetCommit);
+            }
+            Ok(group.as_ref().and_then(|g| g.offsets.get(&key).cloned()))
         };
         let Some(query) = query else {
             let mut all: FetchedOffsets = Vec::new();
@@ -195,7 +198,7 @@ impl Coordinator {
                     all.push((topic.clone(), Vec::new()));
                 }
                 if let Some((_, partitions)) = all.last_mut() {
-                    partitions.push((*partition, Some(value.clone())));
+                    partitions.push((*partition, offsets(topic, *partition).map(|_| Some(value.clone()))));
                 }
             }
             return Ok(all);
@@ -422,10 +425,10 @@ impl Coordinator {
             .map_err(super::WriteError::Encode)?;
         let appended = log.append_from(&batch, crate::types::LeaderEpoch(0), Origin::Coordinator)?;
         let key = (super::partition_for(group_id, self.partitions), producer_id);
-        self.pending.borrow_mut().entry(key).or_default().extend(entries.iter().cloned());
+        self.hold_pending(key.0, producer_id, epoch, entries.iter().cloned());
         let result = appended.durable.await;
         if result.is_err()
-            && let Some(pending) = self.pending.borrow_mut().get_mut(&key)
+            && let Some((_, pending)) = self.pending.borrow_mut().get_mut(&key)
         {
             pending.retain(|entry| !entries.contains(entry));
         }

@@ -163,7 +163,7 @@ pub enum Decoded {
     /// An entry that applies when read.
     Entry(Entry),
     /// An offset commit of producer `producer_id`'s transaction: applies at its commit marker.
-    Transactional { producer_id: i64, entry: Entry },
+    Transactional { producer_id: i64, epoch: i16, entry: Entry },
     /// The end of producer `producer_id`'s transaction.
     Marker { producer_id: i64, commits: bool },
 }
@@ -182,9 +182,11 @@ pub fn decode(chunk: &Bytes) -> Result<Vec<Decoded>, String> {
             continue;
         }
         match decode_record(record.key.as_deref(), record.value.as_deref()) {
-            Ok(entry) if record.transactional => {
-                decoded.push(Decoded::Transactional { producer_id: record.producer_id, entry })
-            }
+            Ok(entry) if record.transactional => decoded.push(Decoded::Transactional {
+                producer_id: record.producer_id,
+                epoch: record.producer_epoch,
+                entry,
+            }),
             Ok(entry) => decoded.push(Decoded::Entry(entry)),
             Err(reason) => tracing::warn!(offset = record.offset, reason, "skipping an offsets-topic record"),
         }
@@ -303,8 +305,10 @@ mod tests {
         let decoded: Vec<Decoded> = entries.iter().cloned().map(Decoded::Entry).collect();
         assert_eq!(decode(&batch).expect("decode"), decoded);
         let transactional = encode_transactional(&entries, 77, 3, 5).expect("encode");
-        let decoded: Vec<Decoded> =
-            entries.into_iter().map(|entry| Decoded::Transactional { producer_id: 77, entry }).collect();
+        let decoded: Vec<Decoded> = entries
+            .into_iter()
+            .map(|entry| Decoded::Transactional { producer_id: 77, epoch: 3, entry })
+            .collect();
         assert_eq!(decode(&transactional).expect("decode"), decoded);
     }
 

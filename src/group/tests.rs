@@ -80,7 +80,7 @@ fn commit_request(offset: i64) -> OffsetCommitRequest {
 fn committed(coordinator: &Coordinator) -> Option<i64> {
     let query = Some(vec![("t".to_string(), vec![0])]);
     let found = coordinator.fetch_offsets("g", &query, None, false).expect("fetch");
-    found[0].1[0].1.as_ref().map(|value| value.offset)
+    found[0].1[0].1.as_ref().expect("stable").as_ref().map(|value| value.offset)
 }
 
 #[test]
@@ -273,5 +273,59 @@ fn a_regex_subscription_takes_every_matching_topic_and_only_those() {
         let described = coordinator.describe_consumer("g", &topics);
         let members: Vec<String> = described.members.iter().map(|m| m.member_id.to_string()).collect();
         assert_eq!(members, vec!["m".to_string()], "a refused heartbeat changes nothing");
+    });
+}
+
+fn txn_commit_request(offset: i64) -> TxnOffsetCommitRequest {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let partition =
+        TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset);
+    let topic = TxnOffsetCommitRequestTopic::default()
+        .with_name(TopicName(text("t")))
+        .with_partitions(vec![partition]);
+    TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(text("tx")))
+        .with_group_id(GroupId(text("g")))
+        .with_producer_id(ProducerId(5))
+        .with_producer_epoch(0)
+        .with_generation_id(-1)
+        .with_topics(vec![topic])
+}
+
+#[test]
+fn transactional_offsets_wait_for_their_marker_across_compaction_and_reopen() {
+    let dir = tempfile::tempdir().expect("dir");
+    block_on(async {
+        let coordinator = open_coordinator(dir.path(), config()).await;
+        for offset in 0..COMPACT_SLACK_RECORDS + 100 {
+            coordinator.commit(commit_request(offset), |_, _| Some(uuid::Uuid::nil())).await;
+        }
+        let codes = coordinator.txn_commit(&txn_commit_request(777_777), |_, _| true).await;
+        assert_eq!(codes, vec![vec![0]]);
+        let plain = committed(&coordinator);
+        let query = Some(vec![("t".to_string(), vec![0])]);
+        let stable = coordinator.fetch_offsets("g", &query, None, true).expect("fetch");
+        assert_eq!(stable[0].1[0].1, Err(ResponseError::UnstableOffsetCommit), "pending: not stable");
+        coordinator.maintain().await;
+        let log = coordinator.log_for("g").expect("ours");
+        assert!(log.log_start_offset().0 > 0, "compacted");
+        log.close().await.expect("close");
+
+        let reopened = open_coordinator(dir.path(), config()).await;
+        assert_eq!(committed(&reopened), plain, "still pending after compaction and reopen");
+        let log = reopened.log_for("g").expect("ours");
+        log.append_marker(5, 0, true, 0, crate::types::LeaderEpoch(0))
+            .expect("marker")
+            .durable
+            .await
+            .expect("durable");
+        reopened.complete_transaction(0, 5, true);
+        assert_eq!(committed(&reopened), Some(777_777), "settled by the commit marker");
+        log.close().await.expect("close");
+
+        let replayed = open_coordinator(dir.path(), config()).await;
+        assert_eq!(committed(&replayed), Some(777_777), "the marker is replayed");
     });
 }

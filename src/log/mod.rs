@@ -80,6 +80,8 @@ pub enum AppendError {
     Sequence(#[from] SequenceError),
     #[error("control batches are written by the broker, not by clients")]
     ControlBatchFromClient,
+    #[error("invalid producer batch: {0}")]
+    InvalidProducerBatch(&'static str),
     #[error("encode: {0}")]
     Encode(String),
 }
@@ -236,6 +238,16 @@ impl LogState {
         batches: &[(BatchHeader, Bytes)],
         origin: Origin,
     ) -> Result<ProducerCheck, AppendError> {
+        if origin == Origin::Client && batches.iter().any(|(header, _)| header.has_producer_id()) {
+            // Kafka's rules: a producer's request carries one batch per partition (so a retry
+            // is recognised whole), each with a sequence.
+            if batches.len() > 1 {
+                return Err(AppendError::InvalidProducerBatch("more than one batch in a request"));
+            }
+            if batches.iter().any(|(header, _)| header.base_sequence < 0 && !header.is_control()) {
+                return Err(AppendError::InvalidProducerBatch("a producer id without a sequence"));
+            }
+        }
         let mut staged = Vec::new();
         let mut base = self.log_end.0;
         for (header, bytes) in batches {

@@ -175,3 +175,19 @@ fn transactions_bound_the_last_stable_offset_and_aborts_survive_restarts() {
 fn log_marker_batch() -> Bytes {
     crate::record::encode(&[crate::record::transaction_marker(7, 0, true, 0, 1)]).expect("encode")
 }
+
+#[test]
+fn a_producer_request_carries_one_batch_with_a_sequence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        let mut two = encode_idempotent_batch(42, 0, 0, 2).to_vec();
+        two.extend_from_slice(&encode_idempotent_batch(42, 0, 2, 2));
+        let refused = log.append(&Bytes::from(two), LeaderEpoch(0));
+        assert!(matches!(refused, Err(AppendError::InvalidProducerBatch(_))));
+        let unsequenced = log.append(&encode_idempotent_batch(42, 0, -1, 1), LeaderEpoch(0));
+        assert!(matches!(unsequenced, Err(AppendError::InvalidProducerBatch(_))));
+        assert_eq!(log.log_end_offset(), Offset(0), "nothing appended");
+        log.close().await.expect("close");
+    });
+}

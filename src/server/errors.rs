@@ -25,7 +25,9 @@ pub fn produce(error: &ProduceError) -> ResponseError {
         ProduceError::Append(AppendError::Closed | AppendError::Truncating) => {
             ResponseError::NotLeaderOrFollower
         }
-        ProduceError::Append(AppendError::ControlBatchFromClient) => ResponseError::InvalidRecord,
+        ProduceError::Append(AppendError::ControlBatchFromClient | AppendError::InvalidProducerBatch(_)) => {
+            ResponseError::InvalidRecord
+        }
         ProduceError::Append(AppendError::Encode(_)) => ResponseError::UnknownServerError,
         ProduceError::Append(AppendError::Sequence(SequenceError::InvalidEpoch { .. })) => {
             ResponseError::InvalidProducerEpoch

@@ -210,7 +210,7 @@ async fn abort_timed_out_transactions(shard: Rc<Shard>, stopping: io::Latch) {
     while !stopping.is_set() {
         futures_lite::future::or(io::sleep(interval), stopping.wait()).await;
         if !stopping.is_set() {
-            shard.txns().abort_timed_out(&shard).await;
+            shard.txns().abort_timed_out(&shard);
         }
     }
 }

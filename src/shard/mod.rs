@@ -224,6 +224,17 @@ pub enum ProduceError {
 
 pub type ProduceResult = Result<Produced, ProduceError>;
 
+/// Why a transaction marker was not written.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum MarkerError {
+    /// Try again (storage trouble, a busy or unreachable core).
+    #[error("{0}")]
+    Retry(String),
+    /// The partition will never take it (a newer epoch of the producer wrote there).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// One core's state. Lives on that core (`Rc`); everything in it is touched only there.
 pub struct Shard {
     id: usize,
@@ -351,21 +362,23 @@ impl Shard {
         producer_id: i64,
         epoch: i16,
         commits: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), MarkerError> {
         let Some(meta) = self.topic(topic) else { return Ok(()) };
         let Some(owner) = self.owner(&meta, partition) else { return Ok(()) };
         let topic = topic.to_string();
         let written = self.run_on(owner, move |shard| async move {
             let Some(log) = shard.log(&topic, partition) else { return Ok(()) };
-            let appended = log
-                .append_marker(producer_id, epoch, commits, 0, LeaderEpoch(0))
-                .map_err(|error| error.to_string())?;
+            let appended = match log.append_marker(producer_id, epoch, commits, 0, LeaderEpoch(0)) {
+                Ok(appended) => appended,
+                Err(error @ AppendError::Sequence(_)) => return Err(MarkerError::Refused(error.to_string())),
+                Err(error) => return Err(MarkerError::Retry(error.to_string())),
+            };
             if topic == group::OFFSETS_TOPIC {
                 shard.groups.complete_transaction(partition, producer_id, commits);
             }
-            appended.durable.await.map_err(|error| error.to_string())
+            appended.durable.await.map_err(|error| MarkerError::Retry(error.to_string()))
         });
-        written.await.unwrap_or_else(|| Err(format!("shard {owner} is unavailable")))
+        written.await.unwrap_or_else(|| Err(MarkerError::Retry(format!("shard {owner} is unavailable"))))
     }
 
     /// The shard that coordinates `group`: the owner of its offsets partition.
@@ -635,10 +648,14 @@ impl Shard {
             EARLIEST_TIMESTAMP => Ok((log.log_start_offset().0, -1)),
             LATEST_TIMESTAMP if committed_only => Ok((log.last_stable_offset().0, -1)),
             LATEST_TIMESTAMP => Ok((log.stable_offset().0, -1)),
-            _ => Ok(log
-                .offset_for_timestamp(timestamp)
-                .await?
-                .map_or((-1, -1), |found| (found.offset.0, found.timestamp))),
+            _ => {
+                let found = log.offset_for_timestamp(timestamp).await?;
+                // read_committed readers see nothing at or beyond the last stable offset.
+                let visible = if committed_only { log.last_stable_offset() } else { log.stable_offset() };
+                Ok(found
+                    .filter(|found| found.offset < visible)
+                    .map_or((-1, -1), |found| (found.offset.0, found.timestamp)))
+            }
         }
     }
 

@@ -18,6 +18,7 @@ pub mod store;
 
 use crate::config::TxnConfig;
 use crate::log::Log;
+pub use crate::shard::MarkerError;
 use crate::shard::Shard;
 use crate::types::TimestampMs;
 use kafka_protocol::error::ResponseError;
@@ -59,6 +60,9 @@ pub struct Transaction {
     /// The epoch before the coordinator fenced the producer (a timed-out transaction): the
     /// fenced producer may still re-initialise with it (KIP-360). Kept in memory only.
     pub fenced_epoch: Option<i16>,
+    /// The epoch before the last InitProducerId bumped it: a retry of that request (its answer
+    /// lost) gets the current epoch again instead of being fenced. Kept in memory only.
+    pub previous_epoch: Option<i16>,
 }
 
 impl Transaction {
@@ -84,6 +88,7 @@ impl Transaction {
             start_ms: value.start_ms,
             last_update_ms: value.last_update_ms,
             fenced_epoch: None,
+            previous_epoch: None,
         }
     }
 
@@ -217,20 +222,32 @@ impl Coordinator {
                 start_ms: -1,
                 last_update_ms: now,
                 fenced_epoch: None,
+                previous_epoch: None,
             };
             let stored = self.store(id, transaction).await?;
             return Ok((stored.producer_id, stored.epoch));
         };
         if let Some((producer_id, epoch)) = expected.filter(|&(producer_id, _)| producer_id >= 0) {
+            let same_producer = producer_id == transaction.producer_id;
+            if same_producer
+                && transaction.previous_epoch == Some(epoch)
+                && transaction.status != Status::Ongoing
+            {
+                return Ok((transaction.producer_id, transaction.epoch));
+            }
             let current = transaction.epoch == epoch || transaction.fenced_epoch == Some(epoch);
-            if producer_id != transaction.producer_id || !current {
+            if !same_producer || !current {
                 return Err(ResponseError::ProducerFenced);
             }
         }
         match transaction.status {
             Status::Ongoing => {
-                // The previous producer left a transaction open: fence it and abort.
-                let fenced = self.fence(shard, transaction).await?;
+                // The previous producer left a transaction open: fence it and abort. It stays
+                // fenced: only a coordinator timeout lets a producer re-initialise from an
+                // epoch it lost.
+                let mut fenced = Coordinator::fence(transaction);
+                fenced.fenced_epoch = None;
+                fenced.previous_epoch = None;
                 let aborted = self.complete(shard, id, fenced, false).await?;
                 Ok((aborted.producer_id, aborted.epoch))
             }
@@ -238,7 +255,9 @@ impl Coordinator {
                 Err(ResponseError::ConcurrentTransactions)
             }
             _ => {
+                let before = transaction.epoch;
                 bump_epoch(shard, &mut transaction).await?;
+                transaction.previous_epoch = Some(before);
                 transaction.timeout_ms = timeout_ms;
                 transaction.status = Status::Empty;
                 transaction.partitions.clear();
@@ -252,16 +271,16 @@ impl Coordinator {
     }
 
     /// Bumps the epoch of a transaction being aborted by the coordinator, so the producer that
-    /// ran it is fenced (Kafka's PrepareEpochFence).
-    async fn fence(
-        &self,
-        shard: &Rc<Shard>,
-        mut transaction: Transaction,
-    ) -> Result<Transaction, ResponseError> {
+    /// ran it is fenced (Kafka's PrepareEpochFence). With the epochs used up, the markers go
+    /// out at the last epoch and the producer id changes at the next InitProducerId: markers
+    /// must carry the id that wrote the records.
+    fn fence(mut transaction: Transaction) -> Transaction {
         let before = transaction.epoch;
-        bump_epoch(shard, &mut transaction).await?;
+        if before < i16::MAX - 1 {
+            transaction.epoch += 1;
+        }
         transaction.fenced_epoch = Some(before);
-        Ok(transaction)
+        transaction
     }
 
     /// AddPartitionsToTxn (and AddOffsetsToTxn, with the group's offsets partition): the
@@ -347,9 +366,30 @@ impl Coordinator {
             .map(|(topic, partition)| {
                 let (shard, topic, partition) = (shard.clone(), topic.clone(), *partition);
                 crate::io::spawn_local(async move {
-                    while let Err(error) = shard.write_marker(&topic, partition, producer_id, epoch, commits).await {
-                        tracing::warn!(topic, partition, %error, "writing a transaction marker failed; retrying");
-                        crate::io::sleep(RETRY_BACKOFF).await;
+                    loop {
+                        match shard.write_marker(&topic, partition, producer_id, epoch, commits).await {
+                            Ok(()) => return,
+                            // As Kafka does: a partition that refuses the marker (a newer epoch
+                            // of the producer wrote there) is given up, not retried forever.
+                            Err(MarkerError::Refused(reason)) => {
+                                tracing::warn!(
+                                    topic,
+                                    partition,
+                                    reason,
+                                    "a partition refused a transaction marker"
+                                );
+                                return;
+                            }
+                            Err(MarkerError::Retry(reason)) => {
+                                tracing::warn!(
+                                    topic,
+                                    partition,
+                                    reason,
+                                    "writing a transaction marker failed; retrying"
+                                );
+                                crate::io::sleep(RETRY_BACKOFF).await;
+                            }
+                        }
                     }
                 })
             })
@@ -364,31 +404,31 @@ impl Coordinator {
         self.store_until_done(id, transaction).await
     }
 
-    /// Aborts, fencing their producers, the transactions that outlived their timeout.
-    pub async fn abort_timed_out(&self, shard: &Rc<Shard>) {
+    /// Aborts, fencing their producers, the transactions that outlived their timeout; each on
+    /// a task of its own, so one slow abort does not hold up the others.
+    pub fn abort_timed_out(self: &Rc<Self>, shard: &Rc<Shard>) {
         let now = TimestampMs::now().0;
         let expired: Vec<String> = self
             .transactions
             .borrow()
             .iter()
-            .filter(|(_, t)| {
-                t.status == Status::Ongoing && now.saturating_sub(t.start_ms) > i64::from(t.timeout_ms)
-            })
+            .filter(|(_, t)| t.status == Status::Ongoing && timed_out(t, now))
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            let Ok((_claim, Some(transaction))) = self.claim(&id) else { continue };
-            if transaction.status != Status::Ongoing {
-                continue;
-            }
-            tracing::info!(id, producer_id = transaction.producer_id, "aborting a timed-out transaction");
-            let aborted = match self.fence(shard, transaction).await {
-                Ok(fenced) => self.complete(shard, &id, fenced, false).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = aborted {
-                tracing::warn!(id, %error, "aborting a timed-out transaction failed; next check retries");
-            }
+            let (coordinator, shard) = (self.clone(), shard.clone());
+            crate::io::spawn_detached(async move { coordinator.abort_if_timed_out(&shard, &id).await });
+        }
+    }
+
+    async fn abort_if_timed_out(&self, shard: &Rc<Shard>, id: &str) {
+        let Ok((_claim, Some(transaction))) = self.claim(id) else { return };
+        if transaction.status != Status::Ongoing || !timed_out(&transaction, TimestampMs::now().0) {
+            return;
+        }
+        tracing::info!(id, producer_id = transaction.producer_id, "aborting a timed-out transaction");
+        if let Err(error) = self.complete(shard, id, Coordinator::fence(transaction), false).await {
+            tracing::warn!(id, %error, "aborting a timed-out transaction failed; the next check retries");
         }
     }
 
@@ -479,7 +519,13 @@ impl Coordinator {
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            let Ok((_claim, _)) = self.claim(&id) else { continue };
+            let Ok((_claim, Some(current))) = self.claim(&id) else { continue };
+            let idle =
+                matches!(current.status, Status::Empty | Status::CompleteCommit | Status::CompleteAbort)
+                    && now.saturating_sub(current.last_update_ms) >= expiration;
+            if !idle {
+                continue;
+            }
             let tombstone = Entry { transactional_id: id.clone(), value: None };
             let written = match (self.log_for(&id), store::encode(&[tombstone], now)) {
                 (Ok(log), Ok(batch)) => match log.append(&batch, crate::types::LeaderEpoch(0)) {
@@ -508,6 +554,11 @@ impl Coordinator {
     /// Writes the live entries of one partition again and deletes what they supersede, when
     /// most of the partition is superseded.
     async fn compact(&self, partition: i32, log: &Log) -> Result<(), String> {
+        if !self.busy.borrow().is_empty() {
+            // A state being written is not in memory yet: copying memory now could put an
+            // older state after it. The next round compacts.
+            return Ok(());
+        }
         let entries: Vec<Entry> = self
             .transactions
             .borrow()
@@ -528,6 +579,11 @@ impl Coordinator {
         tracing::info!(partition, records, live = entries.len(), "compacted a transaction partition");
         Ok(())
     }
+}
+
+/// Whether a running transaction has outlived its timeout at `now`.
+fn timed_out(transaction: &Transaction, now: i64) -> bool {
+    now.saturating_sub(transaction.start_ms) > i64::from(transaction.timeout_ms)
 }
 
 /// The next epoch of the id's producer; when epochs run out, a new producer id at epoch 0.

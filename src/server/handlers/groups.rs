@@ -5,6 +5,7 @@
 use crate::group::ClientInfo;
 use crate::group::consumer::TopicMap;
 use crate::group::offsets::{self, FetchedOffsets, OffsetQuery};
+use crate::group::store::OffsetValue;
 use crate::server::Broker;
 use crate::shard::{Shard, topics};
 use kafka_protocol::error::ResponseError;
@@ -183,7 +184,7 @@ pub async fn offset_fetch(
         // Before v2 errors can only be told per partition.
         Err(code) if version < 2 => {
             let offsets = query.unwrap_or_default().into_iter().map(|(topic, partitions)| {
-                (topic, partitions.into_iter().map(|partition| (partition, None)).collect())
+                (topic, partitions.into_iter().map(|partition| (partition, Ok(None))).collect())
             });
             let mut topics = offsets_v0(offsets.collect(), version);
             for partition in topics.iter_mut().flat_map(|topic| topic.partitions.iter_mut()) {
@@ -195,13 +196,23 @@ pub async fn offset_fetch(
     }
 }
 
+/// A partition's committed offset, or none with its error code.
+fn split_found(found: Result<Option<OffsetValue>, ResponseError>) -> (Option<OffsetValue>, i16) {
+    match found {
+        Ok(value) => (value, 0),
+        Err(error) => (None, error.code()),
+    }
+}
+
 fn offsets_v0(offsets: FetchedOffsets, version: i16) -> Vec<OffsetFetchResponseTopic> {
     offsets
         .into_iter()
         .map(|(topic, partitions)| {
-            let partitions = partitions.into_iter().map(|(partition, value)| {
+            let partitions = partitions.into_iter().map(|(partition, found)| {
+                let (value, code) = split_found(found);
                 OffsetFetchResponsePartition::default()
                     .with_partition_index(partition)
+                    .with_error_code(code)
                     .with_committed_offset(value.as_ref().map_or(-1, |v| v.offset))
                     .with_committed_leader_epoch(
                         value.as_ref().filter(|_| version >= 5).map_or(-1, |v| v.leader_epoch),
@@ -219,9 +230,11 @@ fn offsets_v8(offsets: FetchedOffsets) -> Vec<OffsetFetchResponseTopics> {
     offsets
         .into_iter()
         .map(|(topic, partitions)| {
-            let partitions = partitions.into_iter().map(|(partition, value)| {
+            let partitions = partitions.into_iter().map(|(partition, found)| {
+                let (value, code) = split_found(found);
                 OffsetFetchResponsePartitions::default()
                     .with_partition_index(partition)
+                    .with_error_code(code)
                     .with_committed_offset(value.as_ref().map_or(-1, |v| v.offset))
                     .with_committed_leader_epoch(value.as_ref().map_or(-1, |v| v.leader_epoch))
                     .with_metadata(Some(text(value.as_ref().map_or("", |v| v.metadata.as_str()))))

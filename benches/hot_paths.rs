@@ -1,6 +1,7 @@
 //! The broker's per-request hot paths, each alone: decoding a Produce request (records stay
 //! `Bytes`), validating a batch (CRC32C), assigning offsets (the header rewrite), looking up
-//! the batch cache, and encoding a Fetch response around cached batches.
+//! the batch cache, encoding a Fetch response around cached batches, and an idempotent
+//! producer's sequence check.
 //!
 //! `cargo bench --bench hot_paths`; pin with `taskset -c 1`.
 
@@ -11,6 +12,7 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName}
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use ringmq::batch::{self, HEADER_BYTES};
 use ringmq::batch_cache::{BatchCache, StoredBatch};
+use ringmq::log::producers::Producers;
 use ringmq::server::fetch_response::{self, PartitionResult, TopicResult};
 use ringmq::types::Offset;
 use std::hint::black_box;
@@ -106,6 +108,21 @@ fn hot_paths(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(64 * one.len() as u64));
     group.bench_function("encode_fetch_v12_1MiB", |b| {
         b.iter(|| fetch_response::encode(12, 1, black_box(&topics)).len())
+    });
+    // What an idempotent producer's batch costs beyond a plain one: the sequence check and
+    // recording it (one producer, in sequence, as in a steady stream).
+    let idempotent = ringmq::testing::encode_idempotent_batch(9, 0, 0, BATCH_RECORDS);
+    let header = batch::validate(&idempotent, usize::MAX).expect("valid batch");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("idempotent_sequence_check", |b| {
+        let (mut producers, mut next) = (Producers::default(), 0i64);
+        b.iter(|| {
+            let batch = batch::BatchHeader { base_sequence: next as i32, ..header };
+            let verdict = producers.check(&[], black_box(&batch));
+            producers.record([producers.stage_data(&[], &batch, next)], 0);
+            next += BATCH_RECORDS as i64;
+            verdict
+        })
     });
     group.finish();
 }

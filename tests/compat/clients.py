@@ -298,6 +298,7 @@ def kafka_python_group(address, topic, check):
 
 TXN_ROUNDS = 6
 TXN_RECORDS = 50
+TXN_PARTITIONS = 3
 
 
 def check_transactions(produce_round, read):
@@ -315,7 +316,10 @@ def check_transactions(produce_round, read):
 
 def confluent_transactions(address, topic):
     from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
 
+    admin = AdminClient({"bootstrap.servers": address})
+    admin.create_topics([NewTopic(topic, num_partitions=TXN_PARTITIONS, replication_factor=1)])[topic].result(10)
     producer = Producer({"bootstrap.servers": address, "transactional.id": f"{topic}-tx"})
     producer.init_transactions(30)
 
@@ -329,7 +333,7 @@ def confluent_transactions(address, topic):
     def read(isolation, count):
         consumer = Consumer({"bootstrap.servers": address, "group.id": f"{topic}-{isolation}",
                              "isolation.level": isolation, "enable.auto.commit": False})
-        consumer.assign([TopicPartition(topic, 0, 0)])
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(TXN_PARTITIONS)])
         keys = []
         wait_until(f"{count} records", lambda: keys.extend(
             m.key().decode() for m in consumer.consume(100, 0.2) if m.error() is None) or len(keys) >= count)
@@ -342,8 +346,11 @@ def confluent_transactions(address, topic):
 
 
 def kafka_python_transactions(address, topic):
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
 
+    KafkaAdminClient(bootstrap_servers=address).create_topics(
+        [NewTopic(topic, num_partitions=TXN_PARTITIONS, replication_factor=1)])
     producer = KafkaProducer(bootstrap_servers=address, transactional_id=f"{topic}-tx")
     producer.init_transactions()
 
@@ -357,7 +364,7 @@ def kafka_python_transactions(address, topic):
 
     def read(isolation, count):
         consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False, isolation_level=isolation)
-        consumer.assign([TopicPartition(topic, 0)])
+        consumer.assign([TopicPartition(topic, p) for p in range(TXN_PARTITIONS)])
         consumer.seek_to_beginning()
         keys = []
 

@@ -31,7 +31,8 @@ class Broker:
     """A ringmq broker pinned to core 0 on a fresh (or given) data directory."""
 
     def __init__(self, data, fsync=False):
-        args = ["taskset", "-c", "0", RINGMQ, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--cores", "1"]
+        args = ["taskset", "-c", "0", RINGMQ, "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                "--data-dir", data, "--cores", "1"]
         if fsync:
             args += ["--set", "log_flush_policy=fsync"]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
+    /// The admin HTTP listener: Prometheus metrics, health and readiness.
+    pub admin_listen: SocketAddr,
     /// The address clients are told to connect to; defaults to `listen`.
     pub advertised_listener: Option<SocketAddr>,
     pub data_dir: PathBuf,
@@ -112,6 +114,15 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "address of the Kafka listener (every core accepts on it)",
         apply: |c, v| {
             c.listen = address(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "admin_listen",
+        default: "127.0.0.1:9644",
+        meaning: "address of the admin HTTP listener: /metrics (Prometheus), /health, /ready",
+        apply: |c, v| {
+            c.admin_listen = address(v)?;
             Ok(())
         },
     },
@@ -432,6 +443,7 @@ impl BrokerConfig {
     pub fn defaults() -> BrokerConfig {
         let mut config = BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9644)),
             advertised_listener: None,
             data_dir: PathBuf::from("./ringmq-data"),
             cores: available_cores(),

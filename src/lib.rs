@@ -11,6 +11,7 @@
 //!   `__transaction_state` partition.
 //! - `codec`: the classic big-endian fields of the coordinators' internal records.
 //! - `bench`: `ringmq bench`, the Kafka-protocol load generator and this machine's baselines.
+//! - `metrics`: per-core counters and their Prometheus rendering.
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
@@ -23,6 +24,7 @@ pub mod constants;
 pub mod group;
 pub mod io;
 pub mod log;
+pub mod metrics;
 pub mod record;
 pub mod server;
 pub mod shard;

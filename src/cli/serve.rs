@@ -10,6 +10,9 @@ pub struct ServeArgs {
     /// Kafka listener address (default 127.0.0.1:9092).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Admin HTTP listener: /metrics, /health, /ready (default 127.0.0.1:9644).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<String>,
     /// Address clients are told to connect to (default: the listen address).
     #[arg(long, value_name = "HOST:PORT")]
     advertised_listener: Option<String>,
@@ -42,6 +45,7 @@ fn assemble(args: ServeArgs) -> Result<BrokerConfig, String> {
     config.apply_env(|name| std::env::var(name).ok()).map_err(|e| e.to_string())?;
     let mut flags: Vec<(String, String)> = Vec::new();
     flags.extend(args.listen.map(|v| ("listen".into(), v)));
+    flags.extend(args.admin_listen.map(|v| ("admin_listen".into(), v)));
     flags.extend(args.advertised_listener.map(|v| ("advertised_listener".into(), v)));
     flags.extend(args.data_dir.map(|v| ("data_dir".into(), v.display().to_string())));
     flags.extend(args.cores.map(|v| ("cores".into(), v.to_string())));

@@ -201,6 +201,18 @@ impl Coordinator {
             .collect()
     }
 
+    /// (group, topic, partition, offset) of every committed offset of the groups here.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let groups = self.groups.borrow();
+        let mut committed = Vec::new();
+        for (id, group) in groups.iter() {
+            for ((topic, partition), value) in &group.borrow().offsets {
+                committed.push((id.clone(), topic.clone(), *partition, value.offset));
+            }
+        }
+        committed
+    }
+
     fn replay(&self, entry: Entry) {
         match entry {
             Entry::Offset { group, topic, partition, value: Some(value) } => {

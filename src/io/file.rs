@@ -61,7 +61,16 @@ impl WriteFile {
         assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT write position");
         fault::on_write()?;
         let expected = buf.len();
-        let written = self.file.write_at(buf.0, position).await.map_err(to_io)?;
+        crate::metrics::count(|c| {
+            c.disk_writes += 1;
+            c.disk_writes_in_flight += 1;
+        });
+        let written = self.file.write_at(buf.0, position).await.map_err(to_io);
+        crate::metrics::count(|c| {
+            c.disk_writes_in_flight -= 1;
+            c.disk_written_bytes += *written.as_ref().unwrap_or(&0) as u64;
+        });
+        let written = written?;
         if written != expected {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short O_DIRECT write"));
         }
@@ -70,7 +79,10 @@ impl WriteFile {
 
     pub async fn fdatasync(&self) -> io::Result<()> {
         fault::on_sync()?;
-        self.file.fdatasync().await.map_err(to_io)
+        let started = std::time::Instant::now();
+        let synced = self.file.fdatasync().await.map_err(to_io);
+        crate::metrics::count(|c| c.fsync.observe(started.elapsed()));
+        synced
     }
 
     pub async fn truncate(&self, len: u64) -> io::Result<()> {
@@ -101,7 +113,11 @@ impl ReadFile {
     pub async fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
         assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT read position");
         let file = self.file.clone();
-        spawn_blocking(move || {
+        crate::metrics::count(|c| {
+            c.disk_reads += 1;
+            c.disk_reads_in_flight += 1;
+        });
+        let read = spawn_blocking(move || {
             let mut buf = AlignedBuf::zeroed(len);
             let mut filled = 0;
             while filled < len {
@@ -119,7 +135,12 @@ impl ReadFile {
             buf.set_len(filled.min(len));
             Ok(Bytes::from_owner(buf))
         })
-        .await
+        .await;
+        crate::metrics::count(|c| {
+            c.disk_reads_in_flight -= 1;
+            c.disk_read_bytes += read.as_ref().map_or(0, |bytes| bytes.len() as u64);
+        });
+        read
     }
 
     pub fn file_size_bytes(&self) -> io::Result<u64> {

@@ -66,6 +66,11 @@ impl Stream {
         self.0.read_exact(buf).await
     }
 
+    /// Reads what has arrived (at least one byte, or 0 at the end of the stream).
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+
     /// Writes every chunk in order, as one vectored stream of bytes: record batches go to the
     /// socket from the buffers they live in, without being copied into a response buffer.
     ///

@@ -44,6 +44,7 @@ impl ReadBatches {
 
     /// The batches as one contiguous buffer (a copy: for tests and tools, not the fetch path).
     pub fn to_vec(&self) -> Vec<u8> {
+        crate::metrics::count(|counters| counters.log_read_copied_bytes += self.bytes as u64);
         self.chunks.iter().flat_map(|chunk| chunk.iter().copied()).collect()
     }
 }

@@ -20,6 +20,11 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, st
         tracing::warn!(%peer, %error, "cannot set a read timeout; closing");
         return;
     }
+    crate::metrics::count(|c| {
+        c.connections_accepted += 1;
+        c.connections_open += 1;
+    });
+    let _closed = Closed;
     loop {
         let next = async { Some(frame::read(&mut stream, broker.request_bytes_max).await) };
         let request = match futures_lite::future::or(next, async {
@@ -35,18 +40,41 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, st
                 return;
             }
         };
+        let (started, api) =
+            (std::time::Instant::now(), request.get(..2).map(|key| i16::from_be_bytes([key[0], key[1]])));
+        let received = request.len() as u64 + 4;
+        crate::metrics::count(|c| c.received_bytes += received);
         match handlers::handle(&broker, &shard, request, &client_host).await {
-            Outcome::Silent => {}
+            Outcome::Silent => count_request(api, started),
             Outcome::Respond(chunks) => {
                 if let Err(error) = stream.write_chunks(&chunks).await {
                     tracing::debug!(%peer, %error, "closing connection: write failed");
                     return;
                 }
+                let sent: usize = chunks.iter().map(bytes::Bytes::len).sum();
+                crate::metrics::count(|c| c.sent_bytes += sent as u64);
+                count_request(api, started);
             }
             Outcome::Close(reason) => {
                 tracing::debug!(%peer, %reason, "closing connection");
                 return;
             }
         }
+    }
+}
+
+/// Counts an answered request (or one that needs no answer) under its API.
+fn count_request(api: Option<i16>, started: std::time::Instant) {
+    if let Some(api) = api {
+        crate::metrics::count(|c| c.requests.entry(api).or_default().observe(started.elapsed()));
+    }
+}
+
+/// Counts the connection closed when the serving task ends, however it ends.
+struct Closed;
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        crate::metrics::count(|c| c.connections_open = c.connections_open.saturating_sub(1));
     }
 }

@@ -5,6 +5,7 @@
 //! connections to completion: `connection` reads frames, `handlers` answers them.
 //! What the shards share is immutable (`Broker`).
 
+mod admin;
 mod connection;
 mod errors;
 #[doc(hidden)] // public for benches/hot_paths.rs only
@@ -36,6 +37,10 @@ pub struct Broker {
     pub advertised: SocketAddr,
     pub request_bytes_max: usize,
     pub idle_timeout: Duration,
+    /// The admin HTTP listener's address.
+    pub admin: SocketAddr,
+    /// Set once every core accepts Kafka connections (`/ready`).
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,8 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
     let cluster_id = cluster_id(&config.data_dir)?;
     let (reservation, listen) =
         io::reserve_address(config.listen).map_err(io_error(format!("bind {}", config.listen)))?;
+    let (admin_reservation, admin) = io::reserve_address(config.admin_listen)
+        .map_err(io_error(format!("bind the admin listener {}", config.admin_listen)))?;
     let broker = Arc::new(Broker {
         node_id: config.node_id,
         cluster_id,
@@ -71,6 +78,8 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         advertised: config.advertised(listen),
         request_bytes_max: config.socket_request_max_bytes,
         idle_timeout: config.connections_max_idle,
+        admin,
+        ready: std::sync::atomic::AtomicBool::new(false),
     });
     let mut topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
     let internal = [
@@ -105,9 +114,11 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         }
     }
     drop(reservation);
+    drop(admin_reservation);
+    broker.ready.store(true, std::sync::atomic::Ordering::Release);
     let mut stdout = std::io::stdout().lock();
     let line = format!(
-        "ringmq ready: kafka listener {listen} (advertised {}), {cores} cores, data in {data_dir}",
+        "ringmq ready: kafka listener {listen} (advertised {}), admin listener {admin}, {cores} cores, data in {data_dir}",
         broker.advertised
     );
     writeln!(stdout, "{line}").and_then(|()| stdout.flush()).map_err(io_error("write to stdout"))?;
@@ -156,8 +167,20 @@ async fn shard_main(start: ShardStart) {
             return;
         }
     };
-    let _main_thread_waits = ready.send(Ok(()));
     let stopping = io::Latch::default();
+    if id == 0 {
+        match io::Listener::bind(broker.admin) {
+            Ok(admin) => {
+                io::spawn_detached(admin::serve(admin, shard.clone(), broker.clone(), stopping.clone()))
+            }
+            Err(error) => {
+                let _main_thread_reports_it =
+                    ready.send(Err(format!("admin listener on {}: {error}", broker.admin)));
+                return;
+            }
+        }
+    }
+    let _main_thread_waits = ready.send(Ok(()));
     io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
     io::spawn_detached(abort_timed_out_transactions(shard.clone(), stopping.clone()));
     io::spawn_detached(watch_for_stop(stop, stopping.clone()));

@@ -908,6 +908,37 @@ impl Shard {
         Ok(log.delete_records_before(Offset(offset)).await?.0)
     }
 
+    /// This core's metrics: its counters, the gauges of the partitions it owns, and the
+    /// committed offsets of the groups it coordinates (for consumer lag).
+    pub fn metrics_snapshot(&self) -> crate::metrics::CoreSnapshot {
+        let partitions = self
+            .owned_logs()
+            .into_iter()
+            .map(|((topic, partition), log)| {
+                let (cache_bytes, (cache_hits, cache_misses)) = log.cache_stats();
+                crate::metrics::PartitionGauges {
+                    topic,
+                    partition,
+                    size_bytes: log.size_bytes(),
+                    segments: log.segment_count(),
+                    log_start: log.log_start_offset().0,
+                    high_watermark: log.stable_offset().0,
+                    last_stable: log.last_stable_offset().0,
+                    cache_bytes,
+                    cache_hits,
+                    cache_misses,
+                    producers: log.producer_count(),
+                }
+            })
+            .collect();
+        crate::metrics::CoreSnapshot {
+            core: self.id,
+            counters: crate::metrics::counters(),
+            partitions,
+            committed: self.groups.committed_offsets(),
+        }
+    }
+
     /// Applies retention (time and size) to every log placed here, and forgets idempotent
     /// producers idle for longer than `producer_id_expiration_ms`.
     pub async fn enforce_retention(&self) {
@@ -973,6 +1004,23 @@ impl Shard {
     async fn produce_here(&self, topic: &str, partition: i32, records: &Bytes, acks: i16) -> ProduceResult {
         let log = self.log(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
         let appended = log.append(records, LeaderEpoch(0))?;
+        if !appended.duplicate {
+            let produced = (appended.last_offset.0 - appended.base_offset.0 + 1) as u64;
+            crate::metrics::count(|c| match c.topics.get_mut(topic) {
+                Some(counters) => {
+                    counters.produced_bytes += records.len() as u64;
+                    counters.produced_records += produced;
+                }
+                None => {
+                    let counters = crate::metrics::TopicCounters {
+                        produced_bytes: records.len() as u64,
+                        produced_records: produced,
+                        ..Default::default()
+                    };
+                    c.topics.insert(topic.to_string(), counters);
+                }
+            });
+        }
         let log_append_time = log.log_append_time_enabled().then_some(appended.log_append_time);
         if acks != 0 {
             appended.durable.await?;

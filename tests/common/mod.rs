@@ -21,6 +21,8 @@ use std::time::Duration;
 pub struct Broker {
     child: Child,
     pub address: SocketAddr,
+    /// The admin HTTP listener (metrics, health, readiness).
+    pub admin: SocketAddr,
     pub data: tempfile::TempDir,
     lines: std::sync::mpsc::Receiver<String>,
 }
@@ -33,7 +35,7 @@ impl Broker {
     /// Starts a broker on an existing data directory and waits for its ready line.
     pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .args(extra)
             .stdout(Stdio::piped())
@@ -48,7 +50,13 @@ impl Broker {
             .nth(1)
             .and_then(|address| address.parse().ok())
             .unwrap_or_else(|| panic!("ready line names the listener: {line}"));
-        Broker { child, address, data, lines }
+        let admin = line
+            .split("admin listener ")
+            .nth(1)
+            .and_then(|rest| rest.split([',', ' ']).next())
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("ready line names the admin listener: {line}"));
+        Broker { child, address, admin, data, lines }
     }
 
     /// SIGTERMs the broker and waits for it to exit; returns whether it exited 0 after saying

@@ -20,12 +20,12 @@ cargo build --locked -q --bin ringmq || exit 1
 
 data=$(mktemp -d)
 out=$(mktemp)
-target/debug/ringmq serve --listen 127.0.0.1:0 --data-dir "$data" --cores 2 --set num_partitions=3 --set group_consumer_heartbeat_interval_ms=1000 >"$out" 2>"$data.log" &
+target/debug/ringmq serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$data" --cores 2 --set num_partitions=3 --set group_consumer_heartbeat_interval_ms=1000 >"$out" 2>"$data.log" &
 broker=$!
 cleanup() { kill "$broker" 2>/dev/null; wait "$broker" 2>/dev/null; rm -rf "$data" "$data.log" "$out"; }
 trap cleanup EXIT
 for _ in $(seq 1 300); do grep -q "ready" "$out" && break; sleep 0.1; done
-address=$(grep -o 'listener [0-9.:]*' "$out" | cut -d' ' -f2)
+address=$(grep -o 'kafka listener [0-9.:]*' "$out" | cut -d' ' -f3)
 [ -n "$address" ] || { echo "the broker did not start"; cat "$data.log"; exit 1; }
 
 passed=0

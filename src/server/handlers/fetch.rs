@@ -126,8 +126,9 @@ fn results(wanted: Vec<Wanted>, fetched: Vec<Vec<Fetched>>, bytes_max: usize) ->
                 .map(|(partition, fetched)| {
                     let fits = bytes == 0 || bytes + fetched.bytes <= bytes_max;
                     let records = if fits { fetched.chunks } else { Vec::new() };
-                    if fits {
+                    if fits && fetched.bytes > 0 {
                         bytes += fetched.bytes;
+                        count_fetched(&topic.name, fetched.bytes as u64);
                     }
                     PartitionResult {
                         partition: partition.partition,
@@ -146,4 +147,18 @@ fn results(wanted: Vec<Wanted>, fetched: Vec<Vec<Fetched>>, bytes_max: usize) ->
             TopicResult { name: topic.name, id: topic.id, partitions }
         })
         .collect()
+}
+
+/// Counts record bytes a Fetch answer sends, per topic and per core.
+fn count_fetched(topic: &str, bytes: u64) {
+    crate::metrics::count(|c| {
+        c.fetch_record_bytes += bytes;
+        match c.topics.get_mut(topic) {
+            Some(counters) => counters.fetched_bytes += bytes,
+            None => {
+                let counters = crate::metrics::TopicCounters { fetched_bytes: bytes, ..Default::default() };
+                c.topics.insert(topic.to_string(), counters);
+            }
+        }
+    });
 }

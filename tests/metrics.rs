@@ -1,0 +1,117 @@
+//! The admin listener of a real broker: `/metrics` counters move with what librdkafka produced
+//! and fetched (Fetch copies no record byte), consumer lag follows commits, and `/health`,
+//! `/ready` and bad requests are answered as they should be.
+
+mod common;
+
+use common::{Broker, assigned_from_start, produce_all};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// The status code and body of `request` sent to the admin listener.
+fn http(broker: &Broker, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(broker.admin).expect("connect to the admin listener");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _end_or_reset = stream.read_to_string(&mut answer);
+    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
+    (status, body)
+}
+
+/// Every sample of the scrape, by series (name and labels as written).
+fn scrape(broker: &Broker) -> HashMap<String, f64> {
+    let (status, body) = http(broker, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("series and value");
+            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("a number in {line}")))
+        })
+        .collect()
+}
+
+/// The sum of every series of metric `name` whose labels include all of `labels`.
+fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .filter(|(series, _)| labels.iter().all(|label| series.contains(label)))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[test]
+fn metrics_follow_what_was_produced_and_fetched() {
+    let broker = Broker::start(&["--cores", "2", "--set", "num_partitions=4"]);
+    produce_all(&broker, "metered", 0..2000);
+    let before = scrape(&broker);
+    assert_eq!(sum(&before, "ringmq_topic_produced_records_total", &["topic=\"metered\""]), 2000.0);
+    assert_eq!(sum(&before, "ringmq_high_watermark", &["topic=\"metered\""]), 2000.0);
+    let produced_bytes = sum(&before, "ringmq_topic_produced_bytes_total", &["topic=\"metered\""]);
+    assert!(produced_bytes > 2000.0 * 4.0, "{produced_bytes} bytes of batches");
+    let produces = sum(&before, "ringmq_requests_total", &["api=\"Produce\""]);
+    assert!(produces >= 1.0);
+    assert_eq!(sum(&before, "ringmq_request_duration_seconds_count", &["api=\"Produce\""]), produces);
+    assert!(sum(&before, "ringmq_disk_writes_total", &[]) >= 1.0);
+    assert!(sum(&before, "ringmq_log_size_bytes", &["topic=\"metered\""]) >= produced_bytes);
+
+    let consumer = assigned_from_start(&broker, "metered", 4);
+    let (mut read, give_up) = (0, Instant::now() + Duration::from_secs(60));
+    while read < 2000 && Instant::now() < give_up {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.expect("message");
+            read += 1;
+        }
+    }
+    assert_eq!(read, 2000);
+    let after = scrape(&broker);
+    let fetched = sum(&after, "ringmq_topic_fetched_bytes_total", &["topic=\"metered\""]);
+    assert!(fetched >= produced_bytes, "fetched {fetched} of {produced_bytes} bytes");
+    let sent = sum(&after, "ringmq_fetch_record_bytes_total", &[])
+        - sum(&before, "ringmq_fetch_record_bytes_total", &[]);
+    assert!(sent >= produced_bytes, "{sent} record bytes sent by Fetch");
+    let copied = |samples| sum(samples, "ringmq_log_read_copied_bytes_total", &[]);
+    assert_eq!(copied(&after) - copied(&before), 0.0, "Fetch copies no record byte");
+    assert!(sum(&after, "ringmq_network_sent_bytes_total", &[]) > sent);
+    assert!(sum(&after, "ringmq_connections", &[]) >= 1.0);
+}
+
+#[test]
+fn consumer_lag_follows_commits() {
+    let broker = Broker::start(&["--set", "num_partitions=2"]);
+    produce_all(&broker, "lagged", 0..500);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", "behind")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..2 {
+        offsets.add_partition_offset("lagged", partition, Offset::Offset(100)).expect("offset");
+    }
+    consumer.commit(&offsets, CommitMode::Sync).expect("commit");
+    let samples = scrape(&broker);
+    let lag = sum(&samples, "ringmq_consumer_group_lag", &["group=\"behind\"", "topic=\"lagged\""]);
+    assert_eq!(lag, 500.0 - 200.0);
+}
+
+#[test]
+fn health_readiness_and_bad_requests() {
+    let broker = Broker::start(&[]);
+    assert_eq!(http(&broker, "GET /health HTTP/1.1\r\n\r\n").0, 200);
+    assert_eq!(http(&broker, "GET /ready HTTP/1.0\r\n\r\n"), (200, "ready\n".to_string()));
+    assert_eq!(http(&broker, "GET /nothing-here HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(http(&broker, "POST /metrics HTTP/1.1\r\n\r\n").0, 400);
+    assert_eq!(http(&broker, "\u{1}\u{2}garbage\r\n\r\n").0, 400);
+    let oversized = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert_ne!(http(&broker, &oversized).0, 200, "a head over 8 KiB is refused");
+    assert_eq!(http(&broker, "GET /health HTTP/1.1\r\n\r\n").0, 200, "the listener still answers");
+}

@@ -1,6 +1,7 @@
 //! ringmq: a Kafka-compatible message broker, thread-per-core and shared-nothing.
 //!
 //! Module map (see README.md, "Architecture"):
+//! - `admin`: `ringmq topic …`, the admin CLI over the Kafka protocol.
 //! - `batch`: the Kafka record batch v2 header: validation, offset assignment.
 //! - `log`: a partition's log on one core: segments, indexes, flusher, recovery, retention.
 //! - `batch_cache`: the newest batches of a partition in memory, for tail reads.
@@ -15,6 +16,7 @@
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
+pub mod admin;
 pub mod batch;
 pub mod batch_cache;
 pub mod bench;

@@ -22,6 +22,13 @@ enum Command {
     /// Inspect partition logs on disk.
     #[command(subcommand)]
     Log(cli::log::LogCommand),
+    /// Manage topics of any Kafka-compatible broker.
+    Topic {
+        #[command(subcommand)]
+        command: ringmq::admin::TopicCommand,
+        #[command(flatten)]
+        connection: ringmq::admin::Connection,
+    },
     /// Load-test any Kafka-compatible broker; measure this machine's baselines.
     #[command(subcommand)]
     Bench(ringmq::bench::BenchCommand),
@@ -42,6 +49,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Log(command) => cli::log::run(command),
         Command::Bench(command) => ringmq::bench::run(command),
+        Command::Topic { command, connection } => ringmq::admin::topic(command, &connection),
         Command::Config(ConfigCommand::Defaults) => {
             for setting in ringmq::config::SETTINGS {
                 println!("{} = {:?}\n    {}", setting.key, setting.default, setting.meaning);

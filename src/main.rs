@@ -29,6 +29,14 @@ enum Command {
         #[command(flatten)]
         connection: ringmq::admin::Connection,
     },
+    /// Consumer groups of any Kafka-compatible broker: list, describe (with lag), reset
+    /// offsets, delete.
+    Group {
+        #[command(subcommand)]
+        command: ringmq::admin::GroupCommand,
+        #[command(flatten)]
+        connection: ringmq::admin::Connection,
+    },
     /// Load-test any Kafka-compatible broker; measure this machine's baselines.
     #[command(subcommand)]
     Bench(ringmq::bench::BenchCommand),
@@ -50,6 +58,7 @@ fn main() -> ExitCode {
         Command::Log(command) => cli::log::run(command),
         Command::Bench(command) => ringmq::bench::run(command),
         Command::Topic { command, connection } => ringmq::admin::topic(command, &connection),
+        Command::Group { command, connection } => ringmq::admin::group(command, &connection),
         Command::Config(ConfigCommand::Defaults) => {
             for setting in ringmq::config::SETTINGS {
                 println!("{} = {:?}\n    {}", setting.key, setting.default, setting.meaning);

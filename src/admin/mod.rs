@@ -1,8 +1,11 @@
-//! `ringmq topic …`: the admin CLI for topics, speaking the Kafka protocol to any
+//! `ringmq topic …` and `ringmq group …`: the admin CLI, speaking the Kafka protocol to any
 //! Kafka-compatible broker (`--bootstrap`, default 127.0.0.1:9092). Human tables by default,
 //! one JSON document with `--json`.
 
+mod group;
 mod table;
+
+pub use group::GroupCommand;
 
 use crate::bench::wire;
 use clap::{Args, Subcommand};
@@ -81,12 +84,24 @@ pub fn topic(command: TopicCommand, connection: &Connection) -> Result<(), Strin
         TopicCommand::Delete { name } => delete_topic(address, &name)?,
         TopicCommand::AddPartitions { name, count } => add_partitions(address, &name, count)?,
     };
+    print(&output, &table, connection);
+    Ok(())
+}
+
+/// Runs a group command and prints its outcome.
+pub fn group(command: GroupCommand, connection: &Connection) -> Result<(), String> {
+    let address = wire::resolve(&connection.bootstrap)?;
+    let (output, table) = group::run(command, address)?;
+    print(&output, &table, connection);
+    Ok(())
+}
+
+fn print(output: &Value, table: &Table, connection: &Connection) {
     if connection.json {
         println!("{output}");
     } else {
         print!("{}", table.render());
     }
-    Ok(())
 }
 
 fn name(text: &str) -> StrBytes {

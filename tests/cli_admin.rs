@@ -1,4 +1,5 @@
-//! `ringmq topic …` against a real broker: every subcommand, its table and its JSON.
+//! `ringmq topic …` and `ringmq group …` against a real broker: every subcommand, its table
+//! and its JSON.
 
 mod common;
 
@@ -8,8 +9,12 @@ use std::process::Command;
 
 /// Runs `ringmq topic ARGS --bootstrap <broker>`: (success, stdout, stderr).
 fn topic(broker: &Broker, args: &[&str]) -> (bool, String, String) {
+    ringmq(broker, "topic", args)
+}
+
+fn ringmq(broker: &Broker, command: &str, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .arg("topic")
+        .arg(command)
         .args(args)
         .args(["--bootstrap", &broker.address.to_string()])
         .output()
@@ -19,9 +24,13 @@ fn topic(broker: &Broker, args: &[&str]) -> (bool, String, String) {
 }
 
 fn json(broker: &Broker, args: &[&str]) -> Value {
+    json_of(broker, "topic", args)
+}
+
+fn json_of(broker: &Broker, command: &str, args: &[&str]) -> Value {
     let mut with_json = args.to_vec();
     with_json.push("--json");
-    let (ok, stdout, stderr) = topic(broker, &with_json);
+    let (ok, stdout, stderr) = ringmq(broker, command, &with_json);
     assert!(ok, "{args:?}: {stderr}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stdout}"))
 }
@@ -82,4 +91,73 @@ fn refusals_name_the_kafka_error_and_exit_non_zero() {
     assert!(stderr.contains("TopicAlreadyExists"), "{stderr}");
     let (ok, _, stderr) = topic(&broker, &["alter-config", "twice"]);
     assert!(!ok && stderr.contains("nothing to change"), "{stderr}");
+}
+
+#[test]
+fn groups_are_listed_described_with_lag_reset_and_deleted() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let broker = Broker::start(&["--set", "num_partitions=2", "--set", "group_initial_rebalance_delay_ms=0"]);
+    common::produce_all(&broker, "events", 0..100);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", "readers")
+        .set("client.id", "reader-1")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["events"]).expect("subscribe");
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while consumer.assignment().map_or(0, |a| a.count()) < 2 && std::time::Instant::now() < give_up {
+        consumer.poll(std::time::Duration::from_millis(100));
+    }
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset("events", 0, Offset::Offset(10)).expect("offset");
+    offsets.add_partition_offset("events", 1, Offset::Offset(20)).expect("offset");
+    consumer.commit(&offsets, CommitMode::Sync).expect("commit");
+
+    let listed = json_of(&broker, "group", &["list"]);
+    assert_eq!(
+        listed,
+        serde_json::json!([{"group": "readers", "state": "Stable", "protocol_type": "consumer"}])
+    );
+    let described = json_of(&broker, "group", &["describe", "readers"]);
+    assert_eq!(described["state"], "Stable");
+    let partitions = described["partitions"].as_array().expect("partitions");
+    let lag: i64 = partitions.iter().map(|p| p["lag"].as_i64().expect("lag")).sum();
+    assert_eq!(lag, 100 - 30);
+    assert!(partitions.iter().all(|p| p["member_id"].as_str().is_some_and(|m| !m.is_empty())), "{described}");
+    let (_, table, _) = ringmq(&broker, "group", &["describe", "readers"]);
+    assert!(table.contains("reader-1"), "the client id of the owner: {table}");
+    let (ok, _, stderr) = ringmq(
+        &broker,
+        "group",
+        &["reset-offsets", "readers", "--topic", "events", "--to-earliest", "--execute"],
+    );
+    assert!(!ok && stderr.contains("Stable"), "refused while members are in: {stderr}");
+
+    drop(consumer);
+    let wait = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while json_of(&broker, "group", &["describe", "readers"])["state"] != "Empty"
+        && std::time::Instant::now() < wait
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let dry = json_of(&broker, "group", &["reset-offsets", "readers", "--topic", "events", "--to-latest"]);
+    assert_eq!(dry["executed"], false);
+    let after_dry = json_of(&broker, "group", &["describe", "readers"]);
+    assert_eq!(after_dry["partitions"][0]["committed_offset"], 10, "a dry run changes nothing");
+    json_of(
+        &broker,
+        "group",
+        &["reset-offsets", "readers", "--topic", "events", "--to-offset", "3", "--execute"],
+    );
+    let reset = json_of(&broker, "group", &["describe", "readers"]);
+    assert!(
+        reset["partitions"].as_array().expect("partitions").iter().all(|p| p["committed_offset"] == 3),
+        "{reset}"
+    );
+    json_of(&broker, "group", &["delete", "readers"]);
+    assert_eq!(json_of(&broker, "group", &["list"]), serde_json::json!([]));
 }

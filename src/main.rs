@@ -37,9 +37,22 @@ enum Command {
         #[command(flatten)]
         connection: ringmq::admin::Connection,
     },
+    /// The cluster: brokers, controller, partitions without a leader or under-replicated.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        connection: ringmq::admin::Connection,
+    },
     /// Load-test any Kafka-compatible broker; measure this machine's baselines.
     #[command(subcommand)]
     Bench(ringmq::bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Brokers, controller and partitions needing attention.
+    Info,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +72,9 @@ fn main() -> ExitCode {
         Command::Bench(command) => ringmq::bench::run(command),
         Command::Topic { command, connection } => ringmq::admin::topic(command, &connection),
         Command::Group { command, connection } => ringmq::admin::group(command, &connection),
+        Command::Cluster { command: ClusterCommand::Info, connection } => {
+            ringmq::admin::cluster_info(&connection)
+        }
         Command::Config(ConfigCommand::Defaults) => {
             for setting in ringmq::config::SETTINGS {
                 println!("{} = {:?}\n    {}", setting.key, setting.default, setting.meaning);

@@ -161,3 +161,18 @@ fn groups_are_listed_described_with_lag_reset_and_deleted() {
     json_of(&broker, "group", &["delete", "readers"]);
     assert_eq!(json_of(&broker, "group", &["list"]), serde_json::json!([]));
 }
+
+#[test]
+fn cluster_info_names_the_broker_and_nothing_needs_attention() {
+    let broker = Broker::start(&[]);
+    topic(&broker, &["create", "small", "--partitions", "2"]);
+    let info = json_of(&broker, "cluster", &["info"]);
+    assert_eq!(info["brokers"][0]["id"], 0);
+    assert_eq!(info["brokers"][0]["port"], broker.address.port());
+    assert_eq!(info["controller"], 0);
+    assert_eq!(info["leaderless"], serde_json::json!([]));
+    assert_eq!(info["under_replicated"], serde_json::json!([]));
+    assert_eq!(info["partitions"], 2 + 16 + 16, "the internal topics' partitions too");
+    let (ok, table, _) = ringmq(&broker, "cluster", &["info"]);
+    assert!(ok && table.contains("under-replicated partitions: none"), "{table}");
+}

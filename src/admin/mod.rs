@@ -2,6 +2,7 @@
 //! Kafka-compatible broker (`--bootstrap`, default 127.0.0.1:9092). Human tables by default,
 //! one JSON document with `--json`.
 
+mod cluster;
 mod group;
 mod table;
 
@@ -92,6 +93,13 @@ pub fn topic(command: TopicCommand, connection: &Connection) -> Result<(), Strin
 pub fn group(command: GroupCommand, connection: &Connection) -> Result<(), String> {
     let address = wire::resolve(&connection.bootstrap)?;
     let (output, table) = group::run(command, address)?;
+    print(&output, &table, connection);
+    Ok(())
+}
+
+/// `ringmq cluster info`.
+pub fn cluster_info(connection: &Connection) -> Result<(), String> {
+    let (output, table) = cluster::info(wire::resolve(&connection.bootstrap)?)?;
     print(&output, &table, connection);
     Ok(())
 }

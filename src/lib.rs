@@ -13,6 +13,7 @@
 //! - `codec`: the classic big-endian fields of the coordinators' internal records.
 //! - `bench`: `ringmq bench`, the Kafka-protocol load generator and this machine's baselines.
 //! - `metrics`: per-core counters and their Prometheus rendering.
+//! - `tune`: `ringmq tune`, the machine checks and changes a broker wants.
 //! - `config`: the broker's settings (defaults, TOML, environment, flags).
 //! - `io`: the runtime edge (glommio, O_DIRECT files, timers); the only module naming glommio.
 
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod record;
 pub mod server;
 pub mod shard;
+pub mod tune;
 pub mod txn;
 pub mod types;
 

@@ -44,6 +44,25 @@ enum Command {
         #[command(flatten)]
         connection: ringmq::admin::Connection,
     },
+    /// Check this machine for a thread-per-core broker; with --apply, tune it (a dry run
+    /// otherwise). See tuning/README.md.
+    Tune {
+        /// Change what is not as wanted (needs root); without it nothing changes.
+        #[arg(long)]
+        apply: bool,
+        /// The data directory whose disk is checked.
+        #[arg(long, default_value = "./ringmq-data")]
+        data_dir: std::path::PathBuf,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Cores without a shard (e.g. "3" or "2-3"), where network interrupts are steered.
+        #[arg(long, value_name = "LIST")]
+        irq_cores: Option<String>,
+        /// Read /proc and /sys under this directory instead of / (for tests).
+        #[arg(long, hide = true)]
+        root: Option<std::path::PathBuf>,
+    },
     /// Load-test any Kafka-compatible broker; measure this machine's baselines.
     #[command(subcommand)]
     Bench(ringmq::bench::BenchCommand),
@@ -74,6 +93,17 @@ fn main() -> ExitCode {
         Command::Group { command, connection } => ringmq::admin::group(command, &connection),
         Command::Cluster { command: ClusterCommand::Info, connection } => {
             ringmq::admin::cluster_info(&connection)
+        }
+        Command::Tune { apply, data_dir, json, irq_cores, root } => {
+            let root = root.unwrap_or_else(ringmq::tune::machine_root);
+            let reports = ringmq::tune::run(&root, &data_dir, irq_cores.as_deref(), apply);
+            if json {
+                println!("{}", ringmq::tune::to_json(&reports));
+            } else {
+                print!("{}", ringmq::tune::table(&reports));
+            }
+            let failed = reports.iter().any(|r| matches!(r.status, ringmq::tune::Status::Failed(_)));
+            if failed { Err("some tuners failed (see above)".into()) } else { Ok(()) }
         }
         Command::Config(ConfigCommand::Defaults) => {
             for setting in ringmq::config::SETTINGS {

@@ -7,6 +7,7 @@ mod group;
 mod table;
 
 pub use group::GroupCommand;
+pub use table::Table;
 
 use crate::bench::wire;
 use clap::{Args, Subcommand};
@@ -21,7 +22,6 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use table::Table;
 
 /// Where to connect and how to print.
 #[derive(Args, Clone, Debug)]

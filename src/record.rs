@@ -15,6 +15,17 @@ pub fn encode(records: &[Record]) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
+/// A batch of plain records with these keys and values (a `None` value is a tombstone), stamped
+/// `now`: how the coordinators write their internal topics.
+pub fn encode_keyed(
+    entries: impl Iterator<Item = (Bytes, Option<Bytes>)>,
+    now: i64,
+) -> Result<Bytes, String> {
+    let records: Vec<Record> =
+        entries.enumerate().map(|(i, (key, value))| plain(i as i64, now, Some(key), value)).collect();
+    encode(&records)
+}
+
 /// The control batch ending producer `producer_id`'s transaction at `epoch`: one record whose
 /// key is (version 0, type 1 commit / 0 abort) and value (version 0, coordinator epoch).
 pub fn transaction_marker(

@@ -28,6 +28,53 @@ pub type OffsetQuery = Option<Vec<(String, Vec<i32>)>>;
 /// when the fetch requires stable offsets (KIP-447).
 pub type FetchedOffsets = Vec<(String, Vec<(i32, Result<Option<OffsetValue>, ResponseError>)>)>;
 
+/// One partition of an offset commit, whichever request (OffsetCommit, TxnOffsetCommit)
+/// carries it.
+struct CommittedOffset<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: &'a str,
+}
+
+/// The entries of a commit, and the (topic, partition) index of each. A partition is refused,
+/// its code set in `codes`, when the whole commit is (`refused`), when its metadata is too
+/// long, or when `check` says so, in that order.
+fn stage_commit<'a>(
+    group_id: &str,
+    partitions: impl Iterator<Item = ((usize, usize), CommittedOffset<'a>)>,
+    refused: Option<ResponseError>,
+    codes: &mut [Vec<i16>],
+    check: impl Fn(&CommittedOffset<'a>) -> Option<ResponseError>,
+) -> (Vec<Entry>, Vec<(usize, usize)>) {
+    let (mut entries, mut written) = (Vec::new(), Vec::new());
+    let now = TimestampMs::now().0;
+    for ((t, p), committed) in partitions {
+        let error = refused.or_else(|| {
+            if committed.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                Some(ResponseError::OffsetMetadataTooLarge)
+            } else {
+                check(&committed)
+            }
+        });
+        if let Some(error) = error {
+            codes[t][p] = error.code();
+            continue;
+        }
+        let value = OffsetValue {
+            offset: committed.offset,
+            leader_epoch: committed.leader_epoch,
+            metadata: committed.metadata.to_string(),
+            commit_timestamp: now,
+        };
+        let (topic, partition) = (committed.topic.to_string(), committed.partition);
+        entries.push(Entry::Offset { group: group_id.to_string(), topic, partition, value: Some(value) });
+        written.push((t, p));
+    }
+    (entries, written)
+}
+
 impl Coordinator {
     /// OffsetCommit. `topic_id(topic, partition)` is the partition's topic id if it exists.
     pub async fn commit(
@@ -42,38 +89,28 @@ impl Coordinator {
             Ok(only) => (None, only),
             Err(error) => (Some(error), None),
         };
-        let mut entries = Vec::new();
-        let mut written = Vec::new();
-        let now = TimestampMs::now().0;
-        for (t, topic) in request.topics.iter().enumerate() {
-            for (p, partition) in topic.partitions.iter().enumerate() {
+        let partitions = request.topics.iter().enumerate().flat_map(|(t, topic)| {
+            topic.partitions.iter().enumerate().map(move |(p, partition)| {
                 let metadata = partition.committed_metadata.as_deref().unwrap_or_default();
-                let error = if let Some(error) = refused {
-                    Some(error)
-                } else if metadata.len() > OFFSET_METADATA_BYTES_MAX {
-                    Some(ResponseError::OffsetMetadataTooLarge)
-                } else if let Some(id) = topic_id(topic.name.as_str(), partition.partition_index) {
-                    let allowed =
-                        only.as_ref().is_none_or(|only| only.contains(&(id, partition.partition_index)));
-                    (!allowed).then_some(ResponseError::StaleMemberEpoch)
-                } else {
-                    Some(ResponseError::UnknownTopicOrPartition)
-                };
-                if let Some(error) = error {
-                    codes[t][p] = error.code();
-                    continue;
-                }
-                let value = OffsetValue {
+                let committed = CommittedOffset {
+                    topic: topic.name.as_str(),
+                    partition: partition.partition_index,
                     offset: partition.committed_offset,
                     leader_epoch: partition.committed_leader_epoch,
-                    metadata: metadata.to_string(),
-                    commit_timestamp: now,
+                    metadata,
                 };
-                let (topic, partition) = (topic.name.to_string(), partition.partition_index);
-                entries.push(Entry::Offset { group: group_id.clone(), topic, partition, value: Some(value) });
-                written.push((t, p));
+                ((t, p), committed)
+            })
+        });
+        let (entries, written) = stage_commit(&group_id, partitions, refused, &mut codes, |committed| {
+            match topic_id(committed.topic, committed.partition) {
+                Some(id) => {
+                    let allowed = only.as_ref().is_none_or(|only| only.contains(&(id, committed.partition)));
+                    (!allowed).then_some(ResponseError::StaleMemberEpoch)
+                }
+                None => Some(ResponseError::UnknownTopicOrPartition),
             }
-        }
+        });
         if !entries.is_empty()
             && let Err(error) = self.store_offsets(&group_id, entries).await
         {
@@ -335,35 +372,22 @@ impl Coordinator {
         let mut codes: Vec<Vec<i16>> =
             request.topics.iter().map(|topic| vec![0; topic.partitions.len()]).collect();
         let group_id = request.group_id.to_string();
-        let (mut entries, mut written) = (Vec::new(), Vec::new());
-        let now = TimestampMs::now().0;
-        for (t, topic) in request.topics.iter().enumerate() {
-            for (p, partition) in topic.partitions.iter().enumerate() {
+        let partitions = request.topics.iter().enumerate().flat_map(|(t, topic)| {
+            topic.partitions.iter().enumerate().map(move |(p, partition)| {
                 let metadata = partition.committed_metadata.as_deref().unwrap_or_default();
-                let error = refused.or_else(|| {
-                    if metadata.len() > OFFSET_METADATA_BYTES_MAX {
-                        Some(ResponseError::OffsetMetadataTooLarge)
-                    } else if !exists(topic.name.as_str(), partition.partition_index) {
-                        Some(ResponseError::UnknownTopicOrPartition)
-                    } else {
-                        None
-                    }
-                });
-                if let Some(error) = error {
-                    codes[t][p] = error.code();
-                    continue;
-                }
-                let value = OffsetValue {
+                let committed = CommittedOffset {
+                    topic: topic.name.as_str(),
+                    partition: partition.partition_index,
                     offset: partition.committed_offset,
                     leader_epoch: partition.committed_leader_epoch,
-                    metadata: metadata.to_string(),
-                    commit_timestamp: now,
+                    metadata,
                 };
-                let (topic, partition) = (topic.name.to_string(), partition.partition_index);
-                entries.push(Entry::Offset { group: group_id.clone(), topic, partition, value: Some(value) });
-                written.push((t, p));
-            }
-        }
+                ((t, p), committed)
+            })
+        });
+        let (entries, written) = stage_commit(&group_id, partitions, refused, &mut codes, |committed| {
+            (!exists(committed.topic, committed.partition)).then_some(ResponseError::UnknownTopicOrPartition)
+        });
         if entries.is_empty() {
             return codes;
         }

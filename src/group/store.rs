@@ -125,12 +125,7 @@ impl Entry {
 
 /// A record batch (uncompressed, v2) holding `entries`, stamped `now`.
 pub fn encode(entries: &[Entry], now: i64) -> Result<Bytes, String> {
-    let records: Vec<Record> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| crate::record::plain(i as i64, now, Some(entry.key()), entry.value()))
-        .collect();
-    crate::record::encode(&records)
+    crate::record::encode_keyed(entries.iter().map(|entry| (entry.key(), entry.value())), now)
 }
 
 /// The batch of a transactional offset commit (TxnOffsetCommit): `entries` written by producer

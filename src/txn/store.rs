@@ -124,12 +124,7 @@ impl Entry {
 
 /// A record batch (uncompressed, v2) holding `entries`, stamped `now`.
 pub fn encode(entries: &[Entry], now: i64) -> Result<Bytes, String> {
-    let records: Vec<_> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| crate::record::plain(i as i64, now, Some(entry.key()), entry.value()))
-        .collect();
-    crate::record::encode(&records)
+    crate::record::encode_keyed(entries.iter().map(|entry| (entry.key(), entry.value())), now)
 }
 
 /// The entries of the record batches in `chunk`; records that are not ours are skipped.

@@ -65,6 +65,16 @@ pub struct Counters {
     pub fsync: Histogram,
 }
 
+impl Counters {
+    /// `topic`'s counters on this core, created on first use (the name is copied only then).
+    pub fn topic_mut(&mut self, topic: &str) -> &mut TopicCounters {
+        if !self.topics.contains_key(topic) {
+            self.topics.insert(topic.to_string(), TopicCounters::default());
+        }
+        self.topics.get_mut(topic).expect("inserted above")
+    }
+}
+
 thread_local! {
     static CORE: RefCell<Counters> = RefCell::new(Counters::default());
 }

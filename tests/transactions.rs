@@ -56,18 +56,7 @@ fn read_all(
     isolation: &str,
     at_least: usize,
 ) -> Vec<(String, String)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address.to_string())
-        .set("group.id", format!("reader-{isolation}"))
-        .set("isolation.level", isolation)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assign");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = common::assigned_from_start_reading(broker, topic, partitions, isolation);
     let mut records = Vec::new();
     let give_up = Instant::now() + TIMEOUT;
     let mut quiet_since = Instant::now();

@@ -18,23 +18,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts admin connections until the broker stops.
 pub async fn serve(listener: Listener, shard: Rc<Shard>, broker: Arc<Broker>, stopping: Latch) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stopping.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return,
-            Some(Ok(stream)) => {
-                let (shard, broker, stopping) = (shard.clone(), broker.clone(), stopping.clone());
-                io::spawn_detached(async move { answer(stream, &shard, &broker, &stopping).await });
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "admin accept failed");
-                io::sleep(Duration::from_millis(10)).await;
-            }
-        }
+    while let Some(stream) = super::next_connection(&listener, &stopping, "admin").await {
+        let (shard, broker, stopping) = (shard.clone(), broker.clone(), stopping.clone());
+        io::spawn_detached(async move { answer(stream, &shard, &broker, &stopping).await });
     }
 }
 

@@ -185,28 +185,13 @@ async fn shard_main(start: ShardStart) {
     io::spawn_detached(abort_timed_out_transactions(shard.clone(), stopping.clone()));
     io::spawn_detached(watch_for_stop(stop, stopping.clone()));
     let connections = Connections::default();
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stopping.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                let open = connections.opened();
-                let (broker, shard, stopping) = (broker.clone(), shard.clone(), stopping.clone());
-                io::spawn_detached(async move {
-                    connection::serve(stream, broker, shard, stopping).await;
-                    drop(open);
-                });
-            }
-            Some(Err(error)) => {
-                // Out of file descriptors or similar: back off instead of spinning.
-                tracing::warn!(shard = id, %error, "accept failed");
-                io::sleep(Duration::from_millis(10)).await;
-            }
-        }
+    while let Some(stream) = next_connection(&listener, &stopping, "kafka").await {
+        let open = connections.opened();
+        let (broker, shard, stopping) = (broker.clone(), shard.clone(), stopping.clone());
+        io::spawn_detached(async move {
+            connection::serve(stream, broker, shard, stopping).await;
+            drop(open);
+        });
     }
     drop(listener);
     futures_lite::future::or(connections.all_closed(), io::sleep(SHUTDOWN_DRAIN_MAX)).await;
@@ -234,6 +219,25 @@ async fn abort_timed_out_transactions(shard: Rc<Shard>, stopping: io::Latch) {
         futures_lite::future::or(io::sleep(interval), stopping.wait()).await;
         if !stopping.is_set() {
             shard.txns().abort_timed_out(&shard);
+        }
+    }
+}
+
+/// The next connection `listener` accepts on this core, or `None` once the broker stops.
+async fn next_connection(listener: &io::Listener, stopping: &io::Latch, name: &str) -> Option<io::Stream> {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        match accepted? {
+            Ok(stream) => return Some(stream),
+            Err(error) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(listener = name, %error, "accept failed");
+                io::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 }

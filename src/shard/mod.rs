@@ -1006,19 +1006,10 @@ impl Shard {
         let appended = log.append(records, LeaderEpoch(0))?;
         if !appended.duplicate {
             let produced = (appended.last_offset.0 - appended.base_offset.0 + 1) as u64;
-            crate::metrics::count(|c| match c.topics.get_mut(topic) {
-                Some(counters) => {
-                    counters.produced_bytes += records.len() as u64;
-                    counters.produced_records += produced;
-                }
-                None => {
-                    let counters = crate::metrics::TopicCounters {
-                        produced_bytes: records.len() as u64,
-                        produced_records: produced,
-                        ..Default::default()
-                    };
-                    c.topics.insert(topic.to_string(), counters);
-                }
+            crate::metrics::count(|c| {
+                let counters = c.topic_mut(topic);
+                counters.produced_bytes += records.len() as u64;
+                counters.produced_records += produced;
             });
         }
         let log_append_time = log.log_append_time_enabled().then_some(appended.log_append_time);

@@ -18,8 +18,7 @@ pub mod store;
 
 use crate::config::TxnConfig;
 use crate::log::Log;
-pub use crate::shard::MarkerError;
-use crate::shard::Shard;
+use crate::shard::{MarkerError, Shard};
 use crate::types::TimestampMs;
 use kafka_protocol::error::ResponseError;
 use std::cell::RefCell;
@@ -165,7 +164,14 @@ impl Coordinator {
 
     /// Writes `transaction` as `id`'s state and, once it is durable, makes it the state here.
     async fn store(&self, id: &str, transaction: Transaction) -> Result<Transaction, ResponseError> {
-        let entry = Entry { transactional_id: id.to_string(), value: Some(transaction.value()) };
+        self.write(id, Some(transaction.value())).await?;
+        self.transactions.borrow_mut().insert(id.to_string(), transaction.clone());
+        Ok(transaction)
+    }
+
+    /// Writes `id`'s state (`None`: a tombstone) to its partition and waits until it is durable.
+    async fn write(&self, id: &str, value: Option<TransactionValue>) -> Result<(), ResponseError> {
+        let entry = Entry { transactional_id: id.to_string(), value };
         let log = self.log_for(id)?;
         let batch = store::encode(&[entry], TimestampMs::now().0).map_err(|reason| {
             tracing::error!(id, reason, "cannot encode a transaction state");
@@ -175,12 +181,10 @@ impl Coordinator {
             Ok(appended) => appended.durable.await,
             Err(error) => Err(error),
         };
-        if let Err(error) = written {
+        written.map_err(|error| {
             tracing::warn!(id, %error, "writing a transaction state failed");
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
-        self.transactions.borrow_mut().insert(id.to_string(), transaction.clone());
-        Ok(transaction)
+            ResponseError::CoordinatorNotAvailable
+        })
     }
 
     /// `store`, retried until it succeeds: for states that must follow markers already written.
@@ -526,21 +530,12 @@ impl Coordinator {
             if !idle {
                 continue;
             }
-            let tombstone = Entry { transactional_id: id.clone(), value: None };
-            let written = match (self.log_for(&id), store::encode(&[tombstone], now)) {
-                (Ok(log), Ok(batch)) => match log.append(&batch, crate::types::LeaderEpoch(0)) {
-                    Ok(appended) => appended.durable.await.map_err(|e| e.to_string()),
-                    Err(error) => Err(error.to_string()),
-                },
-                (Err(error), _) => Err(error.to_string()),
-                (_, Err(reason)) => Err(reason),
-            };
-            match written {
+            match self.write(&id, None).await {
                 Ok(()) => {
                     self.transactions.borrow_mut().remove(&id);
                     tracing::info!(id, "transactional id expired");
                 }
-                Err(error) => tracing::warn!(id, error, "expiring a transactional id failed"),
+                Err(error) => tracing::warn!(id, %error, "expiring a transactional id failed"),
             }
         }
         let logs: Vec<(i32, Rc<Log>)> = self.logs.borrow().iter().map(|(p, log)| (*p, log.clone())).collect();

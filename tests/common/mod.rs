@@ -163,10 +163,22 @@ pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
 
 /// A consumer assigned every partition of `topic` from the beginning (no group coordination).
 pub fn assigned_from_start(broker: &Broker, topic: &str, partitions: i32) -> BaseConsumer {
+    // librdkafka's default isolation.
+    assigned_from_start_reading(broker, topic, partitions, "read_committed")
+}
+
+/// `assigned_from_start` with an `isolation.level` (`read_committed` or `read_uncommitted`).
+pub fn assigned_from_start_reading(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+) -> BaseConsumer {
     use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.address.to_string())
         .set("group.id", "unused-for-assign")
+        .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");

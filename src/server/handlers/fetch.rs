@@ -153,12 +153,6 @@ fn results(wanted: Vec<Wanted>, fetched: Vec<Vec<Fetched>>, bytes_max: usize) ->
 fn count_fetched(topic: &str, bytes: u64) {
     crate::metrics::count(|c| {
         c.fetch_record_bytes += bytes;
-        match c.topics.get_mut(topic) {
-            Some(counters) => counters.fetched_bytes += bytes,
-            None => {
-                let counters = crate::metrics::TopicCounters { fetched_bytes: bytes, ..Default::default() };
-                c.topics.insert(topic.to_string(), counters);
-            }
-        }
+        c.topic_mut(topic).fetched_bytes += bytes;
     });
 }

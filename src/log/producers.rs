@@ -156,10 +156,6 @@ pub struct Producers {
 }
 
 impl Producers {
-    pub fn get(&self, producer_id: i64) -> Option<&Producer> {
-        self.producers.get(&producer_id)
-    }
-
     pub fn len(&self) -> usize {
         self.producers.len()
     }
@@ -171,14 +167,16 @@ impl Producers {
     /// The newest entry of `producer_id`, counting `staged` (entries of the same request not
     /// yet recorded).
     pub fn last<'a>(&'a self, staged: &'a [Staged], producer_id: i64) -> Option<&'a AppendedBatch> {
-        let staged = staged.iter().rev().find(|staged| staged.producer_id == producer_id);
-        staged.map(|staged| &staged.entry).or_else(|| self.producers.get(&producer_id)?.last())
+        newest_staged(staged, producer_id).or_else(|| self.producers.get(&producer_id)?.last())
     }
 
     /// Checks `header`, a data batch of an idempotent producer, against what is known plus
     /// `staged`.
     pub fn check(&self, staged: &[Staged], header: &BatchHeader) -> Result<Verdict, SequenceError> {
-        check(self.producers.get(&header.producer_id), self.last(staged, header.producer_id), header)
+        // One lookup serves both the history and the newest entry (this runs on every batch).
+        let producer = self.producers.get(&header.producer_id);
+        let last = newest_staged(staged, header.producer_id).or_else(|| producer.and_then(Producer::last));
+        check(producer, last, header)
     }
 
     /// Checks that `header`'s epoch is not older than its producer's here (the coordinators'
@@ -345,6 +343,11 @@ impl Producers {
         let open = open_transactions(&producers);
         Producers { producers, open, aborted: snapshot.aborted.into_iter().collect() }
     }
+}
+
+/// The newest of `staged` that belongs to `producer_id`.
+fn newest_staged(staged: &[Staged], producer_id: i64) -> Option<&AppendedBatch> {
+    staged.iter().rev().find(|staged| staged.producer_id == producer_id).map(|staged| &staged.entry)
 }
 
 fn open_transactions(producers: &HashMap<i64, Producer>) -> BTreeSet<(i64, i64)> {

@@ -360,30 +360,35 @@ fn sigterm_stops_cleanly_and_a_restart_serves_everything_acknowledged() {
     }
 }
 
-#[test]
-fn list_offsets_answers_at_every_advertised_version() {
+/// ListOffsets over a raw connection for partition 0 of `topic`: (error code, offset, timestamp).
+fn list_offset(stream: &mut TcpStream, version: i16, topic: &'static str, timestamp: i64) -> (i16, i64, i64) {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
+    let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(timestamp);
+    let topic = ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str(topic)))
+        .with_partitions(vec![partition]);
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_timeout_ms(if version >= 10 { 30_000 } else { 0 })
+        .with_topics(vec![topic]);
+    stream.write_all(&request_frame(ApiKey::ListOffsets, version, version.into(), &request)).expect("send");
+    let mut response = read_response(stream);
+    ResponseHeader::decode(&mut response, ApiKey::ListOffsets.response_header_version(version))
+        .expect("header");
+    let response = ListOffsetsResponse::decode(&mut response, version).expect("decode");
+    let partition = &response.topics[0].partitions[0];
+    (partition.error_code, partition.offset, partition.timestamp)
+}
+
+#[test]
+fn list_offsets_answers_at_every_advertised_version() {
     let broker = Broker::start(&["--cores", "1"]);
     produce_all(&broker, "listed", 0..10);
     let mut stream = broker.connect();
-    for version in 1..=6 {
-        let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1);
-        let topic = ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("listed")))
-            .with_partitions(vec![partition]);
-        let request = ListOffsetsRequest::default()
-            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-            .with_topics(vec![topic]);
-        stream
-            .write_all(&request_frame(ApiKey::ListOffsets, version, version.into(), &request))
-            .expect("send");
-        let mut response = read_response(&mut stream);
-        ResponseHeader::decode(&mut response, ApiKey::ListOffsets.response_header_version(version))
-            .expect("header");
-        let response = ListOffsetsResponse::decode(&mut response, version).expect("decode");
-        let partition = &response.topics[0].partitions[0];
-        assert_eq!((partition.error_code, partition.offset), (0, 10), "v{version}");
+    for version in 1..=10 {
+        let (error, offset, _) = list_offset(&mut stream, version, "listed", -1);
+        assert_eq!((error, offset), (0, 10), "v{version}");
     }
 }
 
@@ -577,11 +582,12 @@ fn list_offsets_by_time_finds_the_exact_record_inside_a_batch() {
         .set("linger.ms", "100")
         .create()
         .expect("producer");
-    // Sent together so they share batches; record i has timestamp 1 000 000 + 10 i.
+    // Sent together so they share batches; record i has timestamp 1 000 000 + 10 i, except
+    // record 60, which carries the largest timestamp of all.
+    let timestamp = |i: i64| if i == 60 { 5_000_000 } else { 1_000_000 + 10 * i };
     let deliveries: Vec<_> = (0..100i64)
         .map(|i| {
-            let record =
-                FutureRecord::to("timed").partition(0).key("k").payload("v").timestamp(1_000_000 + 10 * i);
+            let record = FutureRecord::to("timed").partition(0).key("k").payload("v").timestamp(timestamp(i));
             producer.send_result(record).map_err(|(e, _)| e).expect("enqueue")
         })
         .collect();
@@ -590,7 +596,9 @@ fn list_offsets_by_time_finds_the_exact_record_inside_a_batch() {
     }
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("consumer");
-    for (target, expected) in [(1_000_370, 37), (1_000_371, 38), (1_000_000, 0), (2_000_000, -1)] {
+    for (target, expected) in
+        [(1_000_370, 37), (1_000_371, 38), (1_000_000, 0), (2_000_000, 60), (6_000_000, -1)]
+    {
         let mut by_time = TopicPartitionList::new();
         by_time.add_partition_offset("timed", 0, KafkaOffset::Offset(target)).expect("tpl");
         let found = consumer.offsets_for_times(by_time, Duration::from_secs(10)).expect("offsets_for_times");
@@ -601,4 +609,15 @@ fn list_offsets_by_time_finds_the_exact_record_inside_a_batch() {
         };
         assert_eq!(offset, expected, "the first record at or after {target}");
     }
+    // KIP-734's MAX_TIMESTAMP (-3) from v7, KIP-405's EARLIEST_LOCAL (-4) from v8: every
+    // segment is local, so the log start; KIP-1005's LATEST_TIERED (-5) from v9: nothing is
+    // tiered, so no offset, as Kafka answers with tiered storage off.
+    let mut stream = broker.connect();
+    for version in 7..=10 {
+        assert_eq!(list_offset(&mut stream, version, "timed", -3), (0, 60, 5_000_000), "max, v{version}");
+    }
+    assert_eq!(list_offset(&mut stream, 8, "timed", -4), (0, 0, -1), "earliest local");
+    assert_eq!(list_offset(&mut stream, 9, "timed", -5), (0, -1, -1), "latest tiered");
+    let (_, _, found) = list_offset(&mut stream, 7, "timed", 1_000_371);
+    assert_eq!(found, 1_000_380, "the timestamp of the record found");
 }

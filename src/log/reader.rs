@@ -206,6 +206,17 @@ impl Log {
         Ok(Planned::Segment { view: SegmentView::new(segment, start), upper, truncations: state.truncations })
     }
 
+    /// The first record carrying the log's largest timestamp (ListOffsets' MAX_TIMESTAMP,
+    /// KIP-734), among readable records; `None` if the log holds none.
+    pub async fn offset_of_max_timestamp(&self) -> Result<Option<TimestampLookup>, ReadError> {
+        let max =
+            self.shared.state.borrow().segments.iter().filter_map(|segment| segment.max_timestamp).max();
+        match max {
+            Some(max) => self.offset_for_timestamp(max).await,
+            None => Ok(None),
+        }
+    }
+
     /// The first record whose timestamp is at or after `timestamp` (ListOffsets by time), among
     /// readable records. `None` if every record is older. The time index finds where to start;
     /// only the batch that holds the answer is decoded (ListOffsets is no hot path).

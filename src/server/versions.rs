@@ -10,7 +10,7 @@ use kafka_protocol::messages::ApiKey;
 pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 3, 12),
     (ApiKey::Fetch, 4, 4, 16),
-    (ApiKey::ListOffsets, 1, 1, 6),
+    (ApiKey::ListOffsets, 1, 1, 10),
     (ApiKey::Metadata, 0, 0, 12),
     (ApiKey::ApiVersions, 0, 0, 4),
     (ApiKey::CreateTopics, 2, 2, 7),

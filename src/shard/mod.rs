@@ -171,9 +171,13 @@ pub type ListedOffset = Result<(i64, i64), FetchError>;
 /// The `isolation_level` of Fetch and ListOffsets that reads only committed records.
 pub const READ_COMMITTED: i8 = 1;
 
-/// ListOffsets' special timestamps.
+/// ListOffsets' special timestamps. The last two name tiered storage (KIP-405, KIP-1005),
+/// which this broker has not: every segment is local and none is tiered.
 pub const LATEST_TIMESTAMP: i64 = -1;
 pub const EARLIEST_TIMESTAMP: i64 = -2;
+pub const MAX_TIMESTAMP: i64 = -3;
+pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+pub const LATEST_TIERED_TIMESTAMP: i64 = -5;
 
 #[derive(Clone, Debug)]
 pub struct NewTopic {
@@ -644,19 +648,19 @@ impl Shard {
         committed_only: bool,
     ) -> ListedOffset {
         let log = self.log(topic, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
-        match timestamp {
-            EARLIEST_TIMESTAMP => Ok((log.log_start_offset().0, -1)),
-            LATEST_TIMESTAMP if committed_only => Ok((log.last_stable_offset().0, -1)),
-            LATEST_TIMESTAMP => Ok((log.stable_offset().0, -1)),
-            _ => {
-                let found = log.offset_for_timestamp(timestamp).await?;
-                // read_committed readers see nothing at or beyond the last stable offset.
-                let visible = if committed_only { log.last_stable_offset() } else { log.stable_offset() };
-                Ok(found
-                    .filter(|found| found.offset < visible)
-                    .map_or((-1, -1), |found| (found.offset.0, found.timestamp)))
-            }
-        }
+        // read_committed readers see nothing at or beyond the last stable offset.
+        let visible = if committed_only { log.last_stable_offset() } else { log.stable_offset() };
+        let found = match timestamp {
+            EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => return Ok((log.log_start_offset().0, -1)),
+            LATEST_TIMESTAMP => return Ok((visible.0, -1)),
+            // Nothing is tiered: Kafka answers "no offset" when tiered storage is off.
+            LATEST_TIERED_TIMESTAMP => return Ok((-1, -1)),
+            MAX_TIMESTAMP => log.offset_of_max_timestamp().await?,
+            _ => log.offset_for_timestamp(timestamp).await?,
+        };
+        Ok(found
+            .filter(|found| found.offset < visible)
+            .map_or((-1, -1), |found| (found.offset.0, found.timestamp)))
     }
 
     /// Creates a topic (asking shard 0 if this is not shard 0); returns it once every shard

@@ -13,7 +13,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use ringmq::batch::{self, HEADER_BYTES};
 use ringmq::batch_cache::{BatchCache, StoredBatch};
 use ringmq::log::producers::Producers;
-use ringmq::server::fetch_response::{self, PartitionResult, TopicResult};
+use ringmq::server::fetch_response::{self, Head, PartitionResult, TopicResult};
 use ringmq::types::Offset;
 use std::hint::black_box;
 
@@ -107,7 +107,7 @@ fn hot_paths(c: &mut Criterion) {
     }];
     group.throughput(Throughput::Bytes(64 * one.len() as u64));
     group.bench_function("encode_fetch_v12_1MiB", |b| {
-        b.iter(|| fetch_response::encode(12, 1, black_box(&topics)).len())
+        b.iter(|| fetch_response::encode(12, 1, Head::default(), black_box(&topics)).len())
     });
     // What an idempotent producer's batch costs beyond a plain one: the sequence check and
     // recording it (one producer, in sequence, as in a steady stream).

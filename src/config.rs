@@ -28,6 +28,10 @@ pub struct BrokerConfig {
     /// `producer.id.expiration.ms`).
     pub producer_id_expiration: Duration,
     pub spin_before_park: Duration,
+    /// Incremental fetch sessions (KIP-227) the broker keeps, shared out among its cores, and
+    /// how long one must be unused before a new one may take its place.
+    pub fetch_session_slots: usize,
+    pub fetch_session_eviction: Duration,
     pub groups: GroupConfig,
     pub transactions: TxnConfig,
     /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
@@ -362,6 +366,24 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "max_incremental_fetch_session_cache_slots",
+        default: "1000",
+        meaning: "incremental fetch sessions (KIP-227) the broker keeps, shared out among its cores; 0 turns them off and every fetch is a full one",
+        apply: |c, v| {
+            c.fetch_session_slots = parse(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "min_incremental_fetch_session_eviction_ms",
+        default: "120000",
+        meaning: "how long a fetch session must go unused before a new one may evict it",
+        apply: |c, v| {
+            c.fetch_session_eviction = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "log_segment_bytes",
         default: "1073741824",
         meaning: "default segment.bytes",
@@ -455,6 +477,8 @@ impl BrokerConfig {
             retention_check_interval: Duration::from_secs(300),
             producer_id_expiration: Duration::ZERO,
             spin_before_park: Duration::ZERO,
+            fetch_session_slots: 0,
+            fetch_session_eviction: Duration::ZERO,
             groups: GroupConfig {
                 initial_rebalance_delay: Duration::ZERO,
                 session_timeout_min: Duration::ZERO,

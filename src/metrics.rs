@@ -53,6 +53,9 @@ pub struct Counters {
     pub topics: BTreeMap<String, TopicCounters>,
     /// Record bytes Fetch answers sent from the cache's or a read's own buffers.
     pub fetch_record_bytes: u64,
+    /// Incremental fetch sessions (KIP-227) this core holds, and fetches that continued one.
+    pub fetch_sessions: u64,
+    pub fetch_incremental: u64,
     /// Record bytes copied in user space while reading logs (`ReadBatches::to_vec`: the
     /// coordinators' loads; never Fetch).
     pub log_read_copied_bytes: u64,
@@ -211,60 +214,51 @@ pub fn render(cores: &[CoreSnapshot]) -> String {
     out.0
 }
 
-/// The per-core counters: network, connections, Fetch, disk.
-fn render_counters(out: &mut Out, cores: &[CoreSnapshot]) {
-    out.per_core(
-        "ringmq_network_received_bytes_total",
+/// A per-core metric's name, type, help text and how to read it from `Counters`.
+type CoreMetric = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
+
+/// The per-core counters and gauges read straight from `Counters`.
+const PER_CORE: [CoreMetric; 12] = [
+    ("ringmq_network_received_bytes_total", "counter", "Bytes of Kafka requests received.", |c| {
+        c.received_bytes
+    }),
+    ("ringmq_network_sent_bytes_total", "counter", "Bytes of Kafka responses sent.", |c| c.sent_bytes),
+    ("ringmq_connections_accepted_total", "counter", "Kafka client connections accepted.", |c| {
+        c.connections_accepted
+    }),
+    ("ringmq_connections", "gauge", "Kafka client connections open.", |c| c.connections_open),
+    ("ringmq_fetch_sessions", "gauge", "Incremental fetch sessions (KIP-227) held.", |c| c.fetch_sessions),
+    (
+        "ringmq_fetch_incremental_total",
         "counter",
-        "Bytes of Kafka requests received.",
-        cores,
-        |c| c.received_bytes,
-    );
-    out.per_core(
-        "ringmq_network_sent_bytes_total",
-        "counter",
-        "Bytes of Kafka responses sent.",
-        cores,
-        |c| c.sent_bytes,
-    );
-    out.per_core(
-        "ringmq_connections_accepted_total",
-        "counter",
-        "Kafka client connections accepted.",
-        cores,
-        |c| c.connections_accepted,
-    );
-    out.per_core("ringmq_connections", "gauge", "Kafka client connections open.", cores, |c| {
-        c.connections_open
-    });
-    out.per_core(
+        "Fetches that continued an incremental fetch session.",
+        |c| c.fetch_incremental,
+    ),
+    (
         "ringmq_fetch_record_bytes_total",
         "counter",
         "Record bytes Fetch answers sent from the buffers they were cached or read into.",
-        cores,
         |c| c.fetch_record_bytes,
-    );
-    out.per_core(
+    ),
+    (
         "ringmq_log_read_copied_bytes_total",
         "counter",
         "Record bytes copied in user space while reading logs (coordinator loads; Fetch copies none).",
-        cores,
         |c| c.log_read_copied_bytes,
-    );
-    out.per_core(
-        "ringmq_disk_writes_total",
-        "counter",
-        "O_DIRECT segment writes submitted to io_uring.",
-        cores,
-        |c| c.disk_writes,
-    );
-    out.per_core("ringmq_disk_written_bytes_total", "counter", "Bytes written to segments.", cores, |c| {
-        c.disk_written_bytes
-    });
-    out.per_core("ringmq_disk_reads_total", "counter", "O_DIRECT segment reads.", cores, |c| c.disk_reads);
-    out.per_core("ringmq_disk_read_bytes_total", "counter", "Bytes read from segments.", cores, |c| {
-        c.disk_read_bytes
-    });
+    ),
+    ("ringmq_disk_writes_total", "counter", "O_DIRECT segment writes submitted to io_uring.", |c| {
+        c.disk_writes
+    }),
+    ("ringmq_disk_written_bytes_total", "counter", "Bytes written to segments.", |c| c.disk_written_bytes),
+    ("ringmq_disk_reads_total", "counter", "O_DIRECT segment reads.", |c| c.disk_reads),
+    ("ringmq_disk_read_bytes_total", "counter", "Bytes read from segments.", |c| c.disk_read_bytes),
+];
+
+/// The per-core counters: network, connections, Fetch, disk.
+fn render_counters(out: &mut Out, cores: &[CoreSnapshot]) {
+    for (name, kind, help, value) in PER_CORE {
+        out.per_core(name, kind, help, cores, value);
+    }
     out.header("ringmq_disk_in_flight", "gauge", "Segment reads and writes submitted and not yet complete.");
     for core in cores {
         let label = core.core.to_string();

@@ -23,6 +23,14 @@ pub struct TopicResult {
     pub partitions: Vec<PartitionResult>,
 }
 
+/// The response's top-level error and the fetch session it belongs to (KIP-227; from v7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub error_code: i16,
+    /// 0: the fetch has no session.
+    pub session_id: i32,
+}
+
 /// Chunks being assembled: encoded fields accumulate in `current`, records join as they are.
 struct Chunks {
     done: Vec<Bytes>,
@@ -72,7 +80,7 @@ impl Chunks {
 }
 
 /// The whole response frame (header included) for `version`, 4..=16.
-pub fn encode(version: i16, correlation_id: i32, topics: &[TopicResult]) -> Vec<Bytes> {
+pub fn encode(version: i16, correlation_id: i32, head: Head, topics: &[TopicResult]) -> Vec<Bytes> {
     assert!((4..=16).contains(&version), "fetch response v{version} is not encoded here");
     let flexible = version >= 12;
     let mut out = Chunks { done: Vec::new(), current: BytesMut::with_capacity(256) };
@@ -80,8 +88,8 @@ pub fn encode(version: i16, correlation_id: i32, topics: &[TopicResult]) -> Vec<
     out.no_tagged_fields(flexible); // response header v1
     out.current.put_i32(0); // throttle_time_ms
     if version >= 7 {
-        out.current.put_i16(0); // error_code
-        out.current.put_i32(0); // session_id: no fetch session was created
+        out.current.put_i16(head.error_code);
+        out.current.put_i32(head.session_id);
     }
     out.length(flexible, topics.len(), true);
     for topic in topics {
@@ -170,7 +178,8 @@ mod tests {
     fn every_version_decodes_with_kafka_protocol_and_records_are_not_copied() {
         let topics = sample();
         for version in 4..=16 {
-            let chunks = encode(version, 77, &topics);
+            let head = Head { error_code: 71, session_id: 0x1234 };
+            let chunks = encode(version, 77, head, &topics);
             assert!(
                 chunks.iter().any(|chunk| chunk.as_ptr() == topics[0].partitions[0].records[1].as_ptr()),
                 "v{version}: record bytes are sent from their own buffer"
@@ -183,6 +192,9 @@ mod tests {
             assert_eq!(header.correlation_id, 77);
             let response = FetchResponse::decode(&mut frame, version).expect("decodes");
             assert!(frame.is_empty(), "v{version}: nothing left over");
+            if version >= 7 {
+                assert_eq!((response.error_code, response.session_id), (71, 0x1234), "v{version}: head");
+            }
             assert_eq!(response.responses.len(), 2);
             let orders = &response.responses[0];
             if version >= 13 {

@@ -10,6 +10,7 @@ mod connection;
 mod errors;
 #[doc(hidden)] // public for benches/hot_paths.rs only
 pub mod fetch_response;
+mod fetch_session;
 mod frame;
 mod handlers;
 #[doc(hidden)] // for benches/hot_paths.rs

@@ -26,6 +26,7 @@ cleanup() { kill "$broker" 2>/dev/null; wait "$broker" 2>/dev/null; rm -rf "$dat
 trap cleanup EXIT
 for _ in $(seq 1 300); do grep -q "ready" "$out" && break; sleep 0.1; done
 address=$(grep -o 'kafka listener [0-9.:]*' "$out" | cut -d' ' -f3)
+admin=$(grep -o 'admin listener [0-9.:]*' "$out" | cut -d' ' -f3)
 [ -n "$address" ] || { echo "the broker did not start"; cat "$data.log"; exit 1; }
 
 passed=0
@@ -107,6 +108,17 @@ for client in confluent kafka-python; do
     check "python $client transactions: committed rounds read once by read_committed, aborted ones hidden" \
         "$venv/bin/python" tests/compat/clients.py "$client-transactions" "$address"
 done
+
+# kafka-python's consumers open incremental fetch sessions (KIP-227) by default; the checks
+# above read every record through them. The broker's metrics show the sessions were used.
+incremental_fetches() {
+    local scraped
+    scraped=$("$venv/bin/python" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+        "http://$admin/metrics") || return 1
+    echo "$scraped" | awk '/^ringmq_fetch_incremental_total/ { n += $2 } END { exit !(n > 0) }' \
+        || { echo "$scraped" | grep fetch_; return 1; }
+}
+check "kafka-python's consumers fetched through incremental fetch sessions" incremental_fetches
 
 echo
 echo "compat: $known known failures listed in tests/compat/findings.md"

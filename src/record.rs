@@ -51,6 +51,9 @@ pub fn transaction_marker(
 }
 
 /// A plain record (no transaction, no producer id, no headers) at `offset` within its batch.
+/// Its `sequence` follows the crate's convention for a batch without sequence numbers (base
+/// sequence -1, plus the offset delta): the encoder keeps records in one batch only while
+/// offset minus sequence stays the same, so a constant -1 made a batch of every record.
 pub fn plain(offset: i64, timestamp: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
     Record {
         transactional: false,
@@ -61,10 +64,25 @@ pub fn plain(offset: i64, timestamp: i64, key: Option<Bytes>, value: Option<Byte
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
         offset,
-        sequence: -1,
+        sequence: (offset as i32).wrapping_sub(1),
         timestamp,
         key,
         value,
         headers: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_records_share_one_batch() {
+        let records: Vec<_> =
+            (0..5).map(|i| super::plain(i, 1, None, Some(bytes::Bytes::from_static(b"v")))).collect();
+        let mut bytes = super::encode(&records).expect("encoded");
+        let batches = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes).expect("decoded");
+        assert_eq!(batches.len(), 1, "one batch, not one per record");
+        let decoded = &batches[0].records;
+        assert_eq!(decoded.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert_eq!(decoded[0].sequence, -1, "the batch has no base sequence");
     }
 }

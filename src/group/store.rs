@@ -143,9 +143,6 @@ pub fn encode_transactional(
             transactional: true,
             producer_id,
             producer_epoch: epoch,
-            // No sequence (the coordinator writes it), but the encoder wants offset - sequence
-            // constant within a batch.
-            sequence: i as i32 - 1,
             ..crate::record::plain(i as i64, now, Some(entry.key()), entry.value())
         })
         .collect();

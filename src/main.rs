@@ -10,6 +10,14 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level or tracing filter (e.g. debug, or info,ringmq::log=trace); overrides the
+    /// RINGMQ_LOG environment variable. Default: info.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// How log lines are written to stderr: text, or json (one object per event, with its
+    /// fields).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +42,21 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: ringmq::admin::GroupCommand,
+        #[command(flatten)]
+        connection: ringmq::admin::Connection,
+    },
+    /// Write lines from stdin (or a file) to a topic of any Kafka-compatible broker, one
+    /// record per line.
+    Produce {
+        #[command(flatten)]
+        args: ringmq::admin::ProduceArgs,
+        #[command(flatten)]
+        connection: ringmq::admin::Connection,
+    },
+    /// Print a topic's records (kcat-style --format, or JSON lines with --json).
+    Consume {
+        #[command(flatten)]
+        args: ringmq::admin::ConsumeArgs,
         #[command(flatten)]
         connection: ringmq::admin::Connection,
     },
@@ -82,15 +105,31 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    let filter = match &cli.log_level {
+        Some(level) => match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(filter) => filter,
+            Err(error) => {
+                eprintln!("ringmq: --log-level {level}: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG").unwrap_or_else(|_| "info".into()),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Log(command) => cli::log::run(command),
         Command::Bench(command) => ringmq::bench::run(command),
         Command::Topic { command, connection } => ringmq::admin::topic(command, &connection),
         Command::Group { command, connection } => ringmq::admin::group(command, &connection),
+        Command::Produce { args, connection } => ringmq::admin::produce(args, &connection),
+        Command::Consume { args, connection } => ringmq::admin::consume(args, &connection),
         Command::Cluster { command: ClusterCommand::Info, connection } => {
             ringmq::admin::cluster_info(&connection)
         }

@@ -115,3 +115,44 @@ fn health_readiness_and_bad_requests() {
     assert_ne!(http(&broker, &oversized).0, 200, "a head over 8 KiB is refused");
     assert_eq!(http(&broker, "GET /health HTTP/1.1\r\n\r\n").0, 200, "the listener still answers");
 }
+
+/// The broker's stderr with `flags`, from start to a SIGTERM once it is ready.
+fn logs_with(flags: &[&str]) -> String {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .args(flags)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ringmq serve");
+    let lines = common::lines_of(child.stdout.take().expect("stdout"));
+    lines.recv_timeout(Duration::from_secs(30)).expect("the broker reports ready");
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().expect("the broker exits");
+    String::from_utf8(output.stderr).expect("utf-8")
+}
+
+#[test]
+fn logs_follow_the_level_and_format_flags() {
+    let json = logs_with(&["--log-level", "debug", "--log-format", "json"]);
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(events.iter().any(|e| e["level"] == "DEBUG"), "debug events at --log-level debug: {json}");
+    assert!(events.iter().all(|e| e["fields"]["message"].is_string() && e["target"].is_string()));
+    let quiet = logs_with(&["--log-level", "warn"]);
+    assert!(!quiet.contains("DEBUG") && !quiet.contains("INFO"), "nothing below warn: {quiet}");
+}

@@ -7,7 +7,6 @@ use super::{check, metadata, name};
 use crate::bench::wire;
 use bytes::Buf;
 use clap::Subcommand;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -128,28 +127,12 @@ fn assignment(bytes: &[u8]) -> Vec<(String, i32)> {
         .unwrap_or_default()
 }
 
-/// (earliest or latest or at-a-time) offsets of `partitions` of `topic`, each asked of its leader.
+/// (earliest or latest or at-a-time) offsets of every partition of `topic`, each asked of its
+/// leader.
 fn list_offsets(address: SocketAddr, topic: &str, timestamp: i64) -> Result<BTreeMap<i32, i64>, String> {
-    let brokers = brokers(address)?;
-    let response = metadata(address, Some(&[topic]))?;
-    let found = response.topics.first().ok_or("the broker answered for no topic")?;
-    check(found.error_code, None, &format!("look up {topic}"))?;
-    let mut offsets = BTreeMap::new();
-    for partition in &found.partitions {
-        let leader = brokers.get(&partition.leader_id.0).copied().unwrap_or(address);
-        let wanted = ListOffsetsPartition::default()
-            .with_partition_index(partition.partition_index)
-            .with_timestamp(timestamp);
-        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
-            ListOffsetsTopic::default().with_name(TopicName(name(topic))).with_partitions(vec![wanted]),
-        ]);
-        let answer: ListOffsetsResponse = wire::call(leader, ApiKey::ListOffsets, 5, &request)?;
-        for p in answer.topics.iter().flat_map(|t| &t.partitions) {
-            check(p.error_code, None, &format!("offsets of {topic}/{}", p.partition_index))?;
-            offsets.insert(p.partition_index, p.offset);
-        }
-    }
-    Ok(offsets)
+    let layout = super::console::Layout::of(address, topic, false)?;
+    let partitions: Vec<i32> = layout.leaders.keys().copied().collect();
+    super::console::list_offsets(&layout, topic, &partitions, timestamp)
 }
 
 /// The group's committed offsets: (topic, partition) → offset.

@@ -3,9 +3,11 @@
 //! one JSON document with `--json`.
 
 mod cluster;
+mod console;
 mod group;
 mod table;
 
+pub use console::{ConsumeArgs, ProduceArgs, consume, partition_for_key, produce};
 pub use group::GroupCommand;
 pub use table::Table;
 

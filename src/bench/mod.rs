@@ -267,7 +267,7 @@ fn filler(len: usize) -> Bytes {
     crate::testing::payload(0x5eed, len)
 }
 
-fn compression(name: &str) -> Result<Compression, String> {
+pub(crate) fn compression(name: &str) -> Result<Compression, String> {
     Ok(match name {
         "none" => Compression::None,
         "gzip" => Compression::Gzip,

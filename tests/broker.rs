@@ -112,6 +112,22 @@ fn stalled_and_idle_clients_do_not_hold_up_others() {
 }
 
 #[test]
+fn idle_and_stalled_connections_are_closed_after_the_idle_timeout() {
+    let broker = Broker::start(&["--cores", "1", "--set", "connections_max_idle_ms=300"]);
+    let mut stalled = broker.connect();
+    stalled.write_all(&100i32.to_be_bytes()).expect("send");
+    stalled.write_all(&[0, 18, 0]).expect("send");
+    let mut idle = broker.connect();
+    let mut busy = broker.connect();
+    assert_eq!(api_versions(&mut busy, 3).error_code, 0, "a connection in use is served");
+    for (name, stream) in [("stalled", &mut stalled), ("idle", &mut idle)] {
+        // The read timeout is 10 s; the broker closes within the idle timeout.
+        let mut byte = [0u8; 1];
+        assert!(matches!(stream.read(&mut byte), Ok(0)), "the {name} connection is closed");
+    }
+}
+
+#[test]
 fn a_request_split_across_writes_is_reassembled() {
     let broker = Broker::start(&["--cores", "1"]);
     let mut stream = broker.connect();

@@ -66,6 +66,40 @@ impl Stream {
         self.0.read_exact(buf).await
     }
 
+    /// Appends to `buf` up to `want` bytes that have arrived (at least one), received straight
+    /// into its spare capacity: request bodies are never zero-filled before being read into.
+    /// The end of the stream is `UnexpectedEof`.
+    pub async fn read_into(&mut self, buf: &mut bytes::BytesMut, want: usize) -> io::Result<()> {
+        buf.reserve(want);
+        loop {
+            let spare = buf.spare_capacity_mut();
+            let len = want.min(spare.len());
+            // SAFETY: recv(2) writes at most `len` bytes into the spare capacity, which is
+            // allocated, uniquely borrowed and at least `len` bytes long.
+            let got =
+                unsafe { libc::recv(self.0.as_raw_fd(), spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+            if got > 0 {
+                // SAFETY: recv initialised the first `got` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + got as usize) };
+                return Ok(());
+            }
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                // Nothing yet: wait until something arrives (a peek leaves it in the socket).
+                io::ErrorKind::WouldBlock => {
+                    if self.0.peek(&mut [0u8; 1]).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(error),
+            }
+        }
+    }
+
     /// Reads what has arrived (at least one byte, or 0 at the end of the stream).
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf).await

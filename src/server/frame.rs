@@ -34,9 +34,8 @@ pub async fn read(stream: &mut Stream, size_max: usize) -> Result<Option<Bytes>,
     let size = size as usize;
     let mut body = BytesMut::with_capacity(size.min(READ_STEP_BYTES));
     while body.len() < size {
-        let filled = body.len();
-        body.resize(filled + (size - filled).min(READ_STEP_BYTES), 0);
-        stream.read_exact(&mut body[filled..]).await?;
+        let want = (size - body.len()).min(READ_STEP_BYTES);
+        stream.read_into(&mut body, want).await?;
     }
     Ok(Some(body.freeze()))
 }

@@ -15,11 +15,12 @@ mkdir -p "$out"
 [ -x target/release/ringmq ] || cargo build --release --locked --bin ringmq
 data=$(mktemp -d)
 ready=$(mktemp)
-taskset -c 0 target/release/ringmq serve --listen 127.0.0.1:0 --data-dir "$data" --cores 1 >"$ready" 2>/dev/null &
+taskset -c 0 target/release/ringmq serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$data" --cores 1 \
+    >"$ready" 2>/dev/null &
 broker=$!
 trap 'kill "$broker" 2>/dev/null; wait "$broker" 2>/dev/null; rm -rf "$data" "$ready"' EXIT
 for _ in $(seq 1 100); do grep -q ready "$ready" && break; sleep 0.1; done
-address=$(grep -o 'listener [0-9.:]*' "$ready" | cut -d' ' -f2)
+address=$(grep -o 'kafka listener [0-9.:]*' "$ready" | cut -d' ' -f3)
 perf stat -p "$broker" -o "$out/perf-stat.txt" -- sleep 14 &
 stat=$!
 perf record -g -p "$broker" -o "$out/perf.data" -- sleep 12 2>/dev/null &

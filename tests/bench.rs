@@ -87,6 +87,16 @@ fn produce_and_consume_report_what_the_broker_stored() {
         records,
         "the consumer reads every stored record: {consumed}"
     );
+
+    // Requests holding a batch for each of 3 partitions, as a Kafka client's do: 163 records
+    // of 100 bytes fill a 16 KiB batch, so every request carries 489.
+    let multi = bench_with(
+        &["produce", "--bootstrap", &address, "--topic", "multi", "--partitions", "3", "--records", "5000"],
+        &["--record-size=100", "--batches-per-request=3", COUNTING[0], COUNTING[1], COUNTING[2]],
+    );
+    let records = number(&multi, &["records"]);
+    assert_eq!(records % 489.0, 0.0, "whole requests of three 163-record batches: {multi}");
+    assert_eq!(stored(&broker, "multi", 3) as f64, records, "every acknowledged record is stored, once");
 }
 
 #[test]

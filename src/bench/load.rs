@@ -130,9 +130,10 @@ fn send_produce_requests(
     connection: usize,
 ) -> Result<(), String> {
     let per_batch = settings.records_per_batch();
+    let per_request = per_batch * settings.batches_per_request;
     let interval = settings
         .rate
-        .map(|rate| Duration::from_secs_f64(per_batch as f64 * settings.connections as f64 / rate));
+        .map(|rate| Duration::from_secs_f64(per_request as f64 * settings.connections as f64 / rate));
     let filler = super::filler(settings.record_bytes_max.max(settings.record_bytes));
     let topic = TopicName(StrBytes::from_string(settings.topic.clone()));
     let (deadline, mut next_due) = (settings.deadline(), Instant::now());
@@ -151,17 +152,23 @@ fn send_produce_requests(
         if permits.recv_timeout(Duration::from_secs(30)).is_err() {
             return Err("no produce response for 30 s".into());
         }
-        let (batch, bytes) = encode_batch(settings, per_batch, sequence, &filler)?;
-        sequence += per_batch as u64;
-        partition = (partition + 1) % settings.partitions;
-        let data = PartitionProduceData::default().with_index(partition).with_records(Some(batch));
+        let mut data = Vec::with_capacity(settings.batches_per_request);
+        let mut bytes = 0;
+        for _ in 0..settings.batches_per_request.min(settings.partitions.max(1) as usize) {
+            let (batch, batch_bytes) = encode_batch(settings, per_batch, sequence, &filler)?;
+            sequence += per_batch as u64;
+            bytes += batch_bytes;
+            partition = (partition + 1) % settings.partitions;
+            data.push(PartitionProduceData::default().with_index(partition).with_records(Some(batch)));
+        }
+        let records = (data.len() * per_batch) as u64;
         let request =
             ProduceRequest::default().with_acks(settings.acks).with_timeout_ms(30_000).with_topic_data(vec![
-                TopicProduceData::default().with_name(topic.clone()).with_partition_data(vec![data]),
+                TopicProduceData::default().with_name(topic.clone()).with_partition_data(data),
             ]);
         writer.send(ApiKey::Produce, PRODUCE_VERSION, &request)?;
-        counters.sent.fetch_add(per_batch as u64, Ordering::Relaxed);
-        if pending.send(InFlight { due, records: per_batch as u64, bytes }).is_err() {
+        counters.sent.fetch_add(records, Ordering::Relaxed);
+        if pending.send(InFlight { due, records, bytes }).is_err() {
             return Err("the response reader stopped".into());
         }
     }

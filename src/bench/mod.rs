@@ -68,6 +68,10 @@ pub struct LoadArgs {
     pub compression: String,
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub acks: i16,
+    /// Batches per produce request, each for the next partition: a Kafka client sends one
+    /// request per broker holding a ready batch for each of several partitions.
+    #[arg(long, default_value_t = 1)]
+    pub batches_per_request: usize,
     /// Producer (or consumer) connections.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -158,6 +162,7 @@ pub struct LoadSettings {
     pub record_bytes_max: usize,
     pub keys: u64,
     pub batch_bytes: usize,
+    pub batches_per_request: usize,
     pub compression: Compression,
     pub acks: i16,
     pub connections: usize,
@@ -322,6 +327,7 @@ fn settings(args: &LoadArgs) -> Result<LoadSettings, String> {
         record_bytes_max: args.record_size_max.unwrap_or(args.record_size),
         keys: args.keys,
         batch_bytes: args.batch_bytes,
+        batches_per_request: args.batches_per_request.max(1),
         compression: compression(&args.compression)?,
         acks: args.acks,
         connections: args.connections,
@@ -429,6 +435,7 @@ pub(crate) mod tests {
             record_bytes_max: 300,
             keys: 0,
             batch_bytes: 16384,
+            batches_per_request: 1,
             compression: Compression::None,
             acks: 1,
             connections: 1,

@@ -18,7 +18,6 @@ use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -197,29 +196,12 @@ fn list(address: SocketAddr, internal: bool) -> Result<(Value, Table), String> {
     Ok((Value::Array(json), table))
 }
 
-/// (earliest, latest) offset of each partition of `topic`, asked of the broker at `address`.
+/// (earliest, latest) offset of each of `partitions` of `topic`, each asked of its leader.
 fn offsets(address: SocketAddr, topic: &str, partitions: &[i32]) -> Result<Vec<(i32, i64, i64)>, String> {
-    let ask = |timestamp: i64| -> Result<Vec<(i32, i64)>, String> {
-        let wanted = partitions
-            .iter()
-            .map(|&p| ListOffsetsPartition::default().with_partition_index(p).with_timestamp(timestamp))
-            .collect();
-        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
-            ListOffsetsTopic::default().with_name(TopicName(name(topic))).with_partitions(wanted),
-        ]);
-        let response: ListOffsetsResponse = wire::call(address, ApiKey::ListOffsets, 5, &request)?;
-        Ok(response
-            .topics
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .map(|p| (p.partition_index, p.offset))
-            .collect())
-    };
-    let (earliest, latest) = (ask(-2)?, ask(-1)?);
-    Ok(earliest
-        .into_iter()
-        .map(|(p, low)| (p, low, latest.iter().find(|(q, _)| *q == p).map_or(-1, |(_, high)| *high)))
-        .collect())
+    let layout = console::Layout::of(address, topic, false)?;
+    let earliest = console::list_offsets(&layout, topic, partitions, -2)?;
+    let latest = console::list_offsets(&layout, topic, partitions, -1)?;
+    Ok(earliest.into_iter().map(|(p, low)| (p, low, latest.get(&p).copied().unwrap_or(-1))).collect())
 }
 
 fn describe(address: SocketAddr, topic: &str) -> Result<(Value, Table), String> {

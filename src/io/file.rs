@@ -3,7 +3,7 @@ use crate::constants::IO_ALIGNMENT_BYTES;
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -117,25 +117,8 @@ impl ReadFile {
             c.disk_reads += 1;
             c.disk_reads_in_flight += 1;
         });
-        let read = spawn_blocking(move || {
-            let mut buf = AlignedBuf::zeroed(len);
-            let mut filled = 0;
-            while filled < len {
-                let spare = &mut buf.spare_mut()[filled..];
-                match file.read_at(spare, position + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(err) => return Err(err),
-                }
-                if filled % IO_ALIGNMENT_BYTES != 0 {
-                    break; // a short, unaligned read only happens at end of file
-                }
-            }
-            buf.set_len(filled.min(len));
-            Ok(Bytes::from_owner(buf))
-        })
-        .await;
+        let read =
+            spawn_blocking(move || AlignedBuf::read_at(&file, position, len).map(Bytes::from_owner)).await;
         crate::metrics::count(|c| {
             c.disk_reads_in_flight -= 1;
             c.disk_read_bytes += read.as_ref().map_or(0, |bytes| bytes.len() as u64);

@@ -5,6 +5,7 @@
 
 use super::{Connection, check, name};
 use crate::bench::wire::{self, Reader, Writer};
+use crate::types::TimestampMs;
 use clap::Args;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -260,10 +261,6 @@ fn acks(text: &str) -> Result<i16, String> {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// `ringmq produce`: every line of the input becomes a record.
 pub fn produce(args: ProduceArgs, connection: &Connection) -> Result<(), String> {
     let address = wire::resolve(&connection.bootstrap)?;
@@ -307,7 +304,7 @@ pub fn produce(args: ProduceArgs, connection: &Connection) -> Result<(), String>
         };
         let (records, bytes) = pending.entry(partition).or_default();
         *bytes += value.len() + key.as_ref().map_or(0, |k| k.len());
-        let mut record = crate::record::plain(records.len() as i64, now_ms(), key, Some(value));
+        let mut record = crate::record::plain(records.len() as i64, TimestampMs::now().0, key, Some(value));
         for (key, value) in &producer.headers {
             record.headers.insert(key.clone(), Some(value.clone()));
         }
@@ -548,19 +545,6 @@ fn start_positions(
         .collect())
 }
 
-/// How many leading bytes of fetched records are whole batches (a fetch may end inside one).
-fn whole_batches(records: &[u8]) -> usize {
-    let mut at = 0;
-    while let Some(header) = records.get(at..at + 12) {
-        let length = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        match usize::try_from(length).ok().map(|l| at + 12 + l) {
-            Some(end) if end <= records.len() => at = end,
-            _ => break,
-        }
-    }
-    at
-}
-
 struct Consumer {
     topic: String,
     follow: bool,
@@ -599,7 +583,8 @@ impl Consumer {
             check(answer.error_code, None, &format!("fetch {}/{}", self.topic, answer.partition_index))?;
             let Some(position) = positions.get_mut(&answer.partition_index) else { continue };
             let Some(data) = &answer.records else { continue };
-            let mut whole = data.slice(..whole_batches(data));
+            let extent = wire::batch_extent(data);
+            let mut whole = data.slice(..extent.bytes);
             self.bytes += whole.len() as u64;
             let batches = RecordBatchDecoder::decode_all(&mut whole)
                 .map_err(|e| format!("decode fetched records: {e}"))?;
@@ -609,7 +594,7 @@ impl Consumer {
                     self.print(out, answer.partition_index, record)?;
                 }
             }
-            if let (_, Some(next)) = wire::batch_extent(data) {
+            if let Some(next) = extent.next {
                 position.next = position.next.max(next);
             }
         }
@@ -712,7 +697,7 @@ mod tests {
                 .expect("batch");
         let mut two = batch.to_vec();
         two.extend_from_slice(&batch[..batch.len() - 3]);
-        assert_eq!(whole_batches(&two), batch.len());
-        assert_eq!(whole_batches(&two[..5]), 0);
+        assert_eq!(wire::batch_extent(&two).bytes, batch.len());
+        assert_eq!(wire::batch_extent(&two[..5]).bytes, 0);
     }
 }

@@ -298,7 +298,7 @@ fn consume_connection(
                 continue;
             }
             let Some(data) = &partition.records else { continue };
-            let (count, next) = wire::batch_extent(data);
+            let wire::Extent { records: count, next, .. } = wire::batch_extent(data);
             if let Some(slot) = positions.iter_mut().find(|(p, _)| *p == partition.partition_index)
                 && let Some(next) = next
             {

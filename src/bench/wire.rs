@@ -102,13 +102,24 @@ pub fn call<T: Decodable>(
     Ok(reader.receive(api, version)?.1)
 }
 
-/// Walks the record batches of a fetched partition without decoding records: (records, the
-/// offset after the last batch). Stops at a partial batch (a fetch may end inside one).
-pub fn batch_extent(mut records: &[u8]) -> (u64, Option<i64>) {
+/// The whole batches at the start of a fetched partition's records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extent {
+    /// Records they hold.
+    pub records: u64,
+    /// The offset after the last of them.
+    pub next: Option<i64>,
+    /// How many leading bytes they take (a fetch may end inside a batch).
+    pub bytes: usize,
+}
+
+/// Walks the record batches of a fetched partition without decoding records. Stops at a
+/// partial batch (a fetch may end inside one).
+pub fn batch_extent(mut records: &[u8]) -> Extent {
     const BASE_OFFSET_AND_LENGTH: usize = 12;
     const LAST_OFFSET_DELTA_AT: usize = 23;
     const RECORDS_COUNT_AT: usize = 57;
-    let (mut count, mut next) = (0u64, None);
+    let mut extent = Extent::default();
     while records.len() >= RECORDS_COUNT_AT + 4 {
         let base = (&records[..8]).get_i64();
         let length = (&records[8..12]).get_i32();
@@ -118,9 +129,10 @@ pub fn batch_extent(mut records: &[u8]) -> (u64, Option<i64>) {
         }
         let last_delta = (&records[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
         let in_batch = (&records[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4]).get_i32();
-        count += u64::try_from(in_batch).unwrap_or(0);
-        next = Some(base + i64::from(last_delta) + 1);
+        extent.records += u64::try_from(in_batch).unwrap_or(0);
+        extent.next = Some(base + i64::from(last_delta) + 1);
+        extent.bytes += total;
         records = &records[total..];
     }
-    (count, next)
+    extent
 }

@@ -9,7 +9,6 @@ use crate::types::TimestampMs;
 use clap::Args;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -23,7 +22,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const METADATA_VERSION: i16 = 9;
 const PRODUCE_VERSION: i16 = 8;
 const FETCH_VERSION: i16 = 11;
 const LIST_OFFSETS_VERSION: i16 = 5;
@@ -99,29 +97,19 @@ impl Layout {
     pub(super) fn of(address: SocketAddr, topic: &str, create: bool) -> Result<Layout, String> {
         // A topic created by this very lookup may have no leader yet: ask again, briefly.
         for _ in 0..50 {
-            let request = MetadataRequest::default()
-                .with_topics(Some(vec![
-                    MetadataRequestTopic::default().with_name(Some(TopicName(name(topic)))),
-                ]))
-                .with_allow_auto_topic_creation(create);
-            let response: MetadataResponse =
-                wire::call(address, ApiKey::Metadata, METADATA_VERSION, &request)?;
+            let response = super::metadata_creating(address, Some(&[topic]), create)?;
             let found = response.topics.first().ok_or("the broker answered for no topic")?;
-            let brokers: HashMap<i32, String> = response
-                .brokers
-                .iter()
-                .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-                .collect();
             const LEADER_NOT_AVAILABLE: i16 = 5;
             let settling = found.error_code == LEADER_NOT_AVAILABLE
                 || (found.error_code == 0 && found.partitions.iter().any(|p| p.leader_id.0 < 0));
             if !settling {
                 check(found.error_code, None, &format!("look up {topic}"))?;
+                let brokers = super::broker_addresses(&response)?;
                 let mut leaders = BTreeMap::new();
                 for partition in &found.partitions {
-                    let host =
+                    let leader =
                         brokers.get(&partition.leader_id.0).ok_or("a leader the broker did not list")?;
-                    leaders.insert(partition.partition_index, wire::resolve(host)?);
+                    leaders.insert(partition.partition_index, *leader);
                 }
                 return Ok(Layout { leaders });
             }

@@ -74,12 +74,7 @@ pub fn run(command: GroupCommand, address: SocketAddr) -> Result<(Value, Table),
 
 /// The address of every broker of the cluster.
 fn brokers(address: SocketAddr) -> Result<BTreeMap<i32, SocketAddr>, String> {
-    let response = metadata(address, Some(&[]))?;
-    response
-        .brokers
-        .iter()
-        .map(|b| Ok((b.node_id.0, wire::resolve(&format!("{}:{}", b.host.as_str(), b.port))?)))
-        .collect()
+    super::broker_addresses(&metadata(address, Some(&[]))?)
 }
 
 fn coordinator(address: SocketAddr, group: &str) -> Result<SocketAddr, String> {

@@ -172,11 +172,32 @@ fn create(
 const METADATA_VERSION: i16 = 9;
 
 fn metadata(address: SocketAddr, topics: Option<&[&str]>) -> Result<MetadataResponse, String> {
+    metadata_creating(address, topics, false)
+}
+
+/// Metadata of `topics` (every topic with `None`); `create` lets a broker that creates topics
+/// on first use create them.
+fn metadata_creating(
+    address: SocketAddr,
+    topics: Option<&[&str]>,
+    create: bool,
+) -> Result<MetadataResponse, String> {
     let topics = topics.map(|names| {
         names.iter().map(|n| MetadataRequestTopic::default().with_name(Some(TopicName(name(n))))).collect()
     });
-    let request = MetadataRequest::default().with_topics(topics).with_allow_auto_topic_creation(false);
+    let request = MetadataRequest::default().with_topics(topics).with_allow_auto_topic_creation(create);
     wire::call(address, ApiKey::Metadata, METADATA_VERSION, &request)
+}
+
+/// The address of every broker a Metadata answer lists, by node id.
+fn broker_addresses(
+    response: &MetadataResponse,
+) -> Result<std::collections::BTreeMap<i32, SocketAddr>, String> {
+    response
+        .brokers
+        .iter()
+        .map(|b| Ok((b.node_id.0, wire::resolve(&format!("{}:{}", b.host.as_str(), b.port))?)))
+        .collect()
 }
 
 fn list(address: SocketAddr, internal: bool) -> Result<(Value, Table), String> {

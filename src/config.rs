@@ -32,10 +32,55 @@ pub struct BrokerConfig {
     /// how long one must be unused before a new one may take its place.
     pub fetch_session_slots: usize,
     pub fetch_session_eviction: Duration,
+    pub cluster: ClusterConfig,
     pub groups: GroupConfig,
     pub transactions: TxnConfig,
     /// Defaults of the per-topic settings (Kafka's `log.*` broker defaults).
     pub topic_defaults: LogConfig,
+}
+
+/// How this broker joins a cluster (Kafka's `controller.quorum.*` and `broker.*` settings).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterConfig {
+    /// The controller quorum: node id and controller address of each voter. Empty means a
+    /// one-node cluster without a controller, the zero-config default.
+    pub voters: Vec<(i32, String)>,
+    /// Where this node's controller listens, if it is a voter; defaults to its voter address.
+    pub controller_listen: Option<SocketAddr>,
+    pub rack: Option<String>,
+    pub heartbeat_interval: Duration,
+    /// A broker silent for this long is fenced: clients are no longer sent to it.
+    pub session_timeout: Duration,
+    /// Controller log entries between snapshots of the metadata image.
+    pub snapshot_entries: u64,
+}
+
+impl ClusterConfig {
+    /// Whether this node is a broker of a cluster with a controller quorum.
+    pub fn is_clustered(&self) -> bool {
+        !self.voters.is_empty()
+    }
+}
+
+/// Parses `ID@HOST:PORT,…`.
+fn parse_voters(text: &str) -> Result<Vec<(i32, String)>, String> {
+    let mut voters: Vec<(i32, String)> = Vec::new();
+    for voter in text.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let (id, address) = voter.split_once('@').ok_or_else(|| format!("{voter}: expected ID@HOST:PORT"))?;
+        let id: i32 = id.trim().parse().map_err(|_| format!("{voter}: the node id is not a number"))?;
+        if id < 0 {
+            return Err(format!("{voter}: node ids are not negative"));
+        }
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .ok_or_else(|| format!("{voter}: expected HOST:PORT"))?;
+        if voters.iter().any(|(known, _)| *known == id) {
+            return Err(format!("node {id} is listed twice"));
+        }
+        voters.push((id, address.trim().to_string()));
+    }
+    Ok(voters)
 }
 
 /// The group coordinator's settings (Kafka's `group.*` and `offsets.*`).
@@ -167,6 +212,63 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "this broker's id in metadata",
         apply: |c, v| {
             c.node_id = parse(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "controller_quorum_voters",
+        default: "",
+        meaning: "the controller quorum as ID@HOST:PORT,... (flag --controllers); empty runs one node without a controller",
+        apply: |c, v| {
+            c.cluster.voters = parse_voters(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "controller_listen",
+        default: "",
+        meaning: "where this node's controller listens (flag --controller-listen); empty means its address in controller_quorum_voters",
+        apply: |c, v| {
+            c.cluster.controller_listen = if v.is_empty() { None } else { Some(address(v)?) };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "broker_rack",
+        default: "",
+        meaning: "the rack clients and replica placement see for this broker; empty means none",
+        apply: |c, v| {
+            c.cluster.rack = (!v.is_empty()).then(|| v.to_string());
+            Ok(())
+        },
+    },
+    Setting {
+        key: "broker_heartbeat_interval_ms",
+        default: "2000",
+        meaning: "how often a broker tells the controller quorum it is alive",
+        apply: |c, v| {
+            c.cluster.heartbeat_interval = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "broker_session_timeout_ms",
+        default: "9000",
+        meaning: "a broker whose heartbeats stop for this long is fenced",
+        apply: |c, v| {
+            c.cluster.session_timeout = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "controller_snapshot_entries",
+        default: "2000",
+        meaning: "controller log entries between snapshots of the metadata image; the log before a snapshot is dropped",
+        apply: |c, v| {
+            c.cluster.snapshot_entries = parse(v)?;
+            if c.cluster.snapshot_entries == 0 {
+                return Err("must be at least 1".into());
+            }
             Ok(())
         },
     },
@@ -479,6 +581,7 @@ impl BrokerConfig {
             spin_before_park: Duration::ZERO,
             fetch_session_slots: 0,
             fetch_session_eviction: Duration::ZERO,
+            cluster: ClusterConfig::default(),
             groups: GroupConfig {
                 initial_rebalance_delay: Duration::ZERO,
                 session_timeout_min: Duration::ZERO,
@@ -547,12 +650,46 @@ impl BrokerConfig {
     }
 
     /// Checks what no single setting can: an advertised address clients can reach.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        let bad =
+            |key: &str, reason: &str| Err(ConfigError::BadValue { key: key.into(), reason: reason.into() });
+        if cluster.session_timeout <= cluster.heartbeat_interval {
+            return bad("broker_session_timeout_ms", "must exceed broker_heartbeat_interval_ms");
+        }
+        if !cluster.is_clustered() {
+            return Ok(());
+        }
+        if self.node_id < 0 {
+            return bad("node_id", "a cluster member needs a node id of 0 or more");
+        }
+        let voter = cluster.voters.iter().any(|(id, _)| *id == self.node_id);
+        if !voter && cluster.controller_listen.is_some() {
+            return bad("controller_listen", "this node is not in controller_quorum_voters");
+        }
+        Ok(())
+    }
+
+    /// Where this node's controller listens, if it is one of the voters.
+    pub fn controller_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some((_, voter)) = self.cluster.voters.iter().find(|(id, _)| *id == self.node_id) else {
+            return Ok(None);
+        };
+        match self.cluster.controller_listen {
+            Some(listen) => Ok(Some(listen)),
+            None => address(voter)
+                .map(Some)
+                .map_err(|reason| ConfigError::BadValue { key: "controller_quorum_voters".into(), reason }),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.advertised_listener.is_none() && self.listen.ip().is_unspecified() {
             let reason =
                 format!("listening on {} needs an advertised_listener clients can reach", self.listen);
             return Err(ConfigError::BadValue { key: "advertised_listener".into(), reason });
         }
+        self.validate_cluster()?;
         if self.groups.consumer_session_timeout <= self.groups.consumer_heartbeat_interval {
             let reason = "must exceed group_consumer_heartbeat_interval_ms".to_string();
             return Err(ConfigError::BadValue { key: "group_consumer_session_timeout_ms".into(), reason });
@@ -602,5 +739,28 @@ mod tests {
         assert!(config.validate().is_err());
         config.set("advertised_listener", "127.0.0.1:9092").expect("advertised");
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_quorum_is_parsed_and_checked() {
+        let mut config = BrokerConfig::defaults();
+        assert!(!config.cluster.is_clustered());
+        config.set("controller_quorum_voters", "1@127.0.0.1:9093, 2@localhost:9094").expect("voters");
+        assert_eq!(
+            config.cluster.voters,
+            [(1, "127.0.0.1:9093".to_string()), (2, "localhost:9094".to_string())]
+        );
+        config.set("node_id", "1").expect("node id");
+        assert_eq!(
+            config.controller_address().expect("address"),
+            Some("127.0.0.1:9093".parse().expect("addr"))
+        );
+        config.set("node_id", "5").expect("node id");
+        assert_eq!(config.controller_address().expect("address"), None, "node 5 is a broker only");
+        config.set("controller_listen", "127.0.0.1:9999").expect("listen");
+        assert!(config.validate().is_err(), "only a voter has a controller listener");
+        for bad in ["1@", "x@127.0.0.1:1", "1@127.0.0.1:1,1@127.0.0.1:2", "-1@127.0.0.1:1", "127.0.0.1:1"] {
+            assert!(config.set("controller_quorum_voters", bad).is_err(), "{bad}");
+        }
     }
 }

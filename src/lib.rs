@@ -24,6 +24,7 @@ pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod constants;
+pub mod controller;
 pub mod group;
 pub mod io;
 pub mod log;

@@ -104,6 +104,11 @@ enum ConfigCommand {
     Defaults,
 }
 
+/// Logs at info, but of the Raft library only its errors, and not its retries of an
+/// unreachable peer (every half second while one is down); the controller logs leader changes
+/// and fencing itself.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match &cli.log_level {
@@ -114,7 +119,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG").unwrap_or_else(|_| "info".into()),
+        None => tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG")
+            .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
     };
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_format == "json" {

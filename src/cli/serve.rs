@@ -22,6 +22,16 @@ pub struct ServeArgs {
     /// Number of shards, one pinned executor per core (default: every available core).
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
+    /// This node's id in the cluster (default 0).
+    #[arg(long, value_name = "N")]
+    node_id: Option<i32>,
+    /// The controller quorum, as ID@HOST:PORT,… (default: none, a one-node broker).
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    controllers: Option<String>,
+    /// Where this node's controller listens, if it is one of the controllers (default: its
+    /// address in --controllers).
+    #[arg(long, value_name = "HOST:PORT")]
+    controller_listen: Option<String>,
     /// A TOML file of settings (keys as listed by the config reference).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -49,6 +59,9 @@ fn assemble(args: ServeArgs) -> Result<BrokerConfig, String> {
     flags.extend(args.advertised_listener.map(|v| ("advertised_listener".into(), v)));
     flags.extend(args.data_dir.map(|v| ("data_dir".into(), v.display().to_string())));
     flags.extend(args.cores.map(|v| ("cores".into(), v.to_string())));
+    flags.extend(args.node_id.map(|v| ("node_id".into(), v.to_string())));
+    flags.extend(args.controllers.map(|v| ("controller_quorum_voters".into(), v)));
+    flags.extend(args.controller_listen.map(|v| ("controller_listen".into(), v)));
     for setting in &args.settings {
         let (key, value) =
             setting.split_once('=').ok_or_else(|| format!("--set {setting}: expected KEY=VALUE"))?;

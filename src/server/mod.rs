@@ -96,12 +96,18 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(io_error("install signal handler"))?;
     }
+    let cluster = if config.cluster.is_clustered() {
+        Some(crate::controller::start(&config, broker.advertised).map_err(ServeError::Shard)?)
+    } else {
+        None
+    };
     let (ready, shards_ready) = mpsc::channel::<Result<(), String>>();
     let (cores, spin) = (config.cores, config.spin_before_park);
     let start = ShardStart {
         broker: broker.clone(),
         config: Arc::new(config),
         topics,
+        cluster,
         mesh: io::mesh(cores, MESH_CHANNEL_CAPACITY),
         ready,
         stop,
@@ -140,6 +146,8 @@ struct ShardStart {
     broker: Arc<Broker>,
     config: Arc<BrokerConfig>,
     topics: TopicTable,
+    /// Each newer view of the cluster, from the controller thread; `None` on a one-node broker.
+    cluster: Option<ClusterViews>,
     mesh: io::MeshBuilder<ShardMessage>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Set by SIGTERM or SIGINT.
@@ -147,7 +155,7 @@ struct ShardStart {
 }
 
 async fn shard_main(start: ShardStart) {
-    let ShardStart { broker, config, topics, mesh, ready, stop } = start;
+    let ShardStart { broker, config, topics, cluster, mesh, ready, stop } = start;
     let started = match mesh.join().await {
         Ok(mesh) => Shard::start(mesh, config, topics).await,
         Err(error) => Err(error.to_string()),
@@ -181,6 +189,9 @@ async fn shard_main(start: ShardStart) {
             }
         }
     }
+    if let Some(views) = cluster {
+        io::spawn_detached(follow_cluster(shard.clone(), views));
+    }
     let _main_thread_waits = ready.send(Ok(()));
     io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
     io::spawn_detached(abort_timed_out_transactions(shard.clone(), stopping.clone()));
@@ -197,6 +208,20 @@ async fn shard_main(start: ShardStart) {
     drop(listener);
     futures_lite::future::or(connections.all_closed(), io::sleep(SHUTDOWN_DRAIN_MAX)).await;
     shard.close_logs().await;
+}
+
+type ClusterViews = tokio::sync::watch::Receiver<Option<crate::controller::ClusterView>>;
+
+/// Copies each newer view of the cluster into this core's own state.
+async fn follow_cluster(shard: Rc<Shard>, mut views: ClusterViews) {
+    loop {
+        if let Some(view) = views.borrow_and_update().clone() {
+            shard.set_cluster(view);
+        }
+        if views.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Applies retention (and expires and compacts group offsets) on this shard every `log_retention_check_interval_ms` until the stop.

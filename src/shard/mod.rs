@@ -9,6 +9,7 @@ mod producer_ids;
 pub mod topics;
 
 use crate::config::BrokerConfig;
+use crate::controller::ClusterView;
 use crate::group::{self, Coordinator};
 use crate::io::{self, Mesh};
 use crate::log::producers::AbortedTransaction;
@@ -254,6 +255,8 @@ pub struct Shard {
     /// Shard 0 only: names being created, and the next shard to place a partition on.
     creating: RefCell<BTreeSet<String>>,
     next_owner: Cell<usize>,
+    /// The newest view of the cluster this core was sent; `None` on a one-node broker.
+    cluster: RefCell<Option<ClusterView>>,
 }
 
 impl Shard {
@@ -283,6 +286,7 @@ impl Shard {
             producer_ids,
             creating: RefCell::new(BTreeSet::new()),
             next_owner: Cell::new(0),
+            cluster: RefCell::new(None),
         });
         for topic in topics.iter() {
             shard.apply_topic_created(topic.clone()).await?;
@@ -298,6 +302,14 @@ impl Shard {
             });
         }
         Ok(shard)
+    }
+
+    pub fn cluster(&self) -> Option<ClusterView> {
+        self.cluster.borrow().clone()
+    }
+
+    pub fn set_cluster(&self, view: ClusterView) {
+        *self.cluster.borrow_mut() = Some(view);
     }
 
     pub fn id(&self) -> usize {

@@ -15,15 +15,23 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-pub fn describe_cluster(broker: &Broker) -> DescribeClusterResponse {
-    let this_broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(broker.node_id))
-        .with_host(StrBytes::from_string(broker.advertised.ip().to_string()))
-        .with_port(i32::from(broker.advertised.port()));
+pub fn describe_cluster(broker: &Broker, shard: &Shard) -> DescribeClusterResponse {
+    let cluster = super::metadata::cluster(broker, shard);
+    let brokers = cluster
+        .brokers
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.map(StrBytes::from_string))
+        })
+        .collect();
     DescribeClusterResponse::default()
-        .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
-        .with_controller_id(BrokerId(broker.node_id))
-        .with_brokers(vec![this_broker])
+        .with_cluster_id(StrBytes::from_string(cluster.id))
+        .with_controller_id(BrokerId(cluster.controller))
+        .with_brokers(brokers)
 }
 
 pub async fn delete_topics(shard: &Shard, request: DeleteTopicsRequest) -> DeleteTopicsResponse {

@@ -17,10 +17,18 @@ pub async fn handle(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let this_broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id))
-        .with_host(StrBytes::from_string(broker.advertised.ip().to_string()))
-        .with_port(i32::from(broker.advertised.port()));
+    let cluster = cluster(broker, shard);
+    let brokers = cluster
+        .brokers
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.map(StrBytes::from_string))
+        })
+        .collect();
     // v0 asks for every topic with an empty list; later versions with a null one.
     let requested = request.topics.filter(|topics| version > 0 || !topics.is_empty());
     let topics = match requested {
@@ -46,10 +54,58 @@ pub async fn handle(
         }
     };
     MetadataResponse::default()
-        .with_brokers(vec![this_broker])
-        .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.node_id))
+        .with_brokers(brokers)
+        .with_cluster_id(Some(StrBytes::from_string(cluster.id)))
+        .with_controller_id(BrokerId(cluster.controller))
         .with_topics(topics)
+}
+
+/// A broker as Metadata and DescribeCluster list it.
+pub struct BrokerAddress {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// The cluster as clients see it.
+pub struct Cluster {
+    pub id: String,
+    pub brokers: Vec<BrokerAddress>,
+    pub controller: i32,
+}
+
+/// The brokers clients may be sent to, and the active controller: this broker alone on a
+/// one-node broker; in a cluster, the live brokers of the newest metadata image (and this one,
+/// which a client reached whatever the image says).
+pub fn cluster(broker: &Broker, shard: &Shard) -> Cluster {
+    let this = BrokerAddress {
+        id: broker.node_id,
+        host: broker.advertised.ip().to_string(),
+        port: broker.advertised.port(),
+        rack: shard.config().cluster.rack.clone(),
+    };
+    let Some(view) = shard.cluster() else {
+        // Not registered with the quorum yet: the controller is unknown (-1) for now.
+        let clustered = shard.config().cluster.is_clustered();
+        let controller = if clustered { -1 } else { broker.node_id };
+        return Cluster { id: broker.cluster_id.clone(), brokers: vec![this], controller };
+    };
+    let mut brokers: Vec<BrokerAddress> = view
+        .image
+        .live_brokers()
+        .map(|b| BrokerAddress { id: b.id, host: b.host.clone(), port: b.port, rack: b.rack.clone() })
+        .collect();
+    if !brokers.iter().any(|b| b.id == this.id) {
+        brokers.push(this);
+        brokers.sort_by_key(|b| b.id);
+    }
+    let id = if view.image.cluster_id.is_empty() {
+        broker.cluster_id.clone()
+    } else {
+        view.image.cluster_id.clone()
+    };
+    Cluster { id, brokers, controller: view.controller }
 }
 
 /// A topic as Metadata shows it: this broker leads every partition (epoch 0, no replicas).

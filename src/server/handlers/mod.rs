@@ -123,7 +123,9 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         RequestKind::IncrementalAlterConfigs(request) => {
             ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(shard, request).await)
         }
-        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(admin::describe_cluster(broker)),
+        RequestKind::DescribeCluster(_) => {
+            ResponseKind::DescribeCluster(admin::describe_cluster(broker, shard))
+        }
         RequestKind::DeleteTopics(request) => {
             ResponseKind::DeleteTopics(admin::delete_topics(shard, request).await)
         }

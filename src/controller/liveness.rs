@@ -1,0 +1,173 @@
+//! Broker sessions, kept by the active controller (the Raft leader) in memory, as in KRaft:
+//! registrations and heartbeats are answered here; a broker whose heartbeats stop for
+//! `broker_session_timeout_ms` is fenced by a log entry. Sessions are not replicated: a new
+//! leader starts every registered broker's session afresh, so a broker is never fenced for the
+//! time it took to elect one.
+
+use super::TypeConfig;
+use super::state::{Command, Image, Outcome};
+use super::wire::{BrokerReply, BrokerRequest};
+use openraft::Raft;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+struct Session {
+    epoch: u64,
+    incarnation: [u8; 16],
+    seen: Instant,
+}
+
+pub struct Registry {
+    node_id: u64,
+    session_timeout: Duration,
+    image: watch::Receiver<Arc<Image>>,
+    sessions: HashMap<i32, Session>,
+}
+
+impl Registry {
+    pub fn new(node_id: u64, session_timeout: Duration, image: watch::Receiver<Arc<Image>>) -> Registry {
+        Registry { node_id, session_timeout, image, sessions: HashMap::new() }
+    }
+
+    fn controller(&self) -> i32 {
+        self.node_id as i32
+    }
+
+    /// Answers a broker: only the leader registers and tracks brokers.
+    pub async fn answer(
+        this: &Rc<RefCell<Registry>>,
+        raft: &Raft<TypeConfig>,
+        request: BrokerRequest,
+    ) -> BrokerReply {
+        let leader = raft.metrics().borrow().current_leader;
+        let node_id = this.borrow().node_id;
+        if leader != Some(node_id) {
+            return BrokerReply::NotController { leader: leader.map(|id| id as i32) };
+        }
+        match request {
+            BrokerRequest::Register { id, incarnation, host, port, rack } => {
+                if this.borrow().is_duplicate(id, incarnation) {
+                    return BrokerReply::Duplicate;
+                }
+                let command = Command::Register { id, incarnation, host, port, rack };
+                match write(raft, command).await {
+                    Some(Outcome::Registered { epoch }) => {
+                        let mut registry = this.borrow_mut();
+                        registry.sessions.insert(id, Session { epoch, incarnation, seen: Instant::now() });
+                        BrokerReply::Accepted {
+                            epoch,
+                            controller: registry.controller(),
+                            image: Some(registry.image()),
+                        }
+                    }
+                    _ => BrokerReply::NotController { leader: None },
+                }
+            }
+            BrokerRequest::Heartbeat { id, epoch, known } => {
+                Registry::heartbeat(this, raft, id, epoch, known).await
+            }
+        }
+    }
+
+    async fn heartbeat(
+        this: &Rc<RefCell<Registry>>,
+        raft: &Raft<TypeConfig>,
+        id: i32,
+        epoch: u64,
+        known: u64,
+    ) -> BrokerReply {
+        let record = this.borrow().image.borrow().brokers.get(&id).cloned();
+        let Some(record) = record.filter(|record| record.epoch == epoch) else {
+            return BrokerReply::StaleEpoch;
+        };
+        this.borrow_mut()
+            .sessions
+            .insert(id, Session { epoch, incarnation: record.incarnation, seen: Instant::now() });
+        if record.fenced && write(raft, Command::Unfence { id, epoch }).await.is_none() {
+            return BrokerReply::NotController { leader: None };
+        }
+        let registry = this.borrow();
+        let image = registry.image();
+        let newer = image.applied > known;
+        BrokerReply::Accepted { epoch, controller: registry.controller(), image: newer.then_some(image) }
+    }
+
+    fn image(&self) -> Image {
+        Image::clone(&self.image.borrow())
+    }
+
+    /// Another process with this node id registered and is still heartbeating.
+    fn is_duplicate(&self, id: i32, incarnation: [u8; 16]) -> bool {
+        let live = self.image.borrow().brokers.get(&id).is_some_and(|record| !record.fenced);
+        live && self.sessions.get(&id).is_some_and(|session| {
+            session.incarnation != incarnation && session.seen.elapsed() < self.session_timeout
+        })
+    }
+
+    /// The live brokers whose sessions expired, starting a session for any it has none for.
+    fn expired(&mut self) -> Vec<(i32, u64)> {
+        let image = self.image.borrow().clone();
+        let mut expired = Vec::new();
+        for broker in image.live_brokers() {
+            let session = self.sessions.entry(broker.id).or_insert(Session {
+                epoch: broker.epoch,
+                incarnation: broker.incarnation,
+                seen: Instant::now(),
+            });
+            if session.epoch != broker.epoch {
+                *session =
+                    Session { epoch: broker.epoch, incarnation: broker.incarnation, seen: Instant::now() };
+            }
+            if session.seen.elapsed() >= self.session_timeout {
+                expired.push((broker.id, broker.epoch));
+            }
+        }
+        expired
+    }
+}
+
+/// Proposes `command`; `None` when this node is not (or stopped being) the leader.
+async fn write(raft: &Raft<TypeConfig>, command: Command) -> Option<Outcome> {
+    match raft.client_write(command).await {
+        Ok(written) => Some(written.data),
+        Err(error) => {
+            tracing::debug!(%error, "metadata write refused");
+            None
+        }
+    }
+}
+
+/// While this node leads, fences brokers whose sessions expire; checks every `period`.
+pub async fn fence_silent_brokers(registry: Rc<RefCell<Registry>>, raft: Raft<TypeConfig>, period: Duration) {
+    let mut metrics = raft.metrics();
+    let mut leader = None;
+    loop {
+        tokio::time::sleep(period).await;
+        let (now_leader, term) = {
+            let metrics = metrics.borrow_and_update();
+            (metrics.current_leader, metrics.current_term)
+        };
+        if now_leader != leader {
+            tracing::info!(leader = ?now_leader, term, "the controller quorum's leader changed");
+            leader = now_leader;
+        }
+        let leading = leader == Some(registry.borrow().node_id);
+        if !leading {
+            registry.borrow_mut().sessions.clear();
+            continue;
+        }
+        let unnamed = registry.borrow().image.borrow().cluster_id.is_empty();
+        if unnamed {
+            write(&raft, Command::NameCluster { id: uuid::Uuid::new_v4().simple().to_string() }).await;
+        }
+        let expired = registry.borrow_mut().expired();
+        for (id, epoch) in expired {
+            tracing::info!(broker = id, epoch, "fencing a broker that stopped heartbeating");
+            write(&raft, Command::Fence { id, epoch }).await;
+        }
+    }
+}

@@ -153,3 +153,137 @@ fn a_broker_outside_the_quorum_joins_and_a_live_node_id_is_not_taken() {
     let (clean, _) = second.terminate();
     assert!(clean, "SIGTERM stops a clustered broker with every log closed");
 }
+
+/// The leader of each partition of `topic`, as a Kafka client bootstrapped from `broker` sees it.
+fn leaders(broker: &Broker, topic: &str) -> Vec<i32> {
+    let client: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("client");
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics()[0].partitions().iter().map(|p| p.leader()).collect()
+}
+
+/// Waits until `broker` shows `topic` with `expected` leaders (by partition).
+fn await_leaders(broker: &Broker, topic: &str, expected: impl Fn(&[i32]) -> bool) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = leaders(broker, topic);
+        if expected(&found) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "leaders of {topic} stayed {found:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// ListOffsets (latest) for one partition, asked of `broker` directly: (error code, offset).
+fn latest_offset(broker: &Broker, topic: &'static str, partition: i32) -> (i16, i64) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{
+        ApiKey, ListOffsetsRequest, ListOffsetsResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use std::io::Write;
+    let wanted = ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(-1);
+    let topic = ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str(topic)))
+        .with_partitions(vec![wanted]);
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![topic]);
+    let mut stream = broker.connect();
+    stream.write_all(&common::request_frame(ApiKey::ListOffsets, 5, 1, &request)).expect("send");
+    let mut response = common::read_response(&mut stream);
+    ResponseHeader::decode(&mut response, ApiKey::ListOffsets.response_header_version(5)).expect("header");
+    let response = ListOffsetsResponse::decode(&mut response, 5).expect("decode");
+    let answer = &response.topics[0].partitions[0];
+    (answer.error_code, answer.offset)
+}
+
+fn ringmq(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq")).args(args).output().expect("run ringmq");
+    assert!(output.status.success(), "ringmq {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    let quorum = voters(&[1, 2, 3]);
+    let mut nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
+    let all: Vec<&Broker> = nodes.values().collect();
+    agreed(&all, &listing(&nodes));
+
+    // Created through one broker, the topic's partitions are spread over all three.
+    ringmq(&[
+        "topic",
+        "create",
+        "spread",
+        "--partitions",
+        "6",
+        "--bootstrap",
+        &nodes[&1].address.to_string(),
+    ]);
+    // Every broker learns of it by its next heartbeat.
+    let placed =
+        await_leaders(&nodes[&3], "spread", |leaders| leaders.len() == 6 && leaders.iter().all(|l| *l > 0));
+    for broker in nodes.values() {
+        await_leaders(broker, "spread", |leaders| leaders == placed.as_slice());
+    }
+    for broker in 1..=3 {
+        assert_eq!(placed.iter().filter(|l| **l == broker).count(), 2, "two partitions each: {placed:?}");
+    }
+    // A broker that does not lead a partition says so, and the leader answers for it.
+    let elsewhere = nodes.keys().copied().find(|id| *id != placed[0]).expect("another broker");
+    assert_eq!(latest_offset(&nodes[&elsewhere], "spread", 0).0, NOT_LEADER_OR_FOLLOWER);
+
+    // librdkafka, bootstrapped from one broker, writes to every leader; a consumer group
+    // bootstrapped from another reads everything back through the group's coordinator.
+    let written = common::produce_all(&nodes[&2], "spread", 0..300);
+    let mut per_partition = [0i64; 6];
+    for (partition, _) in &written {
+        per_partition[*partition as usize] += 1;
+    }
+    assert!(per_partition.iter().all(|count| *count > 0), "keys reach every partition: {per_partition:?}");
+    assert_eq!(latest_offset(&nodes[&placed[0]], "spread", 0), (0, per_partition[0]));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", nodes[&3].address.to_string())
+        .set("group.id", "spread-readers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["spread"]).expect("subscribe");
+    let mut keys = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while keys.len() < 300 && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.expect("message");
+            keys.insert(rdkafka::Message::key(&message).map(|k| String::from_utf8_lossy(k).into_owned()));
+        }
+    }
+    assert_eq!(keys.len(), 300, "every record read once through the group");
+    consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync).expect("commit");
+    drop(consumer);
+
+    // The leader of partition 0 dies: its partitions have no leader (one replica, no unclean
+    // election) until it returns with its data.
+    let lost = placed[0];
+    let data = nodes.remove(&lost).expect("leader").kill();
+    let gone = await_leaders(&nodes[&elsewhere], "spread", |leaders| leaders[0] == -1);
+    assert!(gone.iter().zip(&placed).all(|(now, before)| (*before == lost) == (*now == -1)), "{gone:?}");
+    nodes.insert(lost, node(lost, &quorum, Some(data)));
+    await_leaders(&nodes[&elsewhere], "spread", |leaders| leaders == placed.as_slice());
+    assert_eq!(latest_offset(&nodes[&lost], "spread", 0), (0, per_partition[0]), "its records survived");
+
+    // Deleted through one broker, the topic's data goes from every broker.
+    ringmq(&["topic", "delete", "spread", "--bootstrap", &nodes[&elsewhere].address.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holds = |broker: &Broker| {
+        std::fs::read_dir(broker.data.path())
+            .expect("data dir")
+            .any(|entry| entry.expect("entry").file_name().to_string_lossy().starts_with("spread-"))
+    };
+    while nodes.values().any(holds) {
+        assert!(Instant::now() < deadline, "the partitions' directories remain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

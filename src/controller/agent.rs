@@ -4,11 +4,23 @@
 
 use super::ClusterView;
 use super::network::Peer;
+use super::state::{Image, Registration};
+use super::topics::{Refusal, TopicChange};
 use super::wire::{BrokerReply, BrokerRequest, Request, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// A topic change a shard asks for, and where the answer goes.
+pub struct ChangeRequest {
+    pub change: TopicChange,
+    pub reply: oneshot::Sender<Result<Arc<Image>, Refusal>>,
+}
+
+/// How long a topic change may wait for an active controller.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Who this broker is, as it registers.
 pub struct Identity {
@@ -54,10 +66,67 @@ impl Agent {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Heartbeats, and forwards the shards' topic changes, until the process ends.
+    pub async fn run(mut self, mut changes: mpsc::UnboundedReceiver<ChangeRequest>) {
+        let mut next_beat = Instant::now();
         loop {
-            let pause = self.exchange().await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next_beat) => {
+                    let pause = self.exchange().await;
+                    next_beat = Instant::now() + pause;
+                }
+                Some(request) = changes.recv() => {
+                    let answer = self.change(request.change).await;
+                    // The asking request may have given up.
+                    drop(request.reply.send(answer));
+                }
+            }
+        }
+    }
+
+    /// Asks the active controller for `change`, following it if it moves.
+    async fn change(&mut self, change: TopicChange) -> Result<Arc<Image>, Refusal> {
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let request = Request::Broker(BrokerRequest::Change(change));
+        loop {
+            let (id, addr) = self.controllers[self.target % self.controllers.len()].clone();
+            let peer = self.peers.entry(id).or_insert_with(|| Peer::new(addr));
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let pause = match peer.call(&request, wait).await {
+                Ok(Response::Broker(BrokerReply::Changed { controller, image })) => {
+                    return Ok(self.publish(image, controller));
+                }
+                Ok(Response::Broker(BrokerReply::Refused(refusal))) => return Err(refusal),
+                Ok(Response::Broker(BrokerReply::NotController { leader })) => self.next_controller(leader),
+                _ => self.next_controller(None),
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(Refusal::Unavailable("no active controller answered in time".into()));
+            }
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Hands a newer image, or news of another active controller, to the shards.
+    fn publish(&mut self, image: Image, controller: i32) -> Arc<Image> {
+        let image = Arc::new(image);
+        if image.applied > self.known {
+            self.known = image.applied;
+            self.published.send_replace(Some(ClusterView { image: image.clone(), controller }));
+        } else {
+            self.publish_controller(controller);
+        }
+        image
+    }
+
+    fn publish_controller(&mut self, controller: i32) {
+        let moved = self.published.borrow().as_ref().is_some_and(|view| view.controller != controller);
+        if moved {
+            self.published.send_modify(|view| {
+                if let Some(view) = view {
+                    view.controller = controller;
+                }
+            });
         }
     }
 
@@ -65,13 +134,13 @@ impl Agent {
     async fn exchange(&mut self) -> Duration {
         let identity = &self.identity;
         let request = Request::Broker(match self.epoch {
-            None => BrokerRequest::Register {
+            None => BrokerRequest::Register(Registration {
                 id: identity.id,
                 incarnation: self.incarnation,
                 host: identity.host.clone(),
                 port: identity.port,
                 rack: identity.rack.clone(),
-            },
+            }),
             Some(epoch) => BrokerRequest::Heartbeat { id: identity.id, epoch, known: self.known },
         });
         let (id, addr) = self.controllers[self.target % self.controllers.len()].clone();
@@ -101,17 +170,9 @@ impl Agent {
                     );
                 }
                 self.epoch = Some(epoch);
-                let controller_moved =
-                    self.published.borrow().as_ref().is_some_and(|view| view.controller != controller);
-                if let Some(image) = image {
-                    self.known = image.applied;
-                    self.published.send_replace(Some(ClusterView { image: Arc::new(image), controller }));
-                } else if controller_moved {
-                    self.published.send_modify(|view| {
-                        if let Some(view) = view {
-                            view.controller = controller;
-                        }
-                    });
+                match image {
+                    Some(image) => drop(self.publish(image, controller)),
+                    None => self.publish_controller(controller),
                 }
                 self.interval
             }
@@ -126,6 +187,10 @@ impl Agent {
                     broker = self.identity.id,
                     "another process is registered with this node id; retrying"
                 );
+                self.interval
+            }
+            BrokerReply::Changed { .. } | BrokerReply::Refused(_) => {
+                tracing::warn!(broker = self.identity.id, "a change answered a heartbeat");
                 self.interval
             }
         }

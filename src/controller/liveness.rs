@@ -6,6 +6,7 @@
 
 use super::TypeConfig;
 use super::state::{Command, Image, Outcome};
+use super::topics::{self, Refusal, TopicChange};
 use super::wire::{BrokerReply, BrokerRequest};
 use openraft::Raft;
 use std::cell::RefCell;
@@ -49,11 +50,12 @@ impl Registry {
             return BrokerReply::NotController { leader: leader.map(|id| id as i32) };
         }
         match request {
-            BrokerRequest::Register { id, incarnation, host, port, rack } => {
+            BrokerRequest::Register(broker) => {
+                let (id, incarnation) = (broker.id, broker.incarnation);
                 if this.borrow().is_duplicate(id, incarnation) {
                     return BrokerReply::Duplicate;
                 }
-                let command = Command::Register { id, incarnation, host, port, rack };
+                let command = Command::Register(broker);
                 match write(raft, command).await {
                     Some(Outcome::Registered { epoch }) => {
                         let mut registry = this.borrow_mut();
@@ -70,6 +72,31 @@ impl Registry {
             BrokerRequest::Heartbeat { id, epoch, known } => {
                 Registry::heartbeat(this, raft, id, epoch, known).await
             }
+            BrokerRequest::Change(change) => Registry::change(this, raft, change).await,
+        }
+    }
+
+    async fn change(
+        this: &Rc<RefCell<Registry>>,
+        raft: &Raft<TypeConfig>,
+        change: TopicChange,
+    ) -> BrokerReply {
+        let image = this.borrow().image();
+        let creating = matches!(change, TopicChange::Create { .. });
+        let name = change.name().to_string();
+        let command = match topics::plan(&image, change) {
+            Ok(command) => command,
+            Err(refusal) => return BrokerReply::Refused(refusal),
+        };
+        match write(raft, command).await {
+            Some(Outcome::Applied) => {
+                let registry = this.borrow();
+                BrokerReply::Changed { controller: registry.controller(), image: registry.image() }
+            }
+            // Another change to the same topic was applied first.
+            Some(_) if creating => BrokerReply::Refused(Refusal::AlreadyExists(name)),
+            Some(_) => BrokerReply::Refused(Refusal::UnknownTopic(name)),
+            None => BrokerReply::NotController { leader: None },
         }
     }
 

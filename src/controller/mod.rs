@@ -19,6 +19,7 @@ mod log_store;
 mod machine;
 mod network;
 pub mod state;
+pub mod topics;
 mod wire;
 
 use crate::config::BrokerConfig;
@@ -31,7 +32,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use topics::{Refusal, TopicChange};
 
 openraft::declare_raft_types!(
     /// The controller log's types: metadata commands in, their outcomes out.
@@ -53,12 +55,33 @@ pub struct ClusterView {
 const RAFT_HEARTBEAT: Duration = Duration::from_millis(200);
 const ELECTION_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1000), Duration::from_millis(2000));
 
-/// Starts this node's controller thread; its receiver carries each newer view of the cluster.
-/// `advertised` is the Kafka address this broker registers.
-pub fn start(
-    config: &BrokerConfig,
-    advertised: SocketAddr,
-) -> Result<watch::Receiver<Option<ClusterView>>, String> {
+/// A broker's line to the active controller, for changes clients ask for.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    changes: mpsc::UnboundedSender<agent::ChangeRequest>,
+}
+
+impl ControllerHandle {
+    /// Asks the active controller for `change`; answers the image that has it applied.
+    pub async fn change(&self, change: TopicChange) -> Result<Arc<Image>, Refusal> {
+        let stopped = || Refusal::Unavailable("the controller thread stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.changes.send(agent::ChangeRequest { change, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// What the shards get from the controller thread.
+#[derive(Clone)]
+pub struct Joined {
+    /// Each newer view of the cluster.
+    pub views: watch::Receiver<Option<ClusterView>>,
+    pub controller: ControllerHandle,
+}
+
+/// Starts this node's controller thread. `advertised` is the Kafka address this broker
+/// registers.
+pub fn start(config: &BrokerConfig, advertised: SocketAddr) -> Result<Joined, String> {
     let listener = match config.controller_address().map_err(|e| e.to_string())? {
         Some(address) => Some(bind(address)?),
         None => None,
@@ -86,12 +109,13 @@ pub fn start(
         check_every: config.cluster.heartbeat_interval / 2,
     });
     let (started, outcome) = std::sync::mpsc::channel();
+    let (changes, asked) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("ringmq-controller".into())
-        .spawn(move || run(voter, agent, started))
+        .spawn(move || run(voter, agent, asked, started))
         .map_err(|e| format!("start the controller thread: {e}"))?;
     outcome.recv().map_err(|_| "the controller thread stopped while starting".to_string())??;
-    Ok(view)
+    Ok(Joined { views: view, controller: ControllerHandle { changes } })
 }
 
 fn bind(address: SocketAddr) -> Result<std::net::TcpListener, String> {
@@ -112,7 +136,12 @@ struct Voter {
     check_every: Duration,
 }
 
-fn run(voter: Option<Voter>, agent: agent::Agent, started: std::sync::mpsc::Sender<Result<(), String>>) {
+fn run(
+    voter: Option<Voter>,
+    agent: agent::Agent,
+    changes: mpsc::UnboundedReceiver<agent::ChangeRequest>,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -132,7 +161,7 @@ fn run(voter: Option<Voter>, agent: agent::Agent, started: std::sync::mpsc::Send
             }
         }
         let _caller_waits = started.send(Ok(()));
-        agent.run().await;
+        agent.run(changes).await;
     });
 }
 

@@ -29,7 +29,33 @@ pub struct Image {
     /// Chosen by the first active controller; empty until then.
     pub cluster_id: String,
     pub brokers: BTreeMap<i32, BrokerRecord>,
+    /// Every topic, by name.
+    pub topics: BTreeMap<String, TopicRecord>,
 }
+
+/// A topic as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TopicRecord {
+    pub id: [u8; 16],
+    /// By partition index.
+    pub partitions: Vec<PartitionRecord>,
+    /// Topic config overrides, by Kafka name.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Where a partition lives and who leads it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionRecord {
+    pub replicas: Vec<i32>,
+    /// -1 while no in-sync replica is alive.
+    pub leader: i32,
+    /// Raised at every change of leader.
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+/// The leader Metadata shows when a partition has none.
+pub const NO_LEADER: i32 = -1;
 
 impl Image {
     /// The brokers clients may be sent to, by id.
@@ -38,26 +64,72 @@ impl Image {
     }
 }
 
+/// A broker process, as it registers.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Registration {
+    pub id: i32,
+    pub incarnation: [u8; 16],
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
 /// A change to the metadata, as the log carries it.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Command {
     /// A broker (re)started: its registration replaces any earlier one and is unfenced.
-    Register { id: i32, incarnation: [u8; 16], host: String, port: u16, rack: Option<String> },
+    Register(Registration),
     /// The broker registered at `epoch` missed its heartbeats.
-    Fence { id: i32, epoch: u64 },
+    Fence {
+        id: i32,
+        epoch: u64,
+    },
     /// The broker registered at `epoch`, fenced, heartbeats again.
-    Unfence { id: i32, epoch: u64 },
+    Unfence {
+        id: i32,
+        epoch: u64,
+    },
     /// Names the cluster, once: a later one is ignored.
-    NameCluster { id: String },
+    NameCluster {
+        id: String,
+    },
+    /// A new topic, placed by the active controller.
+    CreateTopic {
+        name: String,
+        topic: TopicRecord,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Partitions appended to a topic, placed by the active controller.
+    AddPartitions {
+        name: String,
+        partitions: Vec<PartitionRecord>,
+    },
+    /// Replaces a topic's config overrides.
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Register { id, host, port, .. } => write!(f, "register broker {id} at {host}:{port}"),
+            Command::Register(broker) => {
+                write!(f, "register broker {} at {}:{}", broker.id, broker.host, broker.port)
+            }
             Command::Fence { id, epoch } => write!(f, "fence broker {id} (epoch {epoch})"),
             Command::Unfence { id, epoch } => write!(f, "unfence broker {id} (epoch {epoch})"),
             Command::NameCluster { id } => write!(f, "name the cluster {id}"),
+            Command::CreateTopic { name, topic } => {
+                write!(f, "create topic {name} with {} partitions", topic.partitions.len())
+            }
+            Command::DeleteTopic { name } => write!(f, "delete topic {name}"),
+            Command::AddPartitions { name, partitions } => {
+                write!(f, "add {} partitions to {name}", partitions.len())
+            }
+            Command::AlterTopicConfigs { name, .. } => write!(f, "alter the configs of {name}"),
         }
     }
 }
@@ -79,17 +151,18 @@ impl Image {
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         self.applied = index;
         match command {
-            Command::Register { id, incarnation, host, port, rack } => {
+            Command::Register(broker) => {
                 let record = BrokerRecord {
-                    id: *id,
-                    incarnation: *incarnation,
+                    id: broker.id,
+                    incarnation: broker.incarnation,
                     epoch: index,
-                    host: host.clone(),
-                    port: *port,
-                    rack: rack.clone(),
+                    host: broker.host.clone(),
+                    port: broker.port,
+                    rack: broker.rack.clone(),
                     fenced: false,
                 };
-                self.brokers.insert(*id, record);
+                self.brokers.insert(broker.id, record);
+                self.elect_leaders();
                 Outcome::Registered { epoch: index }
             }
             Command::NameCluster { id } if self.cluster_id.is_empty() => {
@@ -101,10 +174,59 @@ impl Image {
                 match self.brokers.get_mut(id).filter(|broker| broker.epoch == *epoch) {
                     Some(broker) => {
                         broker.fenced = matches!(command, Command::Fence { .. });
+                        self.elect_leaders();
                         Outcome::Applied
                     }
                     None => Outcome::Stale,
                 }
+            }
+            Command::CreateTopic { name, topic } if !self.topics.contains_key(name) => {
+                self.topics.insert(name.clone(), topic.clone());
+                self.elect_leaders();
+                Outcome::Applied
+            }
+            Command::DeleteTopic { name } if self.topics.remove(name).is_some() => Outcome::Applied,
+            Command::AddPartitions { name, partitions } => match self.topics.get_mut(name) {
+                Some(topic) => {
+                    topic.partitions.extend(partitions.iter().cloned());
+                    self.elect_leaders();
+                    Outcome::Applied
+                }
+                None => Outcome::Stale,
+            },
+            Command::AlterTopicConfigs { name, configs } => match self.topics.get_mut(name) {
+                Some(topic) => {
+                    topic.configs = configs.clone();
+                    Outcome::Applied
+                }
+                None => Outcome::Stale,
+            },
+            Command::CreateTopic { .. } | Command::DeleteTopic { .. } => Outcome::Stale,
+        }
+    }
+
+    /// Gives every partition whose leader is gone (fenced, or never set) the first live
+    /// broker of its in-sync replicas, raising its leader epoch; without one it has no leader.
+    /// The in-sync set keeps its last member, so only a broker holding every acknowledged
+    /// record can lead again (no unclean election).
+    fn elect_leaders(&mut self) {
+        let live = |id: &i32| self.brokers.get(id).is_some_and(|broker| !broker.fenced);
+        let mut changes = Vec::new();
+        for (name, topic) in &self.topics {
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                if partition.leader != NO_LEADER && live(&partition.leader) {
+                    continue;
+                }
+                let leader = partition.isr.iter().copied().find(|id| live(id)).unwrap_or(NO_LEADER);
+                if leader != partition.leader {
+                    changes.push((name.clone(), index, leader));
+                }
+            }
+        }
+        for (name, index, leader) in changes {
+            if let Some(partition) = self.topics.get_mut(&name).and_then(|t| t.partitions.get_mut(index)) {
+                partition.leader = leader;
+                partition.leader_epoch += 1;
             }
         }
     }
@@ -130,13 +252,13 @@ mod tests {
     use super::*;
 
     fn register(id: i32, incarnation: u8) -> Command {
-        Command::Register {
+        Command::Register(Registration {
             id,
             incarnation: [incarnation; 16],
             host: "127.0.0.1".into(),
             port: 9092,
             rack: None,
-        }
+        })
     }
 
     #[test]

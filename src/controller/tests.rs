@@ -28,7 +28,13 @@ async fn serve_voter(voter: Voter) -> (Raft<TypeConfig>, Images) {
 }
 
 fn register(id: i32) -> Command {
-    Command::Register { id, incarnation: [id as u8; 16], host: "127.0.0.1".into(), port: 9092, rack: None }
+    Command::Register(state::Registration {
+        id,
+        incarnation: [id as u8; 16],
+        host: "127.0.0.1".into(),
+        port: 9092,
+        rack: None,
+    })
 }
 
 #[test]

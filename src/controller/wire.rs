@@ -3,7 +3,8 @@
 //! `[length u32][crc32 u32][rkyv body]`, little endian, bounded and checked on read.
 
 use super::TypeConfig;
-use super::state::{Command, Image};
+use super::state::{Command, Image, Registration};
+use super::topics::{Refusal, TopicChange};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{
     BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership, Vote,
@@ -60,32 +61,40 @@ pub struct SnapshotMetaW {
 /// What a broker sends the controller quorum.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum BrokerRequest {
-    Register {
-        id: i32,
-        incarnation: [u8; 16],
-        host: String,
-        port: u16,
-        rack: Option<String>,
-    },
+    Register(Registration),
     /// `known` is the version of the image the broker holds.
     Heartbeat {
         id: i32,
         epoch: u64,
         known: u64,
     },
+    /// A change to the topics, on behalf of a client.
+    Change(TopicChange),
 }
 
 /// The quorum's answer to a broker.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum BrokerReply {
     /// Registered or alive at `epoch`; `image` is sent when newer than the broker's.
-    Accepted { epoch: u64, controller: i32, image: Option<Image> },
+    Accepted {
+        epoch: u64,
+        controller: i32,
+        image: Option<Image>,
+    },
     /// Ask the leader instead (if one is known).
-    NotController { leader: Option<i32> },
+    NotController {
+        leader: Option<i32>,
+    },
     /// The epoch is no longer this broker's registration: register again.
     StaleEpoch,
     /// Another process with this node id is alive.
     Duplicate,
+    /// The change is in the log and applied: the image with it.
+    Changed {
+        controller: i32,
+        image: Image,
+    },
+    Refused(Refusal),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

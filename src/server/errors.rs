@@ -10,6 +10,7 @@ use kafka_protocol::error::ResponseError;
 pub fn produce(error: &ProduceError) -> ResponseError {
     match error {
         ProduceError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        ProduceError::NotLeader => ResponseError::NotLeaderOrFollower,
         ProduceError::InternalTopic => ResponseError::InvalidTopicException,
         ProduceError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
         ProduceError::Append(AppendError::Batch(BatchError::TooLarge { .. })) => {
@@ -47,12 +48,16 @@ pub fn create_topic(error: &CreateTopicError) -> ResponseError {
         CreateTopicError::Storage(_) => ResponseError::KafkaStorageError,
         CreateTopicError::ShardUnavailable => ResponseError::RequestTimedOut,
         CreateTopicError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        CreateTopicError::InvalidPartitionCount(_) => ResponseError::InvalidPartitions,
+        CreateTopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        CreateTopicError::ControllerUnavailable(_) => ResponseError::RequestTimedOut,
     }
 }
 
 pub fn fetch(error: &FetchError) -> ResponseError {
     match error {
         FetchError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        FetchError::NotLeader => ResponseError::NotLeaderOrFollower,
         FetchError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
         FetchError::Read(ReadError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange,
         FetchError::Read(ReadError::Storage(_) | ReadError::Corrupt { .. }) => {
@@ -64,6 +69,7 @@ pub fn fetch(error: &FetchError) -> ResponseError {
 pub fn delete_records(error: &DeleteRecordsError) -> ResponseError {
     match error {
         DeleteRecordsError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        DeleteRecordsError::NotLeader => ResponseError::NotLeaderOrFollower,
         DeleteRecordsError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
         DeleteRecordsError::Log(crate::log::LogError::Truncating) => ResponseError::NotLeaderOrFollower,
         DeleteRecordsError::Log(_) => ResponseError::KafkaStorageError,

@@ -146,8 +146,9 @@ struct ShardStart {
     broker: Arc<Broker>,
     config: Arc<BrokerConfig>,
     topics: TopicTable,
-    /// Each newer view of the cluster, from the controller thread; `None` on a one-node broker.
-    cluster: Option<ClusterViews>,
+    /// The controller thread's views of the cluster and line to the active controller; `None`
+    /// on a one-node broker.
+    cluster: Option<crate::controller::Joined>,
     mesh: io::MeshBuilder<ShardMessage>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Set by SIGTERM or SIGINT.
@@ -189,8 +190,9 @@ async fn shard_main(start: ShardStart) {
             }
         }
     }
-    if let Some(views) = cluster {
-        io::spawn_detached(follow_cluster(shard.clone(), views));
+    if let Some(joined) = cluster {
+        shard.set_controller(joined.controller);
+        io::spawn_detached(follow_cluster(shard.clone(), joined.views));
     }
     let _main_thread_waits = ready.send(Ok(()));
     io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
@@ -216,7 +218,7 @@ type ClusterViews = tokio::sync::watch::Receiver<Option<crate::controller::Clust
 async fn follow_cluster(shard: Rc<Shard>, mut views: ClusterViews) {
     loop {
         if let Some(view) = views.borrow_and_update().clone() {
-            shard.set_cluster(view);
+            shard.follow(view).await;
         }
         if views.changed().await.is_err() {
             return;

@@ -5,11 +5,14 @@
 //! Shard 0 also owns topic creation: it checks the request, places the partitions, persists
 //! the table and tells every shard (itself included) before it answers.
 
+mod cluster;
+pub use cluster::CoordinatorAddress;
 mod producer_ids;
 pub mod topics;
 
 use crate::config::BrokerConfig;
-use crate::controller::ClusterView;
+use crate::controller::topics::TopicChange;
+use crate::controller::{ClusterView, ControllerHandle};
 use crate::group::{self, Coordinator};
 use crate::io::{self, Mesh};
 use crate::log::producers::AbortedTransaction;
@@ -109,6 +112,8 @@ pub enum ShardMessage {
 pub enum DeleteRecordsError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("another broker leads this partition")]
+    NotLeader,
     #[error("offset {0} is beyond the high watermark")]
     OffsetOutOfRange(i64),
     #[error(transparent)]
@@ -134,6 +139,8 @@ pub struct PartitionRead {
 pub enum FetchError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("another broker leads this partition")]
+    NotLeader,
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("the owning shard is unavailable")]
@@ -184,6 +191,8 @@ pub const LATEST_TIERED_TIMESTAMP: i64 = -5;
 pub struct NewTopic {
     pub name: String,
     pub partitions: i32,
+    /// -1 for the default; a one-node broker keeps one copy only.
+    pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
     /// Check everything, create nothing (CreateTopics' validate_only).
     pub validate_only: bool,
@@ -205,6 +214,12 @@ pub enum CreateTopicError {
     ShardUnavailable,
     #[error("topic `{0}` does not exist")]
     UnknownTopic(String),
+    #[error("{0}")]
+    InvalidPartitionCount(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    #[error("{0}")]
+    ControllerUnavailable(String),
 }
 
 /// Where a produce went.
@@ -219,6 +234,8 @@ pub struct Produced {
 pub enum ProduceError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("another broker leads this partition")]
+    NotLeader,
     #[error("clients cannot write to an internal topic")]
     InternalTopic,
     #[error(transparent)]
@@ -257,6 +274,10 @@ pub struct Shard {
     next_owner: Cell<usize>,
     /// The newest view of the cluster this core was sent; `None` on a one-node broker.
     cluster: RefCell<Option<ClusterView>>,
+    /// Where topic changes go in a cluster.
+    controller: std::cell::OnceCell<ControllerHandle>,
+    /// Bumped at every change this shard applies to its topic table.
+    topics_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shard {
@@ -287,6 +308,8 @@ impl Shard {
             creating: RefCell::new(BTreeSet::new()),
             next_owner: Cell::new(0),
             cluster: RefCell::new(None),
+            controller: std::cell::OnceCell::new(),
+            topics_changed: tokio::sync::watch::Sender::new(0),
         });
         for topic in topics.iter() {
             shard.apply_topic_created(topic.clone()).await?;
@@ -306,10 +329,6 @@ impl Shard {
 
     pub fn cluster(&self) -> Option<ClusterView> {
         self.cluster.borrow().clone()
-    }
-
-    pub fn set_cluster(&self, view: ClusterView) {
-        *self.cluster.borrow_mut() = Some(view);
     }
 
     pub fn id(&self) -> usize {
@@ -364,7 +383,11 @@ impl Shard {
     pub fn txn_shard(&self, transactional_id: &str) -> Option<usize> {
         let topics = self.topics.borrow();
         let topic = topics.get(txn::TRANSACTION_TOPIC)?;
-        self.owner(topic, txn::partition_for(transactional_id, topic.partitions()))
+        let partition = txn::partition_for(transactional_id, topic.partitions());
+        if !self.coordinates(txn::TRANSACTION_TOPIC, partition) {
+            return None;
+        }
+        self.owner(topic, partition)
     }
 
     /// Writes the marker ending producer `producer_id`'s transaction to `partition` of `topic`,
@@ -402,7 +425,11 @@ impl Shard {
         // Asked on every group request: borrow the table rather than copy the topic out.
         let topics = self.topics.borrow();
         let topic = topics.get(group::OFFSETS_TOPIC)?;
-        self.owner(topic, group::partition_for(group, topic.partitions()))
+        let partition = group::partition_for(group, topic.partitions());
+        if !self.coordinates(group::OFFSETS_TOPIC, partition) {
+            return None;
+        }
+        self.owner(topic, partition)
     }
 
     /// Runs `task` on `shard` (here if it is this one) and returns its result; `None` if that
@@ -467,8 +494,13 @@ impl Shard {
             return None;
         }
         let partitions = self.config.num_partitions;
-        let new =
-            NewTopic { name: name.to_string(), partitions, configs: BTreeMap::new(), validate_only: false };
+        let new = NewTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+            validate_only: false,
+        };
         // An invalid name or a concurrent creation of the same topic: the table says which.
         let _created_or_refused = self.create_topic(new).await;
         self.topic(name)
@@ -541,7 +573,12 @@ impl Shard {
     /// Reads one partition on the shard that owns it.
     pub async fn fetch(&self, topic: &TopicMeta, read: PartitionRead) -> Fetched {
         let Some(owner) = self.owner(topic, read.partition) else {
-            return Fetched::failed(FetchError::UnknownTopicOrPartition);
+            let elsewhere = topic.has_partition(read.partition);
+            return Fetched::failed(if elsewhere {
+                FetchError::NotLeader
+            } else {
+                FetchError::UnknownTopicOrPartition
+            });
         };
         if owner == self.id {
             return self.fetch_here(&read).await;
@@ -642,7 +679,10 @@ impl Shard {
         timestamp: i64,
         committed_only: bool,
     ) -> ListedOffset {
-        let owner = self.owner(topic, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
+        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+            true => FetchError::NotLeader,
+            false => FetchError::UnknownTopicOrPartition,
+        })?;
         if owner == self.id {
             return self.list_offset_here(&topic.name, partition, timestamp, committed_only).await;
         }
@@ -678,6 +718,9 @@ impl Shard {
     /// Creates a topic (asking shard 0 if this is not shard 0); returns it once every shard
     /// knows it and the owners of its partitions have opened their logs.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<TopicMeta, CreateTopicError> {
+        if let Some(controller) = self.controller() {
+            return self.create_topic_in_cluster(controller, topic).await;
+        }
         if self.id != METADATA_SHARD {
             return self.ask_metadata_shard(|reply| ShardMessage::CreateTopic { topic, reply }).await;
         }
@@ -812,6 +855,10 @@ impl Shard {
         if topics::is_internal(name) {
             return Err(CreateTopicError::InvalidName(format!("`{name}` is internal and cannot be deleted")));
         }
+        if let Some(controller) = self.controller() {
+            let change = TopicChange::Delete { name: name.to_string() };
+            return self.change_in_cluster(controller, change).await.map(|_| topic);
+        }
         self.persist_with(None, Some(name)).await?;
         let deleted = |reply| ShardMessage::TopicDeleted { topic: topic.clone(), reply };
         self.announce(deleted, || self.apply_topic_deleted(&topic)).await?;
@@ -821,6 +868,7 @@ impl Shard {
     /// Drops a deleted topic here: its logs are closed and their directories removed.
     async fn apply_topic_deleted(&self, topic: &TopicMeta) -> Result<(), String> {
         self.topics.borrow_mut().remove(&topic.name);
+        self.topics_changed.send_modify(|version| *version += 1);
         for partition in 0..topic.partitions() {
             let removed = self.logs.borrow_mut().remove(&(topic.name.clone(), partition));
             let Some(log) = removed else { continue };
@@ -861,6 +909,11 @@ impl Shard {
         if validate_only {
             return Ok(topic);
         }
+        if let Some(controller) = self.controller() {
+            let change = TopicChange::AddPartitions { name: name.to_string(), total: partitions };
+            let grown = self.change_in_cluster(controller, change).await?;
+            return grown.ok_or_else(|| CreateTopicError::UnknownTopic(name.into()));
+        }
         self.place_partitions(&mut topic, partitions);
         self.persist_with(Some(&topic), None).await?;
         let grown = |reply| ShardMessage::TopicCreated { topic: topic.clone(), reply };
@@ -886,6 +939,11 @@ impl Shard {
         if validate_only {
             return Ok(topic);
         }
+        if let Some(controller) = self.controller() {
+            let change = TopicChange::AlterConfigs { name: name.to_string(), configs };
+            let altered = self.change_in_cluster(controller, change).await?;
+            return altered.ok_or_else(|| CreateTopicError::UnknownTopic(name.into()));
+        }
         topic.configs = configs;
         self.persist_with(Some(&topic), None).await?;
         let changed = |reply| ShardMessage::TopicCreated { topic: topic.clone(), reply };
@@ -900,7 +958,10 @@ impl Shard {
         partition: i32,
         offset: i64,
     ) -> Result<i64, DeleteRecordsError> {
-        let owner = self.owner(topic, partition).ok_or(DeleteRecordsError::UnknownTopicOrPartition)?;
+        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+            true => DeleteRecordsError::NotLeader,
+            false => DeleteRecordsError::UnknownTopicOrPartition,
+        })?;
         if owner == self.id {
             return self.delete_records_here(&topic.name, partition, offset).await;
         }
@@ -993,6 +1054,7 @@ impl Shard {
             self.logs.borrow_mut().insert((topic.name.clone(), partition), Rc::new(log));
         }
         self.topics.borrow_mut().insert(topic);
+        self.topics_changed.send_modify(|version| *version += 1);
         Ok(())
     }
 
@@ -1008,7 +1070,10 @@ impl Shard {
         if topics::is_internal(&topic.name) {
             return Err(ProduceError::InternalTopic);
         }
-        let owner = self.owner(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
+        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+            true => ProduceError::NotLeader,
+            false => ProduceError::UnknownTopicOrPartition,
+        })?;
         if owner == self.id {
             return self.produce_here(&topic.name, partition, &records, acks).await;
         }

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub const TOPICS_FILE: &str = "topics.toml";
 /// Kafka's limit on topic names.
 const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// The owner of a partition other brokers hold, in a cluster.
+pub const NOT_HOSTED: u16 = u16::MAX;
 /// Most partitions one topic may have on this broker.
 pub const PARTITIONS_MAX: i32 = 10_000;
 
@@ -32,8 +34,18 @@ impl TopicMeta {
         self.owners.len() as i32
     }
 
+    /// The shard owning `partition`; `None` if there is no such partition or, in a cluster,
+    /// if other brokers hold it.
     pub fn owner(&self, partition: i32) -> Option<usize> {
-        usize::try_from(partition).ok().and_then(|p| self.owners.get(p)).map(|&shard| usize::from(shard))
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.owners.get(p))
+            .filter(|&&shard| shard != NOT_HOSTED)
+            .map(|&shard| usize::from(shard))
+    }
+
+    pub fn has_partition(&self, partition: i32) -> bool {
+        (0..self.partitions()).contains(&partition)
     }
 }
 

@@ -11,8 +11,12 @@ pub async fn handle(shard: &Shard, request: CreateTopicsRequest) -> CreateTopics
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
-        if topic.replication_factor > 1 || !topic.assignments.is_empty() {
-            let message = "this broker runs alone: replication factor 1 only, no manual assignment";
+        let alone = shard.controller().is_none();
+        if (alone && topic.replication_factor > 1) || !topic.assignments.is_empty() {
+            let message = match alone {
+                true => "this broker runs alone: replication factor 1 only, no manual assignment",
+                false => "replicas are placed by the controller: no manual assignment",
+            };
             results.push(
                 result
                     .with_error_code(ResponseError::InvalidReplicationFactor.code())
@@ -32,6 +36,7 @@ pub async fn handle(shard: &Shard, request: CreateTopicsRequest) -> CreateTopics
         let new = NewTopic {
             name: topic.name.to_string(),
             partitions,
+            replication_factor: topic.replication_factor,
             configs,
             validate_only: request.validate_only,
         };

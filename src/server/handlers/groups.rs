@@ -7,7 +7,7 @@ use crate::group::consumer::TopicMap;
 use crate::group::offsets::{self, FetchedOffsets, OffsetQuery};
 use crate::group::store::OffsetValue;
 use crate::server::Broker;
-use crate::shard::{Shard, topics};
+use crate::shard::{CoordinatorAddress, Shard, topics};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::find_coordinator_response::Coordinator as FoundCoordinator;
@@ -41,35 +41,64 @@ where
     shard.run_on(owner, task).await
 }
 
-pub fn find_coordinator(
+pub async fn find_coordinator(
     broker: &Broker,
+    shard: &Shard,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let found = |key: &StrBytes| {
-        let coordinator = FoundCoordinator::default().with_key(key.clone());
-        match request.key_type {
-            // Every core of this broker coordinates its share of the transactional ids.
-            GROUP_KEY | TRANSACTION_KEY => coordinator
-                .with_node_id(BrokerId(broker.node_id))
-                .with_host(text(&broker.advertised.ip().to_string()))
-                .with_port(i32::from(broker.advertised.port())),
-            _ => coordinator
-                .with_node_id(BrokerId(-1))
-                .with_port(-1)
-                .with_error_code(ResponseError::InvalidRequest.code()),
-        }
-    };
-    if version >= 4 {
-        return FindCoordinatorResponse::default()
-            .with_coordinators(request.coordinator_keys.iter().map(found).collect());
+    let keys = if version >= 4 { request.coordinator_keys.clone() } else { vec![request.key.clone()] };
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        found.push(coordinator(broker, shard, request.key_type, key).await);
     }
-    let one = found(&request.key);
+    if version >= 4 {
+        return FindCoordinatorResponse::default().with_coordinators(found);
+    }
+    let one = found.pop().unwrap_or_default();
     FindCoordinatorResponse::default()
         .with_error_code(one.error_code)
         .with_node_id(one.node_id)
         .with_host(one.host)
         .with_port(one.port)
+}
+
+/// The coordinator of one key: this broker when it runs alone (each of its cores coordinates
+/// its share); in a cluster, the leader of the key's partition of the internal topic.
+async fn coordinator(broker: &Broker, shard: &Shard, key_type: i8, key: StrBytes) -> FoundCoordinator {
+    let coordinator = FoundCoordinator::default().with_key(key.clone());
+    let unavailable = |coordinator: FoundCoordinator| {
+        coordinator
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+    };
+    type PartitionFor = fn(&str, i32) -> i32;
+    let (topic, partition_for): (&str, PartitionFor) = match key_type {
+        GROUP_KEY => (crate::group::OFFSETS_TOPIC, crate::group::partition_for),
+        TRANSACTION_KEY => (crate::txn::TRANSACTION_TOPIC, crate::txn::partition_for),
+        _ => {
+            return coordinator
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+                .with_error_code(ResponseError::InvalidRequest.code());
+        }
+    };
+    let address = match shard.controller() {
+        None => CoordinatorAddress {
+            id: broker.node_id,
+            host: broker.advertised.ip().to_string(),
+            port: broker.advertised.port(),
+        },
+        Some(_) => match shard.coordinator_in_cluster(topic, |n| partition_for(&key, n)).await {
+            Some(address) => address,
+            None => return unavailable(coordinator),
+        },
+    };
+    coordinator
+        .with_node_id(BrokerId(address.id))
+        .with_host(text(&address.host))
+        .with_port(i32::from(address.port))
 }
 
 pub async fn join(

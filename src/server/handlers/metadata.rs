@@ -1,6 +1,7 @@
 //! Metadata: this broker, and the topics asked about (all of them if none are named),
 //! creating unknown ones when auto-creation is on and the client allows it.
 
+use crate::controller::state::{NO_LEADER, PartitionRecord};
 use crate::server::Broker;
 use crate::shard::Shard;
 use crate::shard::topics::{self, TopicMeta};
@@ -32,7 +33,7 @@ pub async fn handle(
     // v0 asks for every topic with an empty list; later versions with a null one.
     let requested = request.topics.filter(|topics| version > 0 || !topics.is_empty());
     let topics = match requested {
-        None => shard.all_topics().iter().map(|topic| describe(broker, topic)).collect(),
+        None => shard.all_topics().iter().map(|topic| describe(broker, shard, topic)).collect(),
         Some(requested) => {
             let auto_create = request.allow_auto_topic_creation || version < 4;
             let mut topics = Vec::with_capacity(requested.len());
@@ -43,7 +44,7 @@ pub async fn handle(
                     None => shard.topic_by_id(wanted.topic_id),
                 };
                 topics.push(match found {
-                    Some(topic) => describe(broker, &topic),
+                    Some(topic) => describe(broker, shard, &topic),
                     None => MetadataResponseTopic::default()
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                         .with_name(wanted.name)
@@ -108,10 +109,42 @@ pub fn cluster(broker: &Broker, shard: &Shard) -> Cluster {
     Cluster { id, brokers, controller: view.controller }
 }
 
-/// A topic as Metadata shows it: this broker leads every partition (epoch 0, no replicas).
-fn describe(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+/// A topic as Metadata shows it: in a cluster, each partition's leader, replicas and in-sync
+/// replicas as the controller placed them; otherwise (and for the internal topics, which each
+/// broker keeps) this broker leads every partition.
+fn describe(broker: &Broker, shard: &Shard, topic: &TopicMeta) -> MetadataResponseTopic {
+    let placed = shard.cluster().and_then(|view| view.image.topics.get(&topic.name).cloned());
+    let partitions = match placed.filter(|record| record.id == *topic.id.as_bytes()) {
+        Some(record) => {
+            record.partitions.iter().enumerate().map(|(index, p)| placed_partition(index, p)).collect()
+        }
+        None => led_here(broker, topic),
+    };
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+        .with_topic_id(topic.id)
+        .with_is_internal(topics::is_internal(&topic.name))
+        .with_partitions(partitions)
+}
+
+fn placed_partition(index: usize, partition: &PartitionRecord) -> MetadataResponsePartition {
+    let ids = |ids: &[i32]| ids.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
+    let answer = MetadataResponsePartition::default()
+        .with_partition_index(index as i32)
+        .with_leader_id(BrokerId(partition.leader))
+        .with_leader_epoch(partition.leader_epoch)
+        .with_replica_nodes(ids(&partition.replicas))
+        .with_isr_nodes(ids(&partition.isr));
+    match partition.leader {
+        NO_LEADER => answer.with_error_code(ResponseError::LeaderNotAvailable.code()),
+        _ => answer,
+    }
+}
+
+/// Every partition led by this broker (epoch 0, no other replicas).
+fn led_here(broker: &Broker, topic: &TopicMeta) -> Vec<MetadataResponsePartition> {
     let node = BrokerId(broker.node_id);
-    let partitions = (0..topic.partitions())
+    (0..topic.partitions())
         .map(|partition| {
             MetadataResponsePartition::default()
                 .with_partition_index(partition)
@@ -120,10 +153,5 @@ fn describe(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
         })
-        .collect();
-    MetadataResponseTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
-        .with_topic_id(topic.id)
-        .with_is_internal(topics::is_internal(&topic.name))
-        .with_partitions(partitions)
+        .collect()
 }

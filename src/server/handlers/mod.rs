@@ -189,7 +189,7 @@ async fn group_request(
 ) -> Result<ResponseKind, RequestKind> {
     Ok(match request {
         RequestKind::FindCoordinator(request) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(broker, request, version))
+            ResponseKind::FindCoordinator(groups::find_coordinator(broker, shard, request, version).await)
         }
         RequestKind::JoinGroup(request) => {
             ResponseKind::JoinGroup(groups::join(shard, request, version, client).await)

@@ -80,8 +80,14 @@ pub async fn add_partitions(
     let id = request.v3_and_below_transactional_id.to_string();
     let (producer_id, epoch) = (request.v3_and_below_producer_id.0, request.v3_and_below_producer_epoch);
     let topics = request.v3_and_below_topics;
+    // In a cluster, markers are written only to partitions this broker holds: a transaction
+    // reaching partitions led by other brokers is refused rather than left without markers.
+    let clustered = shard.controller().is_some();
     let exists = |topic: &str, partition: i32| {
-        shard.topic(topic).is_some_and(|meta| (0..meta.partitions()).contains(&partition))
+        shard.topic(topic).is_some_and(|meta| match clustered {
+            true => meta.owner(partition).is_some(),
+            false => meta.has_partition(partition),
+        })
     };
     let unknown = topics.iter().any(|t| t.partitions.iter().any(|&p| !exists(t.name.as_str(), p)));
     let result = if unknown {

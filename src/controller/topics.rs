@@ -1,0 +1,186 @@
+//! Topic changes brokers ask the active controller for: checked against the image, placed on
+//! the live brokers, and turned into the log command that makes them.
+
+use super::state::{Command, Image, PartitionRecord, TopicRecord};
+use std::collections::BTreeMap;
+
+/// A change to the cluster's topics, as a broker asks for it. Names, partition counts and
+/// configs were checked by the asking broker; what needs the whole cluster is checked here.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum TopicChange {
+    Create {
+        name: String,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    },
+    Delete {
+        name: String,
+    },
+    /// Grows the topic to `total` partitions.
+    AddPartitions {
+        name: String,
+        total: i32,
+    },
+    AlterConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+}
+
+/// Why the active controller refused a change.
+#[derive(
+    Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, thiserror::Error,
+)]
+pub enum Refusal {
+    #[error("topic `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    /// No active controller answered in time, or it lost its leadership mid-change.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl TopicChange {
+    pub fn name(&self) -> &str {
+        match self {
+            TopicChange::Create { name, .. }
+            | TopicChange::Delete { name }
+            | TopicChange::AddPartitions { name, .. }
+            | TopicChange::AlterConfigs { name, .. } => name,
+        }
+    }
+}
+
+/// The command that makes `change`, placing new partitions on the live brokers, each
+/// partition's replicas on consecutive brokers from a random start (Kafka's placement).
+pub fn plan(image: &Image, change: TopicChange) -> Result<Command, Refusal> {
+    let existing = image.topics.get(change.name());
+    match change {
+        TopicChange::Create { name, partitions, replication_factor, configs } => {
+            if existing.is_some() {
+                return Err(Refusal::AlreadyExists(name));
+            }
+            let replicas = replicas_per_partition(image, replication_factor)?;
+            let partitions = place(image, 0..partitions, replicas);
+            let topic = TopicRecord { id: *uuid::Uuid::new_v4().as_bytes(), partitions, configs };
+            Ok(Command::CreateTopic { name, topic })
+        }
+        TopicChange::Delete { name } => match existing {
+            Some(_) => Ok(Command::DeleteTopic { name }),
+            None => Err(Refusal::UnknownTopic(name)),
+        },
+        TopicChange::AddPartitions { name, total } => {
+            let Some(topic) = existing else { return Err(Refusal::UnknownTopic(name)) };
+            let current = topic.partitions.len() as i32;
+            if total <= current {
+                let reason = format!("`{name}` has {current} partitions; it can only grow");
+                return Err(Refusal::InvalidPartitions(reason));
+            }
+            let replicas = topic.partitions.first().map_or(1, |p| p.replicas.len() as i16);
+            let partitions = place(image, current..total, replicas_per_partition(image, replicas)?);
+            Ok(Command::AddPartitions { name, partitions })
+        }
+        TopicChange::AlterConfigs { name, configs } => match existing {
+            Some(_) => Ok(Command::AlterTopicConfigs { name, configs }),
+            None => Err(Refusal::UnknownTopic(name)),
+        },
+    }
+}
+
+/// The replication factor to place with: -1 asks for the default, 1. Partitions are not
+/// replicated yet, so a larger one is refused rather than recorded and not kept.
+fn replicas_per_partition(image: &Image, replication_factor: i16) -> Result<usize, Refusal> {
+    let factor = if replication_factor == -1 { 1 } else { replication_factor };
+    let live = image.live_brokers().count();
+    if factor < 1 || factor as usize > live {
+        let reason = format!("replication factor {factor} with {live} live brokers");
+        return Err(Refusal::InvalidReplicationFactor(reason));
+    }
+    if factor > 1 {
+        let reason = "partitions are not replicated yet: replication factor 1 only".to_string();
+        return Err(Refusal::InvalidReplicationFactor(reason));
+    }
+    Ok(factor as usize)
+}
+
+fn place(image: &Image, indexes: std::ops::Range<i32>, replicas: usize) -> Vec<PartitionRecord> {
+    let live: Vec<i32> = image.live_brokers().map(|broker| broker.id).collect();
+    let start = (uuid::Uuid::new_v4().as_u128() % live.len().max(1) as u128) as usize;
+    indexes
+        .map(|index| {
+            let replicas: Vec<i32> =
+                (0..replicas).map(|r| live[(start + index as usize + r) % live.len()]).collect();
+            PartitionRecord { leader: replicas[0], leader_epoch: 0, isr: replicas.clone(), replicas }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::state::Outcome;
+
+    fn image_with_brokers(ids: &[i32]) -> Image {
+        let mut image = Image::default();
+        for (at, id) in ids.iter().enumerate() {
+            let register = Command::Register(crate::controller::state::Registration {
+                id: *id,
+                incarnation: [0; 16],
+                host: "h".into(),
+                port: 1,
+                rack: None,
+            });
+            image.apply(at as u64 + 1, &register);
+        }
+        image
+    }
+
+    #[test]
+    fn partitions_spread_over_the_live_brokers_and_move_with_fencing() {
+        let mut image = image_with_brokers(&[1, 2, 3]);
+        let create = TopicChange::Create {
+            name: "t".into(),
+            partitions: 6,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+        };
+        let command = plan(&image, create.clone()).expect("planned");
+        assert_eq!(image.apply(10, &command), Outcome::Applied);
+        let leaders: Vec<i32> = image.topics["t"].partitions.iter().map(|p| p.leader).collect();
+        for broker in [1, 2, 3] {
+            assert_eq!(leaders.iter().filter(|l| **l == broker).count(), 2, "{leaders:?}");
+        }
+        assert_eq!(plan(&image, create), Err(Refusal::AlreadyExists("t".into())));
+
+        let epoch = image.brokers[&2].epoch;
+        image.apply(11, &Command::Fence { id: 2, epoch });
+        let on_two: Vec<&PartitionRecord> =
+            image.topics["t"].partitions.iter().filter(|p| p.replicas == [2]).collect();
+        assert!(on_two.iter().all(|p| p.leader == -1 && p.leader_epoch == 1 && p.isr == [2]), "{on_two:?}");
+        image.apply(12, &Command::Unfence { id: 2, epoch });
+        let on_two: Vec<&PartitionRecord> =
+            image.topics["t"].partitions.iter().filter(|p| p.replicas == [2]).collect();
+        assert!(on_two.iter().all(|p| p.leader == 2 && p.leader_epoch == 2), "{on_two:?}");
+
+        let grow = plan(&image, TopicChange::AddPartitions { name: "t".into(), total: 9 }).expect("grow");
+        image.apply(13, &grow);
+        assert_eq!(image.topics["t"].partitions.len(), 9);
+        let shrink = plan(&image, TopicChange::AddPartitions { name: "t".into(), total: 9 });
+        assert!(matches!(shrink, Err(Refusal::InvalidPartitions(_))));
+        let replicated = TopicChange::Create {
+            name: "r".into(),
+            partitions: 1,
+            replication_factor: 4,
+            configs: BTreeMap::new(),
+        };
+        assert!(matches!(plan(&image, replicated), Err(Refusal::InvalidReplicationFactor(_))));
+        image.apply(14, &plan(&image, TopicChange::Delete { name: "t".into() }).expect("delete"));
+        assert!(image.topics.is_empty());
+    }
+}

@@ -1,0 +1,237 @@
+//! A shard's part in a cluster. Topic changes clients ask for go to the active controller
+//! instead of being made here; shard 0 then makes this broker's topic table follow the
+//! controller's image: each topic with the image's id and partition count, the partitions
+//! placed on this broker owned by a shard, the others marked as held elsewhere.
+
+use super::topics::{self, NOT_HOSTED, TopicMeta};
+use super::{CreateTopicError, METADATA_SHARD, NewTopic, Shard};
+use crate::controller::state::{Image, TopicRecord};
+use crate::controller::topics::{Refusal, TopicChange};
+use crate::controller::{ClusterView, ControllerHandle};
+use crate::io;
+use std::time::Duration;
+
+/// How long a change waits for this broker to apply what the controller committed.
+const LOCAL_APPLY_MAX: Duration = Duration::from_secs(10);
+
+impl Shard {
+    pub fn set_controller(&self, controller: ControllerHandle) {
+        // Set once, when the shard starts.
+        let _set_already = self.controller.set(controller);
+    }
+
+    pub fn controller(&self) -> Option<&ControllerHandle> {
+        self.controller.get()
+    }
+
+    /// Takes a newer view of the cluster; on shard 0, brings the topic table in line with it.
+    pub async fn follow(&self, view: ClusterView) {
+        let image = view.image.clone();
+        *self.cluster.borrow_mut() = Some(view);
+        if self.id == METADATA_SHARD {
+            self.follow_image(&image).await;
+        }
+    }
+
+    /// CreateTopics in a cluster: checked here as on a one-node broker, placed by the active
+    /// controller.
+    pub(super) async fn create_topic_in_cluster(
+        &self,
+        controller: &ControllerHandle,
+        topic: NewTopic,
+    ) -> Result<TopicMeta, CreateTopicError> {
+        topics::validate_name(&topic.name).map_err(CreateTopicError::InvalidName)?;
+        if !(1..=topics::PARTITIONS_MAX).contains(&topic.partitions) {
+            return Err(CreateTopicError::InvalidPartitions(topic.partitions));
+        }
+        topics::log_config(&self.config, &topic.configs).map_err(CreateTopicError::InvalidConfig)?;
+        if topic.validate_only {
+            let known = self.cluster().is_some_and(|view| view.image.topics.contains_key(&topic.name));
+            if known {
+                return Err(CreateTopicError::AlreadyExists(topic.name));
+            }
+            let owners = vec![NOT_HOSTED; topic.partitions as usize];
+            return Ok(TopicMeta { name: topic.name, id: uuid::Uuid::nil(), owners, configs: topic.configs });
+        }
+        let name = topic.name.clone();
+        let change = TopicChange::Create {
+            name: topic.name,
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            configs: topic.configs,
+        };
+        let created = self.change_in_cluster(controller, change).await?;
+        created.ok_or(CreateTopicError::UnknownTopic(name))
+    }
+
+    /// Asks the active controller for `change`, then waits until this shard's topic table
+    /// shows it; answers the topic as it now is here (none once deleted).
+    pub(super) async fn change_in_cluster(
+        &self,
+        controller: &ControllerHandle,
+        change: TopicChange,
+    ) -> Result<Option<TopicMeta>, CreateTopicError> {
+        let name = change.name().to_string();
+        let image = controller.change(change).await.map_err(refused)?;
+        let wanted = image.topics.get(&name);
+        let mut changes = self.topics_changed.subscribe();
+        let applied = async {
+            while !self.shows(&name, wanted) {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        futures_lite::future::or(applied, io::sleep(LOCAL_APPLY_MAX)).await;
+        Ok(wanted.map(|record| self.topic(&name).unwrap_or_else(|| self.meta_for(&name, record, None))))
+    }
+
+    /// Whether this shard's table has `name` as the image has it (`None`: deleted).
+    fn shows(&self, name: &str, wanted: Option<&TopicRecord>) -> bool {
+        match (self.topic(name), wanted) {
+            (None, None) => true,
+            (Some(local), Some(record)) => {
+                local.id.as_bytes() == &record.id
+                    && local.partitions() as usize == record.partitions.len()
+                    && local.configs == record.configs
+            }
+            _ => false,
+        }
+    }
+
+    /// The topic table entry for `record`: partitions with a replica on this broker get a
+    /// shard (the one they had, or the next in turn), the others none.
+    fn meta_for(&self, name: &str, record: &TopicRecord, local: Option<&TopicMeta>) -> TopicMeta {
+        let node = self.config.node_id;
+        let owners = record
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(index, partition)| {
+                if !partition.replicas.contains(&node) {
+                    return NOT_HOSTED;
+                }
+                match local.and_then(|local| local.owners.get(index)).filter(|owner| **owner != NOT_HOSTED) {
+                    Some(owner) => *owner,
+                    None => {
+                        let next = self.next_owner.get();
+                        self.next_owner.set(next + 1);
+                        (next % self.shards) as u16
+                    }
+                }
+            })
+            .collect();
+        TopicMeta {
+            name: name.to_string(),
+            id: uuid::Uuid::from_bytes(record.id),
+            owners,
+            configs: record.configs.clone(),
+        }
+    }
+
+    /// Creates, grows, reconfigures and deletes topics here until the table matches `image`
+    /// (shard 0 only). The internal topics stay as each broker made them.
+    async fn follow_image(&self, image: &Image) {
+        for (name, record) in &image.topics {
+            if topics::is_internal(name) {
+                continue;
+            }
+            let local = self.topic(name);
+            if local.as_ref().is_some_and(|local| local.id.as_bytes() != &record.id) {
+                // Deleted and made again while this broker was away: the old data goes.
+                self.forget_topic(name).await;
+            }
+            let local = self.topic(name);
+            let meta = self.meta_for(name, record, local.as_ref());
+            if local.as_ref() != Some(&meta)
+                && let Err(error) = self.set_topic(meta).await
+            {
+                tracing::error!(topic = name, %error, "applying the controller's topic failed");
+            }
+        }
+        for local in self.all_topics() {
+            if !topics::is_internal(&local.name) && !image.topics.contains_key(&local.name) {
+                self.forget_topic(&local.name).await;
+            }
+        }
+    }
+
+    /// Persists `meta` and has every shard apply it.
+    async fn set_topic(&self, meta: TopicMeta) -> Result<(), CreateTopicError> {
+        self.persist_with(Some(&meta), None).await?;
+        let set = |reply| super::ShardMessage::TopicCreated { topic: meta.clone(), reply };
+        self.announce(set, || self.apply_topic_created(meta.clone())).await
+    }
+
+    /// Drops a topic the controller no longer has, with its data.
+    async fn forget_topic(&self, name: &str) {
+        let Some(topic) = self.topic(name) else { return };
+        let forgotten = async {
+            self.persist_with(None, Some(name)).await?;
+            let deleted = |reply| super::ShardMessage::TopicDeleted { topic: topic.clone(), reply };
+            self.announce(deleted, || self.apply_topic_deleted(&topic)).await
+        };
+        if let Err(error) = forgotten.await {
+            tracing::error!(topic = name, %error, "dropping a topic the controller deleted failed");
+        }
+    }
+}
+
+/// Where a client finds a coordinator.
+pub struct CoordinatorAddress {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Shard {
+    /// In a cluster, the broker coordinating `key`: the leader of its partition of the internal
+    /// `topic` (the offsets or transaction topic), as the controller placed it. The first
+    /// lookup has the controller place the topic. `None` while that broker is unavailable.
+    pub async fn coordinator_in_cluster(
+        &self,
+        topic: &str,
+        partition_for: impl Fn(i32) -> i32,
+    ) -> Option<CoordinatorAddress> {
+        let controller = self.controller()?;
+        let local = self.topic(topic)?;
+        let mut image = self.cluster()?.image;
+        if !image.topics.contains_key(topic) {
+            let change = TopicChange::Create {
+                name: topic.to_string(),
+                partitions: local.partitions(),
+                replication_factor: -1,
+                configs: local.configs.clone(),
+            };
+            // Asked by several brokers at once, one creation wins; the others ask again.
+            image = controller.change(change).await.ok()?;
+        }
+        let record = image.topics.get(topic)?;
+        if record.partitions.len() != local.partitions() as usize {
+            tracing::error!(topic, "the cluster has another partition count than this broker's config");
+            return None;
+        }
+        let leader = record.partitions.get(partition_for(local.partitions()) as usize)?.leader;
+        let broker = image.brokers.get(&leader).filter(|broker| !broker.fenced)?;
+        Some(CoordinatorAddress { id: broker.id, host: broker.host.clone(), port: broker.port })
+    }
+
+    /// Whether, in a cluster, this broker leads `partition` of the internal `topic`, and so
+    /// coordinates the groups or transactions hashed to it. Always so on a one-node broker.
+    pub(super) fn coordinates(&self, topic: &str, partition: i32) -> bool {
+        let Some(view) = self.cluster() else { return self.controller().is_none() };
+        let record = view.image.topics.get(topic);
+        let leader = record.and_then(|record| record.partitions.get(partition as usize)).map(|p| p.leader);
+        leader == Some(self.config.node_id)
+    }
+}
+
+fn refused(refusal: Refusal) -> CreateTopicError {
+    match refusal {
+        Refusal::AlreadyExists(name) => CreateTopicError::AlreadyExists(name),
+        Refusal::UnknownTopic(name) => CreateTopicError::UnknownTopic(name),
+        Refusal::InvalidPartitions(reason) => CreateTopicError::InvalidPartitionCount(reason),
+        Refusal::InvalidReplicationFactor(reason) => CreateTopicError::InvalidReplicationFactor(reason),
+        Refusal::Unavailable(reason) => CreateTopicError::ControllerUnavailable(reason),
+    }
+}

@@ -637,3 +637,22 @@ fn list_offsets_by_time_finds_the_exact_record_inside_a_batch() {
     let (_, _, found) = list_offset(&mut stream, 7, "timed", 1_000_371);
     assert_eq!(found, 1_000_380, "the timestamp of the record found");
 }
+
+#[test]
+fn offset_for_leader_epoch_answers_where_an_epoch_ended() {
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    let broker = Broker::start(&["--cores", "2"]);
+    produce_all(&broker, "epochs", 0..25);
+    // A broker alone leads every partition at epoch 0, and stamps its batches with it.
+    assert_eq!(common::end_offset_for_epoch(&broker, "epochs", 0, 0, 0), (0, 0, 25));
+    assert_eq!(
+        common::end_offset_for_epoch(&broker, "epochs", 0, -1, 0),
+        (0, 0, 25),
+        "no current epoch given"
+    );
+    assert_eq!(common::end_offset_for_epoch(&broker, "epochs", 0, -1, 3), (0, -1, -1), "an epoch never seen");
+    assert_eq!(common::end_offset_for_epoch(&broker, "epochs", 0, 2, 0).0, UNKNOWN_LEADER_EPOCH);
+    assert_eq!(common::end_offset_for_epoch(&broker, "epochs", 9, -1, 0).0, UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(common::end_offset_for_epoch(&broker, "nothing", 0, -1, 0).0, UNKNOWN_TOPIC_OR_PARTITION);
+}

@@ -208,6 +208,7 @@ fn ringmq(args: &[&str]) -> String {
 #[test]
 fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     let quorum = voters(&[1, 2, 3]);
     let mut nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
     let all: Vec<&Broker> = nodes.values().collect();
@@ -234,7 +235,17 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     }
     // A broker that does not lead a partition says so, and the leader answers for it.
     let elsewhere = nodes.keys().copied().find(|id| *id != placed[0]).expect("another broker");
-    assert_eq!(latest_offset(&nodes[&elsewhere], "spread", 0).0, NOT_LEADER_OR_FOLLOWER);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Until its next heartbeat brings the topic, the broker does not know it.
+        match latest_offset(&nodes[&elsewhere], "spread", 0).0 {
+            NOT_LEADER_OR_FOLLOWER => break,
+            UNKNOWN_TOPIC_OR_PARTITION if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => panic!("broker {elsewhere} answered {other} for a partition it does not lead"),
+        }
+    }
 
     // librdkafka, bootstrapped from one broker, writes to every leader; a consumer group
     // bootstrapped from another reads everything back through the group's coordinator.
@@ -273,6 +284,16 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     nodes.insert(lost, node(lost, &quorum, Some(data)));
     await_leaders(&nodes[&elsewhere], "spread", |leaders| leaders == placed.as_slice());
     assert_eq!(latest_offset(&nodes[&lost], "spread", 0), (0, per_partition[0]), "its records survived");
+
+    // Losing and regaining its leader raised the partition's leader epoch (0 to 2); what is
+    // written now is stamped with it, and OffsetForLeaderEpoch tells where epoch 0 ended.
+    const FENCED_LEADER_EPOCH: i16 = 74;
+    let before = per_partition[0];
+    assert_eq!(common::end_offset_for_epoch(&nodes[&lost], "spread", 0, 1, 0).0, FENCED_LEADER_EPOCH);
+    common::produce_all(&nodes[&elsewhere], "spread", 0..300);
+    assert_eq!(common::end_offset_for_epoch(&nodes[&lost], "spread", 0, 2, 0), (0, 0, before));
+    assert_eq!(common::end_offset_for_epoch(&nodes[&lost], "spread", 0, 2, 1), (0, 0, before));
+    assert_eq!(common::end_offset_for_epoch(&nodes[&lost], "spread", 0, 2, 2), (0, 2, 2 * before));
 
     // Deleted through one broker, the topic's data goes from every broker.
     ringmq(&["topic", "delete", "spread", "--bootstrap", &nodes[&elsewhere].address.to_string()]);

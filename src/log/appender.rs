@@ -146,6 +146,10 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
         (take_round(&mut state), size_before)
     };
     let Some(first) = batches.first().map(|batch| batch.base) else { return };
+    if let Err(error) = save_epochs(shared).await {
+        fail_writes(shared, first, error);
+        return;
+    }
 
     let block_start = align_down(size_before);
     assert_eq!(appender.tail.len() as u64, size_before - block_start, "tail block out of step");
@@ -270,6 +274,17 @@ async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<
 
 /// Saves the idempotent producers' state as of `offset` (everything before it written) as the
 /// snapshot a later open starts from.
+/// Writes the leader epoch checkpoint if it changed: before the batches that start a new
+/// epoch, so the file always knows the epoch of every batch on disk.
+async fn save_epochs(shared: &Shared) -> Result<(), StorageError> {
+    let Some(bytes) = shared.state.borrow_mut().epochs.take_dirty() else { return Ok(()) };
+    let written = io::write_file_atomic(&shared.dir.join(super::epochs::EPOCH_FILE), bytes).await;
+    written.map_err(|error| {
+        shared.state.borrow_mut().epochs.mark_dirty();
+        StorageError::new("write leader epoch checkpoint", error)
+    })
+}
+
 async fn save_producers(shared: &Shared, offset: Offset) -> Result<(), StorageError> {
     let snapshot: Snapshot = shared.state.borrow().producers.snapshot_at(offset.0);
     let data = snapshot
@@ -293,6 +308,7 @@ async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
         return Err(LogError::Failed(error));
     }
     seal_active(shared, &appender).await.map_err(LogError::Storage)?;
+    save_epochs(shared).await.map_err(LogError::Storage)?;
     let log_end = shared.state.borrow().log_end;
     save_producers(shared, log_end).await.map_err(LogError::Storage)?;
     let checkpoint = {
@@ -387,6 +403,7 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
     state.unsynced_bytes = 0;
     state.cache.truncate_from(new_end);
     state.producers.truncate_from(new_end.0);
+    state.epochs.truncate_from_end(new_end);
     state.check_positions();
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod appender;
 pub(crate) mod checkpoint;
 mod config;
+mod epochs;
 mod index;
 pub mod producers;
 mod reader;
@@ -196,6 +197,8 @@ struct LogState {
     stable_notified: Offset,
     /// Idempotent producers' sequences, including batches not yet written.
     producers: Producers,
+    /// Where each leader epoch began, including batches not yet written.
+    epochs: epochs::LeaderEpochs,
 }
 
 impl LogState {
@@ -321,6 +324,7 @@ impl LogState {
         self.pending.clear();
         self.cache.truncate_from(offset);
         self.producers.truncate_from(offset.0);
+        self.epochs.truncate_from_end(offset);
         while self.waiters.back().is_some_and(|waiter| waiter.end > offset) {
             if let Some(waiter) = self.waiters.pop_back() {
                 let _ignored = waiter.reply.send(Err(error.clone()));
@@ -434,6 +438,7 @@ impl Log {
             let base = state.log_end;
             let last = Offset(base.0 + i64::from(header.last_offset_delta));
             let rewritten = batch::rewrite_header(&bytes, base.0, leader_epoch.0, log_append_time);
+            state.epochs.assign(leader_epoch, base);
             let stored = StoredBatch {
                 base,
                 last,
@@ -457,6 +462,13 @@ impl Log {
             duplicate: false,
             durable,
         })
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` this log has, and where the
+    /// epoch after it began (the log end for the latest); `(-1, -1)` if there is none.
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> (LeaderEpoch, Offset) {
+        let state = self.shared.state.borrow();
+        state.epochs.end_offset_for(epoch, state.log_end)
     }
 
     /// Cuts the log back so `offset` is the next offset (replication uses it to discard a

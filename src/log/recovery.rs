@@ -17,6 +17,7 @@
 
 use super::appender::{Appender, load_tail};
 use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
+use super::epochs::{EPOCH_FILE, LeaderEpochs};
 use super::index::{OffsetIndex, TimeIndex};
 use super::producers::{Producers, Snapshot};
 use super::reader::BatchReader;
@@ -59,6 +60,7 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
             .map_err(storage("write log start offset"))?;
     }
     let producers = recover_producers(dir, &segments, &snapshots).await?;
+    let epochs = recover_epochs(dir, log_start, log_end).await?;
     let active_path = segment::log_path(dir, active.base);
     let writer = WriteFile::open(&active_path, false).await.map_err(storage("open segment"))?;
     let tail = load_tail(&active.reader, active.size_bytes).await?;
@@ -67,9 +69,30 @@ pub(super) async fn open(dir: &Path, config: LogConfig) -> Result<(LogState, App
         .map_err(storage("remove clean-shutdown checkpoint"))?;
     io::sync_dir(&active_path).await.map_err(storage("sync log directory"))?;
 
-    let state = LogState::recovered(config, segments, log_start, producers);
+    let state = LogState::recovered(config, segments, log_start, producers, epochs);
     state.check_positions();
     Ok((state, Appender { writer, tail }))
+}
+
+/// The leader epoch checkpoint, cut to the log as recovered (entries past a crash's lost
+/// tail, or before the start, go). A damaged file is dropped with a warning: OffsetForLeaderEpoch
+/// then knows no epoch until the next is written.
+async fn recover_epochs(dir: &Path, log_start: Offset, log_end: Offset) -> Result<LeaderEpochs, LogError> {
+    let path = dir.join(EPOCH_FILE);
+    let data = io::read_small_file(&path).await.map_err(storage("read leader epoch checkpoint"))?;
+    let mut epochs = match data.map(|data| LeaderEpochs::decode(&data)) {
+        Some(Some(epochs)) => epochs,
+        Some(None) => {
+            tracing::warn!(path = %path.display(), "ignoring a damaged leader epoch checkpoint");
+            let mut empty = LeaderEpochs::default();
+            empty.mark_dirty();
+            empty
+        }
+        None => LeaderEpochs::default(),
+    };
+    epochs.truncate_from_end(log_end);
+    epochs.truncate_from_start(log_start);
+    Ok(epochs)
 }
 
 /// Opens every segment in order; stops (deleting the rest) after one that ends early. An
@@ -119,6 +142,7 @@ impl LogState {
         segments: VecDeque<Segment>,
         log_start: Offset,
         producers: Producers,
+        epochs: LeaderEpochs,
     ) -> LogState {
         let log_end = segments.back().expect("at least one segment").end;
         LogState {
@@ -142,6 +166,7 @@ impl LogState {
             readers_waiting: Vec::new(),
             stable_notified: log_end,
             producers,
+            epochs,
         }
     }
 }

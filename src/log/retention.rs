@@ -41,6 +41,7 @@ impl Log {
             let log_start = state.log_start;
             state.cache.evict_before(log_start);
             state.producers.forget_aborted_before(log_start.0);
+            state.epochs.truncate_from_start(log_start);
             state.check_positions();
             (doomed, log_start)
         };
@@ -72,6 +73,7 @@ impl Log {
             }
             state.log_start = offset;
             state.cache.evict_before(offset);
+            state.epochs.truncate_from_start(offset);
             state.producers.forget_aborted_before(offset.0);
             let mut doomed = Vec::new();
             while state.segments.len() > 1 && state.segments.front().is_some_and(|first| first.end <= offset)

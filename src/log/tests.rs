@@ -675,3 +675,55 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn leader_epochs_survive_reopening_crashes_and_truncation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        let appended = |log: &Log, seed: u64, epoch: i32| {
+            let batch = encode_batch(seed, 2, 10, 1_000);
+            log.append(&batch, LeaderEpoch(epoch)).expect("append").durable
+        };
+        for seed in 0..5 {
+            appended(&log, seed, 1).await.expect("durable"); // offsets 0..10 in epoch 1
+        }
+        for seed in 5..8 {
+            appended(&log, seed, 4).await.expect("durable"); // offsets 10..16 in epoch 4
+        }
+        let ends = |log: &Log| {
+            [0, 1, 2, 4, 5].map(|epoch| {
+                let (epoch, offset) = log.end_offset_for_epoch(LeaderEpoch(epoch));
+                (epoch.0, offset.0)
+            })
+        };
+        let expected = [(0, 0), (1, 10), (1, 10), (4, 16), (-1, -1)];
+        assert_eq!(ends(&log), expected);
+        log.close().await.expect("close");
+
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a clean close");
+        assert_eq!(ends(&log), expected);
+        appended(&log, 8, 6).await.expect("durable"); // offsets 16..18 in epoch 6
+        drop(log); // crash: the checkpoint was written before the batch
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a crash");
+        assert_eq!(log.end_offset_for_epoch(LeaderEpoch(5)), (LeaderEpoch(4), Offset(16)));
+        assert_eq!(log.end_offset_for_epoch(LeaderEpoch(6)), (LeaderEpoch(6), Offset(18)));
+
+        log.truncate_to(Offset(12)).await.expect("truncate");
+        assert_eq!(
+            log.end_offset_for_epoch(LeaderEpoch(6)),
+            (LeaderEpoch(-1), Offset(-1)),
+            "epoch 6 was cut"
+        );
+        assert_eq!(log.end_offset_for_epoch(LeaderEpoch(4)), (LeaderEpoch(4), Offset(12)));
+        log.delete_records_before(Offset(4)).await.expect("delete records");
+        assert_eq!(
+            log.end_offset_for_epoch(LeaderEpoch(0)),
+            (LeaderEpoch(0), Offset(4)),
+            "epoch 1 now starts at 4"
+        );
+        log.close().await.expect("close");
+        let text = std::fs::read_to_string(dir.path().join("leader-epoch-checkpoint")).expect("checkpoint");
+        assert_eq!(text, "0\n2\n1 4\n4 10\n");
+    });
+}

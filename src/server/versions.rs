@@ -11,6 +11,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 3, 12),
     (ApiKey::Fetch, 4, 4, 16),
     (ApiKey::ListOffsets, 1, 1, 10),
+    // v0-1 were removed in Kafka 4 (KIP-896); clients ask from v2.
+    (ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
     (ApiKey::Metadata, 0, 0, 12),
     (ApiKey::ApiVersions, 0, 0, 4),
     (ApiKey::CreateTopics, 2, 2, 7),

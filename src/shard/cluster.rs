@@ -9,6 +9,7 @@ use crate::controller::state::{Image, TopicRecord};
 use crate::controller::topics::{Refusal, TopicChange};
 use crate::controller::{ClusterView, ControllerHandle};
 use crate::io;
+use crate::types::LeaderEpoch;
 use std::time::Duration;
 
 /// How long a change waits for this broker to apply what the controller committed.
@@ -214,6 +215,15 @@ impl Shard {
         let leader = record.partitions.get(partition_for(local.partitions()) as usize)?.leader;
         let broker = image.brokers.get(&leader).filter(|broker| !broker.fenced)?;
         Some(CoordinatorAddress { id: broker.id, host: broker.host.clone(), port: broker.port })
+    }
+
+    /// The leader epoch of `partition` of `topic` as the controller has it; 0 on a one-node
+    /// broker (and for the internal topics each broker keeps). Batches are stamped with it.
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> LeaderEpoch {
+        let view = self.cluster.borrow();
+        let placed = view.as_ref().and_then(|view| view.image.topics.get(topic));
+        let epoch = placed.and_then(|record| record.partitions.get(usize::try_from(partition).ok()?));
+        LeaderEpoch(epoch.map_or(0, |partition| partition.leader_epoch))
     }
 
     /// Whether, in a cluster, this broker leads `partition` of the internal `topic`, and so

@@ -407,7 +407,8 @@ impl Shard {
         let topic = topic.to_string();
         let written = self.run_on(owner, move |shard| async move {
             let Some(log) = shard.log(&topic, partition) else { return Ok(()) };
-            let appended = match log.append_marker(producer_id, epoch, commits, 0, LeaderEpoch(0)) {
+            let leader_epoch = shard.leader_epoch(&topic, partition);
+            let appended = match log.append_marker(producer_id, epoch, commits, 0, leader_epoch) {
                 Ok(appended) => appended,
                 Err(error @ AppendError::Sequence(_)) => return Err(MarkerError::Refused(error.to_string())),
                 Err(error) => return Err(MarkerError::Retry(error.to_string())),
@@ -713,6 +714,27 @@ impl Shard {
         Ok(found
             .filter(|found| found.offset < visible)
             .map_or((-1, -1), |found| (found.offset.0, found.timestamp)))
+    }
+
+    /// OffsetForLeaderEpoch for one partition, on the shard that owns it: the largest epoch at
+    /// or below `epoch` and the offset where the next began.
+    pub async fn end_offset_for_epoch(
+        self: &Rc<Self>,
+        topic: &TopicMeta,
+        partition: i32,
+        epoch: i32,
+    ) -> Result<(i32, i64), FetchError> {
+        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+            true => FetchError::NotLeader,
+            false => FetchError::UnknownTopicOrPartition,
+        })?;
+        let name = topic.name.clone();
+        let answer = self.run_on(owner, move |shard| async move {
+            let log = shard.log(&name, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
+            let (epoch, offset) = log.end_offset_for_epoch(LeaderEpoch(epoch));
+            Ok((epoch.0, offset.0))
+        });
+        answer.await.unwrap_or(Err(FetchError::ShardUnavailable))
     }
 
     /// Creates a topic (asking shard 0 if this is not shard 0); returns it once every shard
@@ -1084,7 +1106,7 @@ impl Shard {
 
     async fn produce_here(&self, topic: &str, partition: i32, records: &Bytes, acks: i16) -> ProduceResult {
         let log = self.log(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
-        let appended = log.append(records, LeaderEpoch(0))?;
+        let appended = log.append(records, self.leader_epoch(topic, partition))?;
         if !appended.duplicate {
             let produced = (appended.last_offset.0 - appended.base_offset.0 + 1) as u64;
             crate::metrics::count(|c| {

@@ -189,3 +189,40 @@ pub fn assigned_from_start_reading(
     consumer.assign(&assignment).expect("assign");
     consumer
 }
+
+/// OffsetForLeaderEpoch (v4) for one partition, asked of `broker` directly: (error code,
+/// leader epoch, end offset). `current` is the leader epoch the client believes current.
+pub fn end_offset_for_epoch(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    current: i32,
+    epoch: i32,
+) -> (i16, i32, i64) {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::Decodable;
+    use std::io::Write;
+    let asked = OffsetForLeaderPartition::default()
+        .with_partition(partition)
+        .with_current_leader_epoch(current)
+        .with_leader_epoch(epoch);
+    let topic = OffsetForLeaderTopic::default()
+        .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partitions(vec![asked]);
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![topic]);
+    let mut stream = broker.connect();
+    stream.write_all(&request_frame(ApiKey::OffsetForLeaderEpoch, 4, 1, &request)).expect("send");
+    let mut response = read_response(&mut stream);
+    ResponseHeader::decode(&mut response, ApiKey::OffsetForLeaderEpoch.response_header_version(4))
+        .expect("header");
+    let response = OffsetForLeaderEpochResponse::decode(&mut response, 4).expect("decode");
+    let answer = &response.topics[0].partitions[0];
+    (answer.error_code, answer.leader_epoch, answer.end_offset)
+}

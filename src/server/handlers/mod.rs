@@ -10,6 +10,7 @@ mod fetch;
 mod groups;
 mod list_offsets;
 mod metadata;
+mod offset_for_leader_epoch;
 mod produce;
 mod transactions;
 
@@ -137,6 +138,9 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         }
         RequestKind::ListOffsets(request) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, request).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(request) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(shard, request).await)
         }
         RequestKind::Produce(request) => match produce::handle(shard, request).await {
             Some(response) => ResponseKind::Produce(response),

@@ -308,3 +308,87 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The keys a `read_committed` consumer of `topic` reads from the start, once `enough` says
+/// it has read enough.
+fn committed_keys(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    enough: impl Fn(&std::collections::BTreeSet<String>) -> bool,
+) -> std::collections::BTreeSet<String> {
+    let consumer = common::assigned_from_start(broker, topic, partitions);
+    let mut keys = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !enough(&keys) {
+        assert!(Instant::now() < deadline, "read only {keys:?}");
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.expect("message");
+            let key = rdkafka::Message::key(&message).map(|k| String::from_utf8_lossy(k).into_owned());
+            keys.extend(key);
+        }
+    }
+    keys
+}
+
+#[test]
+fn a_transaction_spanning_brokers_is_committed_or_aborted_on_each() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let quorum = voters(&[1, 2, 3]);
+    let nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
+    let all: Vec<&Broker> = nodes.values().collect();
+    agreed(&all, &listing(&nodes));
+    ringmq(&[
+        "topic",
+        "create",
+        "ledger",
+        "--partitions",
+        "3",
+        "--bootstrap",
+        &nodes[&1].address.to_string(),
+    ]);
+    for broker in nodes.values() {
+        await_leaders(broker, "ledger", |leaders| {
+            let mut sorted = leaders.to_vec();
+            sorted.sort_unstable();
+            sorted == [1, 2, 3]
+        });
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", nodes[&2].address.to_string())
+        .set("transactional.id", "ledger-writer")
+        .create()
+        .expect("producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init_transactions");
+    let write = |prefix: &str| {
+        for partition in 0..3 {
+            for i in 0..5 {
+                let key = format!("{prefix}-{partition}-{i}");
+                let record = BaseRecord::to("ledger").partition(partition).key(&key).payload(&key);
+                producer.send(record).map_err(|(error, _)| error).expect("send");
+            }
+        }
+    };
+    // The coordinator is one broker; the partitions are led by all three, so two of the three
+    // markers of each transaction go to other brokers.
+    producer.begin_transaction().expect("begin");
+    write("kept");
+    producer.commit_transaction(timeout).expect("commit");
+    producer.begin_transaction().expect("begin");
+    write("dropped");
+    producer.flush(timeout).expect("flush"); // the records reach their leaders, then are aborted
+    producer.abort_transaction(timeout).expect("abort");
+    producer.begin_transaction().expect("begin");
+    write("last");
+    producer.commit_transaction(timeout).expect("commit");
+
+    // Each partition's last transaction comes after the aborted one: once all of it is read,
+    // so is everything before it.
+    let last_read = |keys: &std::collections::BTreeSet<String>| {
+        keys.iter().filter(|k| k.starts_with("last")).count() == 15
+    };
+    let keys = committed_keys(&nodes[&3], "ledger", 3, last_read);
+    assert_eq!(keys.len(), 30, "{keys:?}");
+    assert!(keys.iter().all(|key| !key.starts_with("dropped")), "{keys:?}");
+}

@@ -46,20 +46,45 @@ impl Writer {
     pub fn send(&mut self, api: ApiKey, version: i16, request: &impl Encodable) -> Result<i32, String> {
         let correlation = self.next_correlation;
         self.next_correlation = self.next_correlation.wrapping_add(1);
-        let mut frame = BytesMut::with_capacity(256);
-        frame.put_i32(0);
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-        header.encode(&mut frame, api.request_header_version(version)).map_err(|e| e.to_string())?;
-        request.encode(&mut frame, version).map_err(|e| format!("encode {api:?} v{version}: {e}"))?;
-        let size = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&size.to_be_bytes());
+        let frame = request_frame(api, version, correlation, request)?;
         self.stream.write_all(&frame).map_err(|e| format!("send {api:?}: {e}"))?;
         Ok(correlation)
     }
+}
+
+/// A request as sent: size, header, body.
+pub fn request_frame(
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+    request: &impl Encodable,
+) -> Result<Bytes, String> {
+    let mut frame = BytesMut::with_capacity(256);
+    frame.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+    header.encode(&mut frame, api.request_header_version(version)).map_err(|e| e.to_string())?;
+    request.encode(&mut frame, version).map_err(|e| format!("encode {api:?} v{version}: {e}"))?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(frame.freeze())
+}
+
+/// A response's size field checked against the limit.
+pub fn response_size(size: [u8; 4]) -> Result<usize, String> {
+    let size = i32::from_be_bytes(size);
+    usize::try_from(size).ok().filter(|&s| s <= RESPONSE_BYTES_MAX).ok_or(format!("response size {size}"))
+}
+
+/// Decodes a response (without its size); returns its correlation id too.
+pub fn decode_response<T: Decodable>(api: ApiKey, version: i16, mut body: Bytes) -> Result<(i32, T), String> {
+    let header =
+        ResponseHeader::decode(&mut body, api.response_header_version(version)).map_err(|e| e.to_string())?;
+    let response = T::decode(&mut body, version).map_err(|e| format!("decode {api:?} v{version}: {e}"))?;
+    Ok((header.correlation_id, response))
 }
 
 impl Reader {
@@ -67,11 +92,7 @@ impl Reader {
     pub fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> Result<(i32, T), String> {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).map_err(|e| format!("read {api:?} response: {e}"))?;
-        let size = i32::from_be_bytes(size);
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|&s| s <= RESPONSE_BYTES_MAX)
-            .ok_or(format!("response size {size}"))?;
+        let size = response_size(size)?;
         // Read straight into spare capacity: zero-filling a 64 MiB fetch first would cost as much.
         let mut body = Vec::with_capacity(size);
         (&mut self.stream)
@@ -81,12 +102,7 @@ impl Reader {
         if body.len() < size {
             return Err(format!("{api:?} response cut short: {} of {size} bytes", body.len()));
         }
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
-            .map_err(|e| e.to_string())?;
-        let response =
-            T::decode(&mut body, version).map_err(|e| format!("decode {api:?} v{version}: {e}"))?;
-        Ok((header.correlation_id, response))
+        decode_response(api, version, Bytes::from(body))
     }
 }
 

@@ -61,6 +61,13 @@ fn send_now(fd: std::os::fd::RawFd, slices: &[io::IoSlice<'_>]) -> io::Result<us
 pub struct Stream(glommio::net::TcpStream);
 
 impl Stream {
+    /// Connects to another broker, with Nagle off.
+    pub async fn connect(address: SocketAddr) -> io::Result<Stream> {
+        let stream = glommio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(Stream(stream))
+    }
+
     /// Fills `buf` entirely; an end of stream before that is `UnexpectedEof`.
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.0.read_exact(buf).await

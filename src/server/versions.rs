@@ -40,6 +40,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     // AddPartitionsToTxn v4+ is broker-to-broker (KIP-890); clients use up to v3.
     (ApiKey::AddPartitionsToTxn, 0, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 0, 4),
+    // Broker to broker: markers for partitions another broker's coordinator ends.
+    (ApiKey::WriteTxnMarkers, 1, 1, 1),
     (ApiKey::EndTxn, 0, 0, 4),
     (ApiKey::TxnOffsetCommit, 0, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0, 0),

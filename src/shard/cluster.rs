@@ -4,12 +4,19 @@
 //! placed on this broker owned by a shard, the others marked as held elsewhere.
 
 use super::topics::{self, NOT_HOSTED, TopicMeta};
-use super::{CreateTopicError, METADATA_SHARD, NewTopic, Shard};
+use super::{CreateTopicError, METADATA_SHARD, Marker, MarkerError, NewTopic, Shard, peer};
 use crate::controller::state::{Image, TopicRecord};
 use crate::controller::topics::{Refusal, TopicChange};
 use crate::controller::{ClusterView, ControllerHandle};
 use crate::io;
 use crate::types::LeaderEpoch;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+use kafka_protocol::messages::{
+    ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How long a change waits for this broker to apply what the controller committed.
@@ -233,6 +240,60 @@ impl Shard {
         let record = view.image.topics.get(topic);
         let leader = record.and_then(|record| record.partitions.get(partition as usize)).map(|p| p.leader);
         leader == Some(self.config.node_id)
+    }
+}
+
+/// How long a transaction marker may take to reach another broker's partition.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Shard {
+    /// Writes a transaction marker to a partition another broker leads, by WriteTxnMarkers.
+    pub(super) async fn write_marker_elsewhere(
+        &self,
+        topic: &str,
+        partition: i32,
+        marker: Marker,
+    ) -> Result<(), MarkerError> {
+        let address = self
+            .leader_address(topic, partition)
+            .ok_or_else(|| MarkerError::Retry(format!("{topic}-{partition} has no leader")))?;
+        let marker = WritableTxnMarker::default()
+            .with_producer_id(ProducerId(marker.producer_id))
+            .with_producer_epoch(marker.epoch)
+            .with_transaction_result(marker.commits)
+            .with_topics(vec![
+                WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_indexes(vec![partition]),
+            ]);
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+        let answer: WriteTxnMarkersResponse =
+            peer::call(address, ApiKey::WriteTxnMarkers, 1, &request, MARKER_TIMEOUT)
+                .await
+                .map_err(MarkerError::Retry)?;
+        let code = answer
+            .markers
+            .first()
+            .and_then(|marker| marker.topics.first())
+            .and_then(|topic| topic.partitions.first())
+            .map(|partition| partition.error_code)
+            .ok_or_else(|| MarkerError::Retry(format!("{address} answered no partition")))?;
+        match ResponseError::try_from_code(code) {
+            None => Ok(()),
+            Some(error @ (ResponseError::InvalidProducerEpoch | ResponseError::ProducerFenced)) => {
+                Err(MarkerError::Refused(format!("{address}: {error:?}")))
+            }
+            Some(error) => Err(MarkerError::Retry(format!("{address}: {error:?}"))),
+        }
+    }
+
+    /// The Kafka address of the broker leading `partition` of `topic`, if it is live.
+    fn leader_address(&self, topic: &str, partition: i32) -> Option<SocketAddr> {
+        let view = self.cluster.borrow();
+        let image = &view.as_ref()?.image;
+        let leader = image.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?.leader;
+        let broker = image.brokers.get(&leader).filter(|broker| !broker.fenced)?;
+        Some(SocketAddr::new(broker.host.parse().ok()?, broker.port))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod cluster;
 pub use cluster::CoordinatorAddress;
+mod peer;
 mod producer_ids;
 pub mod topics;
 
@@ -246,6 +247,15 @@ pub enum ProduceError {
 
 pub type ProduceResult = Result<Produced, ProduceError>;
 
+/// The marker ending a producer's transaction, as written to each of its partitions.
+#[derive(Clone, Copy, Debug)]
+pub struct Marker {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Commit, or abort.
+    pub commits: bool,
+}
+
 /// Why a transaction marker was not written.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum MarkerError {
@@ -398,12 +408,16 @@ impl Shard {
         self: &Rc<Self>,
         topic: &str,
         partition: i32,
-        producer_id: i64,
-        epoch: i16,
-        commits: bool,
+        marker: Marker,
     ) -> Result<(), MarkerError> {
         let Some(meta) = self.topic(topic) else { return Ok(()) };
-        let Some(owner) = self.owner(&meta, partition) else { return Ok(()) };
+        let Some(owner) = self.owner(&meta, partition) else {
+            if meta.has_partition(partition) && self.controller().is_some() {
+                return self.write_marker_elsewhere(topic, partition, marker).await;
+            }
+            return Ok(());
+        };
+        let Marker { producer_id, epoch, commits } = marker;
         let topic = topic.to_string();
         let written = self.run_on(owner, move |shard| async move {
             let Some(log) = shard.log(&topic, partition) else { return Ok(()) };

@@ -371,7 +371,8 @@ impl Coordinator {
                 let (shard, topic, partition) = (shard.clone(), topic.clone(), *partition);
                 crate::io::spawn_local(async move {
                     loop {
-                        match shard.write_marker(&topic, partition, producer_id, epoch, commits).await {
+                        let marker = crate::shard::Marker { producer_id, epoch, commits };
+                        match shard.write_marker(&topic, partition, marker).await {
                             Ok(()) => return,
                             // As Kafka does: a partition that refuses the marker (a newer epoch
                             // of the producer wrote there) is given up, not retried forever.

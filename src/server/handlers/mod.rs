@@ -170,6 +170,9 @@ async fn transaction_request(
         RequestKind::EndTxn(request) => {
             ResponseKind::EndTxn(transactions::end_txn(shard, request, version).await)
         }
+        RequestKind::WriteTxnMarkers(request) => {
+            ResponseKind::WriteTxnMarkers(transactions::write_markers(shard, request).await)
+        }
         RequestKind::TxnOffsetCommit(request) => {
             ResponseKind::TxnOffsetCommit(transactions::txn_offset_commit(shard, request, version).await)
         }

@@ -80,15 +80,9 @@ pub async fn add_partitions(
     let id = request.v3_and_below_transactional_id.to_string();
     let (producer_id, epoch) = (request.v3_and_below_producer_id.0, request.v3_and_below_producer_epoch);
     let topics = request.v3_and_below_topics;
-    // In a cluster, markers are written only to partitions this broker holds: a transaction
-    // reaching partitions led by other brokers is refused rather than left without markers.
-    let clustered = shard.controller().is_some();
-    let exists = |topic: &str, partition: i32| {
-        shard.topic(topic).is_some_and(|meta| match clustered {
-            true => meta.owner(partition).is_some(),
-            false => meta.has_partition(partition),
-        })
-    };
+    // In a cluster the partition may be another broker's: its marker goes there.
+    let exists =
+        |topic: &str, partition: i32| shard.topic(topic).is_some_and(|meta| meta.has_partition(partition));
     let unknown = topics.iter().any(|t| t.partitions.iter().any(|&p| !exists(t.name.as_str(), p)));
     let result = if unknown {
         Err(ResponseError::UnknownTopicOrPartition)
@@ -141,6 +135,58 @@ pub async fn add_offsets(
     });
     let result = answer.await.unwrap_or(Err(ResponseError::CoordinatorNotAvailable));
     AddOffsetsToTxnResponse::default().with_error_code(code(result.map_err(|e| fenced_for(e, version, 2))))
+}
+
+/// WriteTxnMarkers, from another broker's transaction coordinator: the markers go to the
+/// partitions this broker holds; any other is refused (never passed on).
+pub async fn write_markers(shard: &Rc<Shard>, request: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
+    use kafka_protocol::messages::write_txn_markers_response::{
+        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    };
+    let mut markers = Vec::with_capacity(request.markers.len());
+    for marker in request.markers {
+        let written = crate::shard::Marker {
+            producer_id: marker.producer_id.0,
+            epoch: marker.producer_epoch,
+            commits: marker.transaction_result,
+        };
+        let mut topics = Vec::with_capacity(marker.topics.len());
+        for topic in marker.topics {
+            let meta = shard.topic(&topic.name);
+            let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
+            for partition in topic.partition_indexes {
+                let error = match &meta {
+                    None => Some(ResponseError::UnknownTopicOrPartition),
+                    Some(meta) if meta.owner(partition).is_some() => {
+                        match shard.write_marker(&topic.name, partition, written).await {
+                            Ok(()) => None,
+                            Err(crate::shard::MarkerError::Refused(_)) => {
+                                Some(ResponseError::InvalidProducerEpoch)
+                            }
+                            Err(crate::shard::MarkerError::Retry(_)) => {
+                                Some(ResponseError::KafkaStorageError)
+                            }
+                        }
+                    }
+                    Some(meta) if meta.has_partition(partition) => Some(ResponseError::NotLeaderOrFollower),
+                    Some(_) => Some(ResponseError::UnknownTopicOrPartition),
+                };
+                let code = error.map_or(0, |error| error.code());
+                partitions.push(
+                    WritableTxnMarkerPartitionResult::default()
+                        .with_partition_index(partition)
+                        .with_error_code(code),
+                );
+            }
+            topics.push(
+                WritableTxnMarkerTopicResult::default().with_name(topic.name).with_partitions(partitions),
+            );
+        }
+        markers.push(
+            WritableTxnMarkerResult::default().with_producer_id(marker.producer_id).with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(markers)
 }
 
 pub async fn end_txn(shard: &Rc<Shard>, request: EndTxnRequest, version: i16) -> EndTxnResponse {

@@ -23,7 +23,12 @@ fn voters(ids: &[i32]) -> String {
 
 /// Starts node `id` of the cluster whose quorum is `voters`, on `data` if given.
 fn node(id: i32, voters: &str, data: Option<tempfile::TempDir>) -> Broker {
+    node_with_session(id, voters, data, 1000)
+}
+
+fn node_with_session(id: i32, voters: &str, data: Option<tempfile::TempDir>, session_ms: u64) -> Broker {
     let id = id.to_string();
+    let session = format!("broker_session_timeout_ms={session_ms}");
     let args = [
         "--cores",
         "1",
@@ -34,7 +39,7 @@ fn node(id: i32, voters: &str, data: Option<tempfile::TempDir>) -> Broker {
         "--set",
         "broker_heartbeat_interval_ms=100",
         "--set",
-        "broker_session_timeout_ms=1000",
+        &session,
     ];
     match data {
         Some(data) => Broker::start_in(data, &args),
@@ -391,4 +396,23 @@ fn a_transaction_spanning_brokers_is_committed_or_aborted_on_each() {
     let keys = committed_keys(&nodes[&3], "ledger", 3, last_read);
     assert_eq!(keys.len(), 30, "{keys:?}");
     assert!(keys.iter().all(|key| !key.starts_with("dropped")), "{keys:?}");
+}
+
+#[test]
+fn a_stopping_broker_leaves_at_once_and_comes_back_without_waiting_out_its_session() {
+    // Sessions of a minute: only leaving on SIGTERM (Kafka's controlled shutdown) takes the
+    // broker out, and lets its next process in, within the 30 s `agreed` waits.
+    const SESSION_MS: u64 = 60_000;
+    let quorum = voters(&[1]);
+    let controller = node_with_session(1, &quorum, None, SESSION_MS);
+    let broker = node_with_session(2, &quorum, None, SESSION_MS);
+    let port = |broker: &Broker| i64::from(broker.address.port());
+    agreed(&[&controller, &broker], &BTreeMap::from([(1, port(&controller)), (2, port(&broker))]));
+
+    let (clean, data) = broker.terminate();
+    assert!(clean, "stopped cleanly");
+    agreed(&[&controller], &BTreeMap::from([(1, port(&controller))]));
+
+    let broker = node_with_session(2, &quorum, Some(data), SESSION_MS);
+    agreed(&[&controller, &broker], &BTreeMap::from([(1, port(&controller)), (2, port(&broker))]));
 }

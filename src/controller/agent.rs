@@ -6,7 +6,7 @@ use super::ClusterView;
 use super::network::Peer;
 use super::state::{Image, Registration};
 use super::topics::{Refusal, TopicChange};
-use super::wire::{BrokerReply, BrokerRequest, Request, Response};
+use super::wire::{BrokerReply, BrokerRequest, Request as WireRequest, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,16 @@ pub struct ChangeRequest {
     pub change: TopicChange,
     pub reply: oneshot::Sender<Result<Arc<Image>, Refusal>>,
 }
+
+/// What the shards ask of the agent.
+pub enum Request {
+    Change(ChangeRequest),
+    /// The broker is stopping: leave the cluster, then answer.
+    Leave(oneshot::Sender<()>),
+}
+
+/// How long a stopping broker waits for the controller to take it out.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a topic change may wait for an active controller.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -67,7 +77,7 @@ impl Agent {
     }
 
     /// Heartbeats, and forwards the shards' topic changes, until the process ends.
-    pub async fn run(mut self, mut changes: mpsc::UnboundedReceiver<ChangeRequest>) {
+    pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
         let mut next_beat = Instant::now();
         loop {
             tokio::select! {
@@ -75,33 +85,62 @@ impl Agent {
                     let pause = self.exchange().await;
                     next_beat = Instant::now() + pause;
                 }
-                Some(request) = changes.recv() => {
-                    let answer = self.change(request.change).await;
-                    // The asking request may have given up.
-                    drop(request.reply.send(answer));
-                }
+                Some(request) = requests.recv() => match request {
+                    Request::Change(request) => {
+                        let answer = self.change(request.change).await;
+                        // The asking request may have given up.
+                        drop(request.reply.send(answer));
+                    }
+                    Request::Leave(reply) => {
+                        self.leave().await;
+                        let _stopping_anyway = reply.send(());
+                        // Stopping: no more heartbeats, which would register the broker again.
+                        std::future::pending::<()>().await;
+                    }
+                },
             }
         }
     }
 
     /// Asks the active controller for `change`, following it if it moves.
     async fn change(&mut self, change: TopicChange) -> Result<Arc<Image>, Refusal> {
-        let deadline = Instant::now() + CHANGE_TIMEOUT;
-        let request = Request::Broker(BrokerRequest::Change(change));
+        let request = WireRequest::Broker(BrokerRequest::Change(change));
+        match self.ask_controller(&request, CHANGE_TIMEOUT).await {
+            Some(BrokerReply::Changed { controller, image }) => Ok(self.publish(image, controller)),
+            Some(BrokerReply::Refused(refusal)) => Err(refusal),
+            _ => Err(Refusal::Unavailable("no active controller answered in time".into())),
+        }
+    }
+
+    /// Has the active controller fence this broker now.
+    async fn leave(&mut self) {
+        let Some(epoch) = self.epoch else { return };
+        let request = WireRequest::Broker(BrokerRequest::Unregister { id: self.identity.id, epoch });
+        match self.ask_controller(&request, LEAVE_TIMEOUT).await {
+            Some(BrokerReply::Unregistered) => tracing::info!(broker = self.identity.id, "left the cluster"),
+            other => tracing::warn!(
+                broker = self.identity.id,
+                ?other,
+                "the controller did not take the broker out"
+            ),
+        }
+    }
+
+    /// Sends `request` to the active controller, following it if it moves, until it answers
+    /// with anything but "not the controller" or `timeout` passes.
+    async fn ask_controller(&mut self, request: &WireRequest, timeout: Duration) -> Option<BrokerReply> {
+        let deadline = Instant::now() + timeout;
         loop {
             let (id, addr) = self.controllers[self.target % self.controllers.len()].clone();
             let peer = self.peers.entry(id).or_insert_with(|| Peer::new(addr));
             let wait = deadline.saturating_duration_since(Instant::now());
-            let pause = match peer.call(&request, wait).await {
-                Ok(Response::Broker(BrokerReply::Changed { controller, image })) => {
-                    return Ok(self.publish(image, controller));
-                }
-                Ok(Response::Broker(BrokerReply::Refused(refusal))) => return Err(refusal),
+            let pause = match peer.call(request, wait).await {
                 Ok(Response::Broker(BrokerReply::NotController { leader })) => self.next_controller(leader),
+                Ok(Response::Broker(reply)) => return Some(reply),
                 _ => self.next_controller(None),
             };
             if Instant::now() + pause >= deadline {
-                return Err(Refusal::Unavailable("no active controller answered in time".into()));
+                return None;
             }
             tokio::time::sleep(pause).await;
         }
@@ -133,7 +172,7 @@ impl Agent {
     /// One registration or heartbeat; returns how long to wait before the next.
     async fn exchange(&mut self) -> Duration {
         let identity = &self.identity;
-        let request = Request::Broker(match self.epoch {
+        let request = WireRequest::Broker(match self.epoch {
             None => BrokerRequest::Register(Registration {
                 id: identity.id,
                 incarnation: self.incarnation,
@@ -189,7 +228,7 @@ impl Agent {
                 );
                 self.interval
             }
-            BrokerReply::Changed { .. } | BrokerReply::Refused(_) => {
+            BrokerReply::Changed { .. } | BrokerReply::Refused(_) | BrokerReply::Unregistered => {
                 tracing::warn!(broker = self.identity.id, "a change answered a heartbeat");
                 self.interval
             }

@@ -73,7 +73,25 @@ impl Registry {
                 Registry::heartbeat(this, raft, id, epoch, known).await
             }
             BrokerRequest::Change(change) => Registry::change(this, raft, change).await,
+            BrokerRequest::Unregister { id, epoch } => Registry::unregister(this, raft, id, epoch).await,
         }
+    }
+
+    /// Fences a stopping broker now, and forgets its session.
+    async fn unregister(
+        this: &Rc<RefCell<Registry>>,
+        raft: &Raft<TypeConfig>,
+        id: i32,
+        epoch: u64,
+    ) -> BrokerReply {
+        let image = this.borrow().image();
+        let live = image.brokers.get(&id).is_some_and(|broker| broker.epoch == epoch && !broker.fenced);
+        if live && write(raft, Command::Fence { id, epoch }).await.is_none() {
+            return BrokerReply::NotController { leader: None };
+        }
+        this.borrow_mut().sessions.remove(&id);
+        tracing::info!(broker = id, epoch, "a broker left the cluster");
+        BrokerReply::Unregistered
     }
 
     async fn change(

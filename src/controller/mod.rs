@@ -58,7 +58,7 @@ const ELECTION_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1000), Dur
 /// A broker's line to the active controller, for changes clients ask for.
 #[derive(Clone)]
 pub struct ControllerHandle {
-    changes: mpsc::UnboundedSender<agent::ChangeRequest>,
+    changes: mpsc::UnboundedSender<agent::Request>,
 }
 
 impl ControllerHandle {
@@ -66,8 +66,20 @@ impl ControllerHandle {
     pub async fn change(&self, change: TopicChange) -> Result<Arc<Image>, Refusal> {
         let stopped = || Refusal::Unavailable("the controller thread stopped".into());
         let (reply, answer) = oneshot::channel();
-        self.changes.send(agent::ChangeRequest { change, reply }).map_err(|_| stopped())?;
+        let request = agent::Request::Change(agent::ChangeRequest { change, reply });
+        self.changes.send(request).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Takes this broker out of the cluster for a graceful stop: the active controller fences
+    /// it now rather than when its session would expire. Gives up after a while (the session
+    /// then expires as after a crash).
+    pub async fn leave(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.changes.send(agent::Request::Leave(reply)).is_ok() {
+            // Whether or not the controller answered, the broker stops.
+            let _answered = answer.await;
+        }
     }
 }
 
@@ -139,7 +151,7 @@ struct Voter {
 fn run(
     voter: Option<Voter>,
     agent: agent::Agent,
-    changes: mpsc::UnboundedReceiver<agent::ChangeRequest>,
+    changes: mpsc::UnboundedReceiver<agent::Request>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

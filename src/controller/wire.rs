@@ -70,6 +70,11 @@ pub enum BrokerRequest {
     },
     /// A change to the topics, on behalf of a client.
     Change(TopicChange),
+    /// The broker registered at `epoch` is stopping (Kafka's controlled shutdown).
+    Unregister {
+        id: i32,
+        epoch: u64,
+    },
 }
 
 /// The quorum's answer to a broker.
@@ -95,6 +100,8 @@ pub enum BrokerReply {
         image: Image,
     },
     Refused(Refusal),
+    /// The stopping broker is fenced.
+    Unregistered,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

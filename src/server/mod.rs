@@ -197,7 +197,7 @@ async fn shard_main(start: ShardStart) {
     let _main_thread_waits = ready.send(Ok(()));
     io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
     io::spawn_detached(abort_timed_out_transactions(shard.clone(), stopping.clone()));
-    io::spawn_detached(watch_for_stop(stop, stopping.clone()));
+    io::spawn_detached(watch_for_stop(shard.clone(), stop, stopping.clone()));
     let connections = Connections::default();
     while let Some(stream) = next_connection(&listener, &stopping, "kafka").await {
         let open = connections.opened();
@@ -274,10 +274,17 @@ async fn next_connection(listener: &io::Listener, stopping: &io::Latch, name: &s
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 
 /// Turns the process-wide stop flag (set by a signal handler, which can do nothing else) into
-/// this shard's latch.
-async fn watch_for_stop(stop: Arc<AtomicBool>, stopping: io::Latch) {
+/// this shard's latch. In a cluster, shard 0 first takes the broker out of it (Kafka's
+/// controlled shutdown), so clients and coordinators move on at once and a restart is not
+/// refused as a second process with this node id.
+async fn watch_for_stop(shard: Rc<Shard>, stop: Arc<AtomicBool>, stopping: io::Latch) {
     while !stop.load(Ordering::Relaxed) {
         io::sleep(Duration::from_millis(50)).await;
+    }
+    if shard.id() == 0
+        && let Some(controller) = shard.controller()
+    {
+        controller.leave().await;
     }
     stopping.set();
 }

@@ -177,8 +177,56 @@ impl Out {
     }
 }
 
-/// The Prometheus text exposition (format 0.0.4) of every core's snapshot.
-pub fn render(cores: &[CoreSnapshot]) -> String {
+/// What this broker's newest metadata image says of the cluster (a one-node broker: itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterGauges {
+    /// Whether this node is the active controller.
+    pub active_controller: bool,
+    pub live_brokers: u64,
+    pub fenced_brokers: u64,
+    /// Partitions without a leader.
+    pub offline_partitions: u64,
+    /// Partitions this broker leads.
+    pub leader_partitions: u64,
+    /// Partitions this broker leads with fewer in-sync replicas than replicas.
+    pub under_replicated_partitions: u64,
+    /// The image's version (the controller log index it was built to).
+    pub metadata_version: u64,
+}
+
+/// The cluster gauges' names, help texts and values.
+type ClusterMetric = (&'static str, &'static str, fn(&ClusterGauges) -> u64);
+
+const CLUSTER: [ClusterMetric; 6] = [
+    ("ringmq_cluster_active_controller", "1 if this node is the active controller.", |g| {
+        u64::from(g.active_controller)
+    }),
+    ("ringmq_cluster_offline_partitions", "Partitions without a leader.", |g| g.offline_partitions),
+    ("ringmq_leader_partitions", "Partitions this broker leads.", |g| g.leader_partitions),
+    (
+        "ringmq_under_replicated_partitions",
+        "Partitions this broker leads with fewer in-sync replicas than replicas.",
+        |g| g.under_replicated_partitions,
+    ),
+    (
+        "ringmq_cluster_metadata_version",
+        "The controller log index this broker's metadata image was built to.",
+        |g| g.metadata_version,
+    ),
+    ("ringmq_cluster_fenced_brokers", "Brokers fenced for missing their heartbeats.", |g| g.fenced_brokers),
+];
+
+fn render_cluster(out: &mut Out, gauges: &ClusterGauges) {
+    for (name, help, value) in CLUSTER {
+        out.header(name, "gauge", help);
+        out.sample(name, &[], value(gauges));
+    }
+    out.header("ringmq_cluster_brokers", "gauge", "Live brokers in this broker's metadata image.");
+    out.sample("ringmq_cluster_brokers", &[], gauges.live_brokers);
+}
+
+/// The Prometheus text exposition (format 0.0.4) of every core's snapshot and the cluster.
+pub fn render(cores: &[CoreSnapshot], cluster: &ClusterGauges) -> String {
     let mut out = Out(String::with_capacity(16 << 10));
     out.header("ringmq_requests_total", "counter", "Kafka requests answered, by core and API.");
     for core in cores {
@@ -205,12 +253,7 @@ pub fn render(cores: &[CoreSnapshot]) -> String {
     render_counters(&mut out, cores);
     render_topics(&mut out, cores);
     render_partitions(&mut out, cores);
-    out.header(
-        "ringmq_under_replicated_partitions",
-        "gauge",
-        "Partitions with fewer in-sync replicas than replicas (a single node has none).",
-    );
-    out.sample("ringmq_under_replicated_partitions", &[], 0);
+    render_cluster(&mut out, cluster);
     out.0
 }
 
@@ -400,7 +443,16 @@ mod tests {
             partitions: vec![partition],
             committed: vec![("g".into(), "orders\"x".into(), 1, 40)],
         };
-        let text = render(&[core]);
+        let cluster = ClusterGauges {
+            active_controller: true,
+            live_brokers: 3,
+            offline_partitions: 2,
+            ..Default::default()
+        };
+        let text = render(&[core], &cluster);
+        assert!(text.contains("ringmq_cluster_active_controller 1\n"), "{text}");
+        assert!(text.contains("ringmq_cluster_offline_partitions 2\n"));
+        assert!(text.contains("ringmq_cluster_brokers 3\n"));
         assert!(text.contains("ringmq_requests_total{core=\"0\",api=\"Produce\"} 3"), "{text}");
         assert!(
             text.contains(

@@ -94,6 +94,12 @@ fn a_three_voter_quorum_fences_a_lost_leader_and_takes_back_restarted_nodes() {
     let mut nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
     let all: Vec<&Broker> = nodes.values().collect();
     let (controller, cluster_id) = agreed(&all, &listing(&nodes));
+    // /metrics: one active controller, three live brokers, seen alike from every broker.
+    let gauge = |broker: &Broker, name: &str| common::scrape(broker).get(name).copied().unwrap_or(-1.0);
+    let active: Vec<f64> =
+        all.iter().map(|broker| gauge(broker, "ringmq_cluster_active_controller")).collect();
+    assert_eq!(active.iter().sum::<f64>(), 1.0, "{active:?}");
+    assert!(all.iter().all(|broker| gauge(broker, "ringmq_cluster_brokers") == 3.0));
 
     // A Kafka client sees every broker, whichever one it bootstraps from.
     let client: BaseConsumer = ClientConfig::new()
@@ -113,6 +119,9 @@ fn a_three_voter_quorum_fences_a_lost_leader_and_takes_back_restarted_nodes() {
     let (successor, id_after) = agreed(&survivors, &listing(&nodes));
     assert_ne!(successor, controller);
     assert_eq!(id_after, cluster_id);
+    let successor_node = &nodes[&i32::try_from(successor).expect("node id")];
+    assert_eq!(gauge(successor_node, "ringmq_cluster_active_controller"), 1.0);
+    assert_eq!(gauge(successor_node, "ringmq_cluster_fenced_brokers"), 1.0);
 
     // It comes back on its data directory (on a new Kafka port) and is listed again.
     nodes.insert(lost, node(lost, &quorum, Some(lost_data)));
@@ -286,6 +295,8 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     let data = nodes.remove(&lost).expect("leader").kill();
     let gone = await_leaders(&nodes[&elsewhere], "spread", |leaders| leaders[0] == -1);
     assert!(gone.iter().zip(&placed).all(|(now, before)| (*before == lost) == (*now == -1)), "{gone:?}");
+    let offline = common::scrape(&nodes[&elsewhere]).get("ringmq_cluster_offline_partitions").copied();
+    assert!(offline.is_some_and(|offline| offline >= 2.0), "the lost broker's partitions: {offline:?}");
     nodes.insert(lost, node(lost, &quorum, Some(data)));
     await_leaders(&nodes[&elsewhere], "spread", |leaders| leaders == placed.as_slice());
     assert_eq!(latest_offset(&nodes[&lost], "spread", 0), (0, per_partition[0]), "its records survived");

@@ -4,38 +4,11 @@
 
 mod common;
 
-use common::{Broker, assigned_from_start, produce_all};
+use common::{Broker, assigned_from_start, http, produce_all, scrape};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// The status code and body of `request` sent to the admin listener.
-fn http(broker: &Broker, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(broker.admin).expect("connect to the admin listener");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut answer = String::new();
-    let _end_or_reset = stream.read_to_string(&mut answer);
-    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
-    (status, body)
-}
-
-/// Every sample of the scrape, by series (name and labels as written).
-fn scrape(broker: &Broker) -> HashMap<String, f64> {
-    let (status, body) = http(broker, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("series and value");
-            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("a number in {line}")))
-        })
-        .collect()
-}
 
 /// The sum of every series of metric `name` whose labels include all of `labels`.
 fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {

@@ -83,5 +83,34 @@ pub async fn scrape(shard: &Rc<Shard>) -> String {
             cores.push(snapshot);
         }
     }
-    crate::metrics::render(&cores)
+    crate::metrics::render(&cores, &cluster_gauges(shard))
+}
+
+/// The cluster as this broker's newest image has it; a one-node broker is its own controller
+/// and leads every partition it holds.
+fn cluster_gauges(shard: &Shard) -> crate::metrics::ClusterGauges {
+    let node = shard.config().node_id;
+    let Some(view) = shard.cluster() else {
+        let alone = shard.controller().is_none();
+        let leader_partitions = shard.all_topics().iter().map(|topic| topic.partitions() as u64).sum();
+        return crate::metrics::ClusterGauges {
+            active_controller: alone,
+            live_brokers: 1,
+            leader_partitions: if alone { leader_partitions } else { 0 },
+            ..Default::default()
+        };
+    };
+    let image = &view.image;
+    let partitions = || image.topics.values().flat_map(|topic| topic.partitions.iter());
+    let led = || partitions().filter(|partition| partition.leader == node);
+    crate::metrics::ClusterGauges {
+        active_controller: view.controller == node,
+        live_brokers: image.live_brokers().count() as u64,
+        fenced_brokers: image.brokers.values().filter(|broker| broker.fenced).count() as u64,
+        offline_partitions: partitions().filter(|p| p.leader == crate::controller::state::NO_LEADER).count()
+            as u64,
+        leader_partitions: led().count() as u64,
+        under_replicated_partitions: led().filter(|p| p.isr.len() < p.replicas.len()).count() as u64,
+        metadata_version: image.applied,
+    }
 }

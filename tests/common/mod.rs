@@ -12,7 +12,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -206,7 +206,6 @@ pub fn end_offset_for_epoch(
         OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ResponseHeader, TopicName,
     };
     use kafka_protocol::protocol::Decodable;
-    use std::io::Write;
     let asked = OffsetForLeaderPartition::default()
         .with_partition(partition)
         .with_current_leader_epoch(current)
@@ -225,4 +224,29 @@ pub fn end_offset_for_epoch(
     let response = OffsetForLeaderEpochResponse::decode(&mut response, 4).expect("decode");
     let answer = &response.topics[0].partitions[0];
     (answer.error_code, answer.leader_epoch, answer.end_offset)
+}
+
+/// The status code and body of `request` sent to the admin listener.
+pub fn http(broker: &Broker, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(broker.admin).expect("connect to the admin listener");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _end_or_reset = stream.read_to_string(&mut answer);
+    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
+    (status, body)
+}
+
+/// Every sample of the scrape, by series (name and labels as written).
+pub fn scrape(broker: &Broker) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http(broker, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("series and value");
+            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("a number in {line}")))
+        })
+        .collect()
 }

@@ -29,8 +29,9 @@ pub enum Request {
 /// How long a stopping broker waits for the controller to take it out.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a topic change may wait for an active controller.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a topic change may wait for an active controller, at most; heartbeats wait
+/// meanwhile, so never more than half the broker's session.
+const CHANGE_TIMEOUT_MAX: Duration = Duration::from_secs(15);
 
 /// Who this broker is, as it registers.
 pub struct Identity {
@@ -50,6 +51,7 @@ pub struct Agent {
     epoch: Option<u64>,
     known: u64,
     interval: Duration,
+    change_timeout: Duration,
     published: watch::Sender<Option<ClusterView>>,
 }
 
@@ -57,10 +59,11 @@ pub struct Agent {
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 impl Agent {
+    /// `interval` between heartbeats, within a session of `session`.
     pub fn new(
         identity: Identity,
         controllers: Vec<(i32, String)>,
-        interval: Duration,
+        (interval, session): (Duration, Duration),
         published: watch::Sender<Option<ClusterView>>,
     ) -> Agent {
         Agent {
@@ -72,6 +75,7 @@ impl Agent {
             epoch: None,
             known: 0,
             interval,
+            change_timeout: CHANGE_TIMEOUT_MAX.min(session / 2),
             published,
         }
     }
@@ -105,7 +109,7 @@ impl Agent {
     /// Asks the active controller for `change`, following it if it moves.
     async fn change(&mut self, change: TopicChange) -> Result<Arc<Image>, Refusal> {
         let request = WireRequest::Broker(BrokerRequest::Change(change));
-        match self.ask_controller(&request, CHANGE_TIMEOUT).await {
+        match self.ask_controller(&request, self.change_timeout).await {
             Some(BrokerReply::Changed { controller, image }) => Ok(self.publish(image, controller)),
             Some(BrokerReply::Refused(refusal)) => Err(refusal),
             _ => Err(Refusal::Unavailable("no active controller answered in time".into())),

@@ -89,7 +89,10 @@ impl Registry {
         if live && write(raft, Command::Fence { id, epoch }).await.is_none() {
             return BrokerReply::NotController { leader: None };
         }
-        this.borrow_mut().sessions.remove(&id);
+        let mut registry = this.borrow_mut();
+        if registry.sessions.get(&id).is_some_and(|session| session.epoch == epoch) {
+            registry.sessions.remove(&id);
+        }
         tracing::info!(broker = id, epoch, "a broker left the cluster");
         BrokerReply::Unregistered
     }

@@ -109,6 +109,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 uuid::Uuid::new_v4().simple()
             ),
         };
+        // Built on a task of its own: a snapshot installed meanwhile may be newer. Keep that one.
+        let on_disk = read_snapshot(&self.dir).map_err(snapshot_error)?;
+        if let Some(newer) =
+            on_disk.filter(|disk| disk.meta.last.map(|l| l.index) >= self.applied.map(|l| l.index))
+        {
+            return Ok(received(&newer.meta, newer.image));
+        }
         let file = SnapshotFile { meta: meta_w(&meta), image };
         write_snapshot(&self.dir, &file).map_err(snapshot_error)?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(file.image)) })
@@ -169,6 +176,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let file = SnapshotFile { meta: meta_w(meta), image: snapshot.into_inner() };
+        // Checked before it replaces the snapshot on disk: a bad one must not stop restarts.
+        Image::decode(&file.image)
+            .map_err(|e| snapshot_error(wire::invalid(&format!("snapshot image: {e}"))))?;
         write_snapshot(&self.dir, &file).map_err(snapshot_error)?;
         self.load(&file).map_err(snapshot_error)
     }

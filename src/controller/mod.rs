@@ -91,6 +91,9 @@ pub struct Joined {
     pub controller: ControllerHandle,
 }
 
+/// How long sending a voter a snapshot may take.
+const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Starts this node's controller thread. `advertised` is the Kafka address this broker
 /// registers.
 pub fn start(config: &BrokerConfig, advertised: SocketAddr) -> Result<Joined, String> {
@@ -108,7 +111,7 @@ pub fn start(config: &BrokerConfig, advertised: SocketAddr) -> Result<Joined, St
     let agent = agent::Agent::new(
         identity,
         config.cluster.voters.clone(),
-        config.cluster.heartbeat_interval,
+        (config.cluster.heartbeat_interval, config.cluster.session_timeout),
         published,
     );
     let voter = listener.map(|listener| Voter {
@@ -203,6 +206,8 @@ async fn open_voter(voter: &Voter) -> Result<(Raft<TypeConfig>, Images), String>
         // Half a snapshot interval of log stays, so a follower a little behind catches up from
         // the log; one further behind is sent the snapshot.
         max_in_snapshot_log_to_keep: voter.snapshot_entries / 2,
+        // A whole snapshot goes in one message, and the receiver syncs it to disk.
+        install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT.as_millis() as u64,
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| format!("controller settings: {e}"))?);

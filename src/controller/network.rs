@@ -49,15 +49,24 @@ impl Peer {
         answer
     }
 
+    /// The connection is held by the exchange and given back only once the answer is read: a
+    /// call abandoned midway (a caller's timeout) closes it, so a late answer can never be
+    /// taken for the next request's.
     async fn exchange(&mut self, request: &Request) -> std::io::Result<Response> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.addr).await?;
-            stream.set_nodelay(true)?;
-            self.stream = Some(stream);
-        }
-        let stream = self.stream.as_mut().ok_or_else(|| std::io::Error::other("not connected"))?;
-        wire::write_frame(stream, request).await?;
-        wire::read_frame(stream).await?.ok_or_else(|| wire::invalid("the controller closed the connection"))
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(&self.addr).await?;
+                stream.set_nodelay(true)?;
+                stream
+            }
+        };
+        wire::write_frame(&mut stream, request).await?;
+        let answer = wire::read_frame(&mut stream)
+            .await?
+            .ok_or_else(|| wire::invalid("the controller closed the connection"))?;
+        self.stream = Some(stream);
+        Ok(answer)
     }
 }
 

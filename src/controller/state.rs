@@ -80,37 +80,20 @@ pub enum Command {
     /// A broker (re)started: its registration replaces any earlier one and is unfenced.
     Register(Registration),
     /// The broker registered at `epoch` missed its heartbeats.
-    Fence {
-        id: i32,
-        epoch: u64,
-    },
+    Fence { id: i32, epoch: u64 },
     /// The broker registered at `epoch`, fenced, heartbeats again.
-    Unfence {
-        id: i32,
-        epoch: u64,
-    },
+    Unfence { id: i32, epoch: u64 },
     /// Names the cluster, once: a later one is ignored.
-    NameCluster {
-        id: String,
-    },
+    NameCluster { id: String },
     /// A new topic, placed by the active controller.
-    CreateTopic {
-        name: String,
-        topic: TopicRecord,
-    },
-    DeleteTopic {
-        name: String,
-    },
-    /// Partitions appended to a topic, placed by the active controller.
-    AddPartitions {
-        name: String,
-        partitions: Vec<PartitionRecord>,
-    },
+    CreateTopic { name: String, topic: TopicRecord },
+    /// Each change to a topic names the topic by id too: planned against one image, it must
+    /// not touch a topic deleted and made again before it is applied.
+    DeleteTopic { name: String, id: [u8; 16] },
+    /// Partitions appended to a topic that has `from` of them, placed by the active controller.
+    AddPartitions { name: String, id: [u8; 16], from: u32, partitions: Vec<PartitionRecord> },
     /// Replaces a topic's config overrides.
-    AlterTopicConfigs {
-        name: String,
-        configs: BTreeMap<String, String>,
-    },
+    AlterTopicConfigs { name: String, id: [u8; 16], configs: BTreeMap<String, String> },
 }
 
 impl std::fmt::Display for Command {
@@ -125,8 +108,8 @@ impl std::fmt::Display for Command {
             Command::CreateTopic { name, topic } => {
                 write!(f, "create topic {name} with {} partitions", topic.partitions.len())
             }
-            Command::DeleteTopic { name } => write!(f, "delete topic {name}"),
-            Command::AddPartitions { name, partitions } => {
+            Command::DeleteTopic { name, .. } => write!(f, "delete topic {name}"),
+            Command::AddPartitions { name, partitions, .. } => {
                 write!(f, "add {} partitions to {name}", partitions.len())
             }
             Command::AlterTopicConfigs { name, .. } => write!(f, "alter the configs of {name}"),
@@ -161,7 +144,15 @@ impl Image {
                     rack: broker.rack.clone(),
                     fenced: false,
                 };
-                self.brokers.insert(broker.id, record);
+                let restarted = self
+                    .brokers
+                    .insert(broker.id, record)
+                    .is_some_and(|old| old.incarnation != broker.incarnation && !old.fenced);
+                if restarted {
+                    // A new process may have lost an unsynced tail: its partitions get a new
+                    // epoch, so clients can tell (KIP-320).
+                    self.bump_epochs_led_by(broker.id);
+                }
                 self.elect_leaders();
                 Outcome::Registered { epoch: index }
             }
@@ -185,23 +176,39 @@ impl Image {
                 self.elect_leaders();
                 Outcome::Applied
             }
-            Command::DeleteTopic { name } if self.topics.remove(name).is_some() => Outcome::Applied,
-            Command::AddPartitions { name, partitions } => match self.topics.get_mut(name) {
-                Some(topic) => {
-                    topic.partitions.extend(partitions.iter().cloned());
-                    self.elect_leaders();
-                    Outcome::Applied
+            Command::DeleteTopic { name, id } if self.topics.get(name).is_some_and(|t| t.id == *id) => {
+                self.topics.remove(name);
+                Outcome::Applied
+            }
+            Command::AddPartitions { name, id, from, partitions } => {
+                let current =
+                    self.topics.get_mut(name).filter(|t| t.id == *id && t.partitions.len() == *from as usize);
+                match current {
+                    Some(topic) => {
+                        topic.partitions.extend(partitions.iter().cloned());
+                        self.elect_leaders();
+                        Outcome::Applied
+                    }
+                    None => Outcome::Stale,
                 }
-                None => Outcome::Stale,
-            },
-            Command::AlterTopicConfigs { name, configs } => match self.topics.get_mut(name) {
-                Some(topic) => {
-                    topic.configs = configs.clone();
-                    Outcome::Applied
+            }
+            Command::AlterTopicConfigs { name, id, configs } => {
+                match self.topics.get_mut(name).filter(|topic| topic.id == *id) {
+                    Some(topic) => {
+                        topic.configs = configs.clone();
+                        Outcome::Applied
+                    }
+                    None => Outcome::Stale,
                 }
-                None => Outcome::Stale,
-            },
+            }
             Command::CreateTopic { .. } | Command::DeleteTopic { .. } => Outcome::Stale,
+        }
+    }
+
+    fn bump_epochs_led_by(&mut self, broker: i32) {
+        let led = self.topics.values_mut().flat_map(|topic| topic.partitions.iter_mut());
+        for partition in led.filter(|partition| partition.leader == broker) {
+            partition.leader_epoch += 1;
         }
     }
 

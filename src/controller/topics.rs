@@ -72,7 +72,7 @@ pub fn plan(image: &Image, change: TopicChange) -> Result<Command, Refusal> {
             Ok(Command::CreateTopic { name, topic })
         }
         TopicChange::Delete { name } => match existing {
-            Some(_) => Ok(Command::DeleteTopic { name }),
+            Some(topic) => Ok(Command::DeleteTopic { name, id: topic.id }),
             None => Err(Refusal::UnknownTopic(name)),
         },
         TopicChange::AddPartitions { name, total } => {
@@ -84,10 +84,10 @@ pub fn plan(image: &Image, change: TopicChange) -> Result<Command, Refusal> {
             }
             let replicas = topic.partitions.first().map_or(1, |p| p.replicas.len() as i16);
             let partitions = place(image, current..total, replicas_per_partition(image, replicas)?);
-            Ok(Command::AddPartitions { name, partitions })
+            Ok(Command::AddPartitions { name, id: topic.id, from: current as u32, partitions })
         }
         TopicChange::AlterConfigs { name, configs } => match existing {
-            Some(_) => Ok(Command::AlterTopicConfigs { name, configs }),
+            Some(topic) => Ok(Command::AlterTopicConfigs { name, id: topic.id, configs }),
             None => Err(Refusal::UnknownTopic(name)),
         },
     }
@@ -169,7 +169,9 @@ mod tests {
         assert!(on_two.iter().all(|p| p.leader == 2 && p.leader_epoch == 2), "{on_two:?}");
 
         let grow = plan(&image, TopicChange::AddPartitions { name: "t".into(), total: 9 }).expect("grow");
+        let again = plan(&image, TopicChange::AddPartitions { name: "t".into(), total: 9 }).expect("grow");
         image.apply(13, &grow);
+        assert_eq!(image.apply(13, &again), Outcome::Stale, "planned against 6 partitions, not 9");
         assert_eq!(image.topics["t"].partitions.len(), 9);
         let shrink = plan(&image, TopicChange::AddPartitions { name: "t".into(), total: 9 });
         assert!(matches!(shrink, Err(Refusal::InvalidPartitions(_))));
@@ -180,7 +182,30 @@ mod tests {
             configs: BTreeMap::new(),
         };
         assert!(matches!(plan(&image, replicated), Err(Refusal::InvalidReplicationFactor(_))));
-        image.apply(14, &plan(&image, TopicChange::Delete { name: "t".into() }).expect("delete"));
+        let delete = plan(&image, TopicChange::Delete { name: "t".into() }).expect("delete");
+        image.apply(14, &delete);
         assert!(image.topics.is_empty());
+        let create = TopicChange::Create {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        };
+        image.apply(15, &plan(&image, create).expect("create again"));
+        assert_eq!(image.apply(16, &delete), Outcome::Stale, "the old delete does not touch the new topic");
+        assert_eq!(image.topics.len(), 1);
+
+        // A broker's new process (not fenced in between) leads its partitions in a new epoch.
+        let leader = image.topics["t"].partitions[0].leader;
+        let epoch = image.topics["t"].partitions[0].leader_epoch;
+        let restart = Command::Register(crate::controller::state::Registration {
+            id: leader,
+            incarnation: [9; 16],
+            host: "h".into(),
+            port: 1,
+            rack: None,
+        });
+        image.apply(17, &restart);
+        assert_eq!(image.topics["t"].partitions[0].leader_epoch, epoch + 1);
     }
 }

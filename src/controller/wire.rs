@@ -323,8 +323,12 @@ where
     if length > FRAME_BYTES_MAX {
         return Err(invalid(&format!("frame of {length} bytes is over the limit")));
     }
-    let mut body = vec![0u8; length];
-    input.read_exact(&mut body).await?;
+    // Memory follows the bytes that arrive, not the length a peer claims.
+    let mut body = Vec::with_capacity(length.min(64 << 10));
+    input.take(length as u64).read_to_end(&mut body).await?;
+    if body.len() < length {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "frame cut short"));
+    }
     unframe(crc, &body).map(Some)
 }
 

@@ -217,7 +217,9 @@ type ClusterViews = tokio::sync::watch::Receiver<Option<crate::controller::Clust
 /// Copies each newer view of the cluster into this core's own state.
 async fn follow_cluster(shard: Rc<Shard>, mut views: ClusterViews) {
     loop {
-        if let Some(view) = views.borrow_and_update().clone() {
+        // Copied out first: the watch's lock must not be held while the view is applied.
+        let view = views.borrow_and_update().clone();
+        if let Some(view) = view {
             shard.follow(view).await;
         }
         if views.changed().await.is_err() {

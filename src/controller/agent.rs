@@ -84,24 +84,35 @@ impl Agent {
     pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
         let mut next_beat = Instant::now();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(next_beat) => {
-                    let pause = self.exchange().await;
-                    next_beat = Instant::now() + pause;
+            // A heartbeat may be held by the controller for up to an interval (a long poll); a
+            // shard's request does not wait for it: the heartbeat is dropped (its connection
+            // closed) and sent again after.
+            let request = {
+                let beat = async {
+                    tokio::time::sleep_until(next_beat).await;
+                    self.exchange().await
+                };
+                tokio::select! {
+                    pause = beat => {
+                        next_beat = Instant::now() + pause;
+                        None
+                    }
+                    Some(request) = requests.recv() => Some(request),
                 }
-                Some(request) = requests.recv() => match request {
-                    Request::Change(request) => {
-                        let answer = self.change(request.change).await;
-                        // The asking request may have given up.
-                        drop(request.reply.send(answer));
-                    }
-                    Request::Leave(reply) => {
-                        self.leave().await;
-                        let _stopping_anyway = reply.send(());
-                        // Stopping: no more heartbeats, which would register the broker again.
-                        std::future::pending::<()>().await;
-                    }
-                },
+            };
+            match request {
+                None => {}
+                Some(Request::Change(request)) => {
+                    let answer = self.change(request.change).await;
+                    // The asking request may have given up.
+                    drop(request.reply.send(answer));
+                }
+                Some(Request::Leave(reply)) => {
+                    self.leave().await;
+                    let _stopping_anyway = reply.send(());
+                    // Stopping: no more heartbeats, which would register the broker again.
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
@@ -184,11 +195,17 @@ impl Agent {
                 port: identity.port,
                 rack: identity.rack.clone(),
             }),
-            Some(epoch) => BrokerRequest::Heartbeat { id: identity.id, epoch, known: self.known },
+            Some(epoch) => BrokerRequest::Heartbeat {
+                id: identity.id,
+                epoch,
+                known: self.known,
+                wait_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
+            },
         });
         let (id, addr) = self.controllers[self.target % self.controllers.len()].clone();
         let peer = self.peers.entry(id).or_insert_with(|| Peer::new(addr));
-        match peer.call(&request, self.interval).await {
+        // The controller may hold a heartbeat an interval; allow it that and an interval more.
+        match peer.call(&request, 2 * self.interval).await {
             Ok(Response::Broker(reply)) => self.follow(reply),
             Ok(other) => {
                 tracing::warn!(controller = id, ?other, "unexpected controller answer");
@@ -217,7 +234,9 @@ impl Agent {
                     Some(image) => drop(self.publish(image, controller)),
                     None => self.publish_controller(controller),
                 }
-                self.interval
+                // The controller held the heartbeat until something changed or an interval
+                // passed: the next one goes at once.
+                Duration::ZERO
             }
             BrokerReply::NotController { leader } => self.next_controller(leader),
             BrokerReply::StaleEpoch => {

@@ -22,6 +22,9 @@ struct Session {
     seen: Instant,
 }
 
+/// The longest a heartbeat's answer is held for a newer image, whatever the broker asks.
+const HEARTBEAT_WAIT_MAX: Duration = Duration::from_secs(10);
+
 pub struct Registry {
     node_id: u64,
     session_timeout: Duration,
@@ -69,8 +72,9 @@ impl Registry {
                     _ => BrokerReply::NotController { leader: None },
                 }
             }
-            BrokerRequest::Heartbeat { id, epoch, known } => {
-                Registry::heartbeat(this, raft, id, epoch, known).await
+            BrokerRequest::Heartbeat { id, epoch, known, wait_ms } => {
+                let wait = Duration::from_millis(u64::from(wait_ms)).min(HEARTBEAT_WAIT_MAX);
+                Registry::heartbeat(this, raft, (id, epoch), known, wait).await
             }
             BrokerRequest::Change(change) => Registry::change(this, raft, change).await,
             BrokerRequest::Unregister { id, epoch } => Registry::unregister(this, raft, id, epoch).await,
@@ -121,12 +125,14 @@ impl Registry {
         }
     }
 
+    /// Records broker `id`'s heartbeat (at `epoch`) and answers with the image once it is newer
+    /// than `known`, or after `wait`.
     async fn heartbeat(
         this: &Rc<RefCell<Registry>>,
         raft: &Raft<TypeConfig>,
-        id: i32,
-        epoch: u64,
+        (id, epoch): (i32, u64),
         known: u64,
+        wait: Duration,
     ) -> BrokerReply {
         let record = this.borrow().image.borrow().brokers.get(&id).cloned();
         let Some(record) = record.filter(|record| record.epoch == epoch) else {
@@ -138,6 +144,10 @@ impl Registry {
         if record.fenced && write(raft, Command::Unfence { id, epoch }).await.is_none() {
             return BrokerReply::NotController { leader: None };
         }
+        let mut images = this.borrow().image.clone();
+        // Nothing is borrowed while waiting; a timeout just answers with nothing new.
+        let _newer_or_timed_out =
+            tokio::time::timeout(wait, images.wait_for(|image| image.applied > known)).await;
         let registry = this.borrow();
         let image = registry.image();
         let newer = image.applied > known;

@@ -62,11 +62,13 @@ pub struct SnapshotMetaW {
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum BrokerRequest {
     Register(Registration),
-    /// `known` is the version of the image the broker holds.
+    /// `known` is the version of the image the broker holds; the controller may hold the
+    /// answer up to `wait_ms` for a newer one (a long poll, so changes reach brokers at once).
     Heartbeat {
         id: i32,
         epoch: u64,
         known: u64,
+        wait_ms: u32,
     },
     /// A change to the topics, on behalf of a client.
     Change(TopicChange),

@@ -110,7 +110,7 @@ fn replicas_per_partition(image: &Image, replication_factor: i16) -> Result<usiz
 }
 
 fn place(image: &Image, indexes: std::ops::Range<i32>, replicas: usize) -> Vec<PartitionRecord> {
-    let live: Vec<i32> = image.live_brokers().map(|broker| broker.id).collect();
+    let live = rack_alternated(image);
     let start = (uuid::Uuid::new_v4().as_u128() % live.len().max(1) as u128) as usize;
     indexes
         .map(|index| {
@@ -121,9 +121,39 @@ fn place(image: &Image, indexes: std::ops::Range<i32>, replicas: usize) -> Vec<P
         .collect()
 }
 
+/// The live brokers ordered so that consecutive ones are on different racks while racks last
+/// (Kafka's rack-alternated list): the first broker of each rack, then the second of each, and
+/// so on. Consecutive replicas, and consecutive partitions' leaders, thus spread over racks.
+/// Brokers without a rack count as one rack.
+fn rack_alternated(image: &Image) -> Vec<i32> {
+    let mut racks: BTreeMap<Option<&str>, Vec<i32>> = BTreeMap::new();
+    for broker in image.live_brokers() {
+        racks.entry(broker.rack.as_deref()).or_default().push(broker.id);
+    }
+    let deepest = racks.values().map(Vec::len).max().unwrap_or(0);
+    (0..deepest).flat_map(|depth| racks.values().filter_map(move |ids| ids.get(depth).copied())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brokers_alternate_between_racks() {
+        let mut image = Image::default();
+        let racks = [(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "b"), (6, "c")];
+        for (at, (id, rack)) in racks.iter().enumerate() {
+            let register = Command::Register(crate::controller::state::Registration {
+                id: *id,
+                incarnation: [0; 16],
+                host: "h".into(),
+                port: 1,
+                rack: Some(rack.to_string()),
+            });
+            image.apply(at as u64 + 1, &register);
+        }
+        assert_eq!(rack_alternated(&image), [1, 4, 6, 2, 5, 3]);
+    }
     use crate::controller::state::Outcome;
 
     fn image_with_brokers(ids: &[i32]) -> Image {

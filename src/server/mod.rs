@@ -214,16 +214,33 @@ async fn shard_main(start: ShardStart) {
 
 type ClusterViews = tokio::sync::watch::Receiver<Option<crate::controller::ClusterView>>;
 
-/// Copies each newer view of the cluster into this core's own state.
+/// How soon a view of the cluster not wholly applied is tried again.
+const VIEW_RETRY: Duration = Duration::from_secs(1);
+
+/// Copies each newer view of the cluster into this core's own state; a view not wholly
+/// applied is tried again after a second, or as soon as a newer one comes.
 async fn follow_cluster(shard: Rc<Shard>, mut views: ClusterViews) {
     loop {
         // Copied out first: the watch's lock must not be held while the view is applied.
         let view = views.borrow_and_update().clone();
-        if let Some(view) = view {
-            shard.follow(view).await;
-        }
-        if views.changed().await.is_err() {
-            return;
+        let applied = match view {
+            Some(view) => shard.follow(view).await,
+            None => true,
+        };
+        if applied {
+            if views.changed().await.is_err() {
+                return;
+            }
+        } else {
+            let retry = async {
+                io::sleep(VIEW_RETRY).await;
+                false
+            };
+            let stopped = futures_lite::future::or(async { views.changed().await.is_err() }, retry).await;
+            if stopped {
+                // No newer view will come; keep trying this one.
+                io::sleep(VIEW_RETRY).await;
+            }
         }
     }
 }

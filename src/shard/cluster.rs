@@ -33,12 +33,11 @@ impl Shard {
     }
 
     /// Takes a newer view of the cluster; on shard 0, brings the topic table in line with it.
-    pub async fn follow(&self, view: ClusterView) {
+    /// Whether every change applied (a failed one, say a full disk, is tried again).
+    pub async fn follow(&self, view: ClusterView) -> bool {
         let image = view.image.clone();
         *self.cluster.borrow_mut() = Some(view);
-        if self.id == METADATA_SHARD {
-            self.follow_image(&image).await;
-        }
+        self.id != METADATA_SHARD || self.follow_image(&image).await
     }
 
     /// CreateTopics in a cluster: checked here as on a one-node broker, placed by the active
@@ -139,7 +138,8 @@ impl Shard {
 
     /// Creates, grows, reconfigures and deletes topics here until the table matches `image`
     /// (shard 0 only). The internal topics stay as each broker made them.
-    async fn follow_image(&self, image: &Image) {
+    async fn follow_image(&self, image: &Image) -> bool {
+        let mut applied = true;
         for (name, record) in &image.topics {
             if topics::is_internal(name) {
                 continue;
@@ -147,7 +147,7 @@ impl Shard {
             let local = self.topic(name);
             if local.as_ref().is_some_and(|local| local.id.as_bytes() != &record.id) {
                 // Deleted and made again while this broker was away: the old data goes.
-                self.forget_topic(name).await;
+                applied &= self.forget_topic(name).await;
             }
             let local = self.topic(name);
             let meta = self.meta_for(name, record, local.as_ref());
@@ -155,13 +155,15 @@ impl Shard {
                 && let Err(error) = self.set_topic(meta).await
             {
                 tracing::error!(topic = name, %error, "applying the controller's topic failed");
+                applied = false;
             }
         }
         for local in self.all_topics() {
             if !topics::is_internal(&local.name) && !image.topics.contains_key(&local.name) {
-                self.forget_topic(&local.name).await;
+                applied &= self.forget_topic(&local.name).await;
             }
         }
+        applied
     }
 
     /// Persists `meta` and has every shard apply it.
@@ -172,15 +174,19 @@ impl Shard {
     }
 
     /// Drops a topic the controller no longer has, with its data.
-    async fn forget_topic(&self, name: &str) {
-        let Some(topic) = self.topic(name) else { return };
+    async fn forget_topic(&self, name: &str) -> bool {
+        let Some(topic) = self.topic(name) else { return true };
         let forgotten = async {
             self.persist_with(None, Some(name)).await?;
             let deleted = |reply| super::ShardMessage::TopicDeleted { topic: topic.clone(), reply };
             self.announce(deleted, || self.apply_topic_deleted(&topic)).await
         };
-        if let Err(error) = forgotten.await {
-            tracing::error!(topic = name, %error, "dropping a topic the controller deleted failed");
+        match forgotten.await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(topic = name, %error, "dropping a topic the controller deleted failed");
+                false
+            }
         }
     }
 }

@@ -168,6 +168,30 @@ fn a_broker_outside_the_quorum_joins_and_a_live_node_id_is_not_taken() {
     assert!(clean, "SIGTERM stops a clustered broker with every log closed");
 }
 
+/// How many distinct keys of `topic` a member of consumer group `group` reads, until it has
+/// `count` or `patience` passes; its offsets are committed on the way out.
+fn group_read(bootstrap: &str, group: &str, topic: &str, count: usize, patience: Duration) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut keys = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + patience;
+    while keys.len() < count && Instant::now() < deadline {
+        // Failed connections to a killed broker are reported, and polled past.
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            keys.extend(rdkafka::Message::key(&message).map(|k| String::from_utf8_lossy(k).into_owned()));
+        }
+    }
+    if keys.len() == count {
+        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync).expect("commit");
+    }
+    keys.len()
+}
+
 /// The leader of each partition of `topic`, as a Kafka client bootstrapped from `broker` sees it.
 fn leaders(broker: &Broker, topic: &str) -> Vec<i32> {
     let client: BaseConsumer =
@@ -270,24 +294,9 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     }
     assert!(per_partition.iter().all(|count| *count > 0), "keys reach every partition: {per_partition:?}");
     assert_eq!(latest_offset(&nodes[&placed[0]], "spread", 0), (0, per_partition[0]));
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", nodes[&3].address.to_string())
-        .set("group.id", "spread-readers")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["spread"]).expect("subscribe");
-    let mut keys = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while keys.len() < 300 && Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let message = message.expect("message");
-            keys.insert(rdkafka::Message::key(&message).map(|k| String::from_utf8_lossy(k).into_owned()));
-        }
-    }
-    assert_eq!(keys.len(), 300, "every record read once through the group");
-    consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync).expect("commit");
-    drop(consumer);
+    let read =
+        group_read(&nodes[&3].address.to_string(), "spread-readers", "spread", 300, Duration::from_secs(60));
+    assert_eq!(read, 300, "every record read once through the group");
 
     // The leader of partition 0 dies: its partitions have no leader (one replica, no unclean
     // election) until it returns with its data.
@@ -507,22 +516,7 @@ fn acknowledged_records_survive_killed_and_restarted_leaders() {
     // A consumer group reads along, through the failovers.
     let group_bootstrap = bootstrap.join(",");
     let reader = std::thread::spawn(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &group_bootstrap)
-            .set("group.id", "stream-readers")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("consumer");
-        consumer.subscribe(&["stream"]).expect("subscribe");
-        let mut keys = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while keys.len() < RECORDS && Instant::now() < deadline {
-            // Failed connections to a killed broker are reported, and polled past.
-            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-                keys.extend(rdkafka::Message::key(&message).map(|k| String::from_utf8_lossy(k).into_owned()));
-            }
-        }
-        keys.len()
+        group_read(&group_bootstrap, "stream-readers", "stream", RECORDS, Duration::from_secs(120))
     });
     let await_acked = |count: usize| {
         let deadline = Instant::now() + Duration::from_secs(90);

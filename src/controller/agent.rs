@@ -24,6 +24,8 @@ pub enum Request {
     Change(ChangeRequest),
     /// The broker is stopping: leave the cluster, then answer.
     Leave(oneshot::Sender<()>),
+    /// Fetch the active controller's newest image now; answer with it.
+    Sync(oneshot::Sender<Option<Arc<Image>>>),
 }
 
 /// How long a stopping broker waits for the controller to take it out.
@@ -107,6 +109,10 @@ impl Agent {
                     // The asking request may have given up.
                     drop(request.reply.send(answer));
                 }
+                Some(Request::Sync(reply)) => {
+                    let image = self.sync().await;
+                    let _asker_may_be_gone = reply.send(image);
+                }
                 Some(Request::Leave(reply)) => {
                     self.leave().await;
                     let _stopping_anyway = reply.send(());
@@ -125,6 +131,25 @@ impl Agent {
             Some(BrokerReply::Refused(refusal)) => Err(refusal),
             _ => Err(Refusal::Unavailable("no active controller answered in time".into())),
         }
+    }
+
+    /// A heartbeat the controller answers at once, with its image if newer than this broker's;
+    /// the newest image this broker has after it.
+    async fn sync(&mut self) -> Option<Arc<Image>> {
+        if let Some(epoch) = self.epoch {
+            let request = WireRequest::Broker(BrokerRequest::Heartbeat {
+                id: self.identity.id,
+                epoch,
+                known: self.known,
+                wait_ms: 0,
+            });
+            if let Some(BrokerReply::Accepted { image: Some(image), controller, .. }) =
+                self.ask_controller(&request, self.interval).await
+            {
+                self.publish(image, controller);
+            }
+        }
+        self.published.borrow().as_ref().map(|view| view.image.clone())
     }
 
     /// Has the active controller fence this broker now.

@@ -71,6 +71,14 @@ impl ControllerHandle {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// The active controller's newest image, fetched now (the one this broker has if the
+    /// controller does not answer).
+    pub async fn sync(&self) -> Option<Arc<Image>> {
+        let (reply, answer) = oneshot::channel();
+        self.changes.send(agent::Request::Sync(reply)).ok()?;
+        answer.await.ok()?
+    }
+
     /// Takes this broker out of the cluster for a graceful stop: the active controller fences
     /// it now rather than when its session would expire. Gives up after a while (the session
     /// then expires as after a crash).

@@ -81,16 +81,35 @@ impl Shard {
         let name = change.name().to_string();
         let image = controller.change(change).await.map_err(refused)?;
         let wanted = image.topics.get(&name);
+        self.await_shown(&name, wanted).await;
+        Ok(wanted.map(|record| self.topic(&name).unwrap_or_else(|| self.meta_for(&name, record, None))))
+    }
+
+    /// Waits (a while at most) until this shard's table has `name` as `wanted` says.
+    async fn await_shown(&self, name: &str, wanted: Option<&TopicRecord>) {
         let mut changes = self.topics_changed.subscribe();
         let applied = async {
-            while !self.shows(&name, wanted) {
+            while !self.shows(name, wanted) {
                 if changes.changed().await.is_err() {
                     return;
                 }
             }
         };
         futures_lite::future::or(applied, io::sleep(LOCAL_APPLY_MAX)).await;
-        Ok(wanted.map(|record| self.topic(&name).unwrap_or_else(|| self.meta_for(&name, record, None))))
+    }
+
+    /// A topic, by name. In a cluster, one this broker does not know may be one its image has
+    /// not caught up with yet (it was just created through another broker): the active
+    /// controller is asked for its newest image first, so no client is told a topic that
+    /// exists is unknown.
+    pub async fn topic_in_cluster(&self, name: &str) -> Option<TopicMeta> {
+        if let Some(topic) = self.topic(name) {
+            return Some(topic);
+        }
+        let image = self.controller()?.sync().await?;
+        let record = image.topics.get(name)?;
+        self.await_shown(name, Some(record)).await;
+        self.topic(name)
     }
 
     /// Whether this shard's table has `name` as the image has it (`None`: deleted).

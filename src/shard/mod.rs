@@ -506,7 +506,7 @@ impl Shard {
             return Some(topic);
         }
         if !self.config.auto_create_topics {
-            return None;
+            return self.topic_in_cluster(name).await;
         }
         let partitions = self.config.num_partitions;
         let new = NewTopic {
@@ -518,7 +518,7 @@ impl Shard {
         };
         // An invalid name or a concurrent creation of the same topic: the table says which.
         let _created_or_refused = self.create_topic(new).await;
-        self.topic(name)
+        self.topic_in_cluster(name).await
     }
 
     /// Closes every log this shard owns: queued appends written, synced, clean-shutdown

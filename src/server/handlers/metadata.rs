@@ -40,7 +40,7 @@ pub async fn handle(
             for wanted in requested {
                 let found = match &wanted.name {
                     Some(name) if auto_create => shard.topic_or_auto_create(name).await,
-                    Some(name) => shard.topic(name),
+                    Some(name) => shard.topic_in_cluster(name).await,
                     None => shard.topic_by_id(wanted.topic_id),
                 };
                 topics.push(match found {

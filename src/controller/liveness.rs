@@ -22,6 +22,9 @@ struct Session {
     seen: Instant,
 }
 
+/// How long a held heartbeat waits after the image changes, so one answer carries a run of
+/// changes.
+const CHANGE_RUN: Duration = Duration::from_millis(5);
 /// The longest a heartbeat's answer is held for a newer image, whatever the broker asks.
 const HEARTBEAT_WAIT_MAX: Duration = Duration::from_secs(10);
 
@@ -30,11 +33,13 @@ pub struct Registry {
     session_timeout: Duration,
     image: watch::Receiver<Arc<Image>>,
     sessions: HashMap<i32, Session>,
+    /// Registrations (broker, epoch) whose broker left by controlled shutdown.
+    left: std::collections::HashSet<(i32, u64)>,
 }
 
 impl Registry {
     pub fn new(node_id: u64, session_timeout: Duration, image: watch::Receiver<Arc<Image>>) -> Registry {
-        Registry { node_id, session_timeout, image, sessions: HashMap::new() }
+        Registry { node_id, session_timeout, image, sessions: HashMap::new(), left: Default::default() }
     }
 
     fn controller(&self) -> i32 {
@@ -97,6 +102,12 @@ impl Registry {
         if registry.sessions.get(&id).is_some_and(|session| session.epoch == epoch) {
             registry.sessions.remove(&id);
         }
+        // A heartbeat of that registration still in flight must not unfence it. Entries of
+        // registrations since replaced are dropped.
+        registry.left.insert((id, epoch));
+        registry
+            .left
+            .retain(|(id, epoch)| image.brokers.get(id).is_some_and(|broker| broker.epoch == *epoch));
         tracing::info!(broker = id, epoch, "a broker left the cluster");
         BrokerReply::Unregistered
     }
@@ -135,7 +146,8 @@ impl Registry {
         wait: Duration,
     ) -> BrokerReply {
         let record = this.borrow().image.borrow().brokers.get(&id).cloned();
-        let Some(record) = record.filter(|record| record.epoch == epoch) else {
+        let left = this.borrow().left.contains(&(id, epoch));
+        let Some(record) = record.filter(|record| record.epoch == epoch && !left) else {
             return BrokerReply::StaleEpoch;
         };
         this.borrow_mut()
@@ -146,8 +158,20 @@ impl Registry {
         }
         let mut images = this.borrow().image.clone();
         // Nothing is borrowed while waiting; a timeout just answers with nothing new.
-        let _newer_or_timed_out =
-            tokio::time::timeout(wait, images.wait_for(|image| image.applied > known)).await;
+        // `wait_for` answers with a guard on the watch's lock: it is dropped here, at the end of
+        // this statement, before anything else is awaited (the state machine publishing on this
+        // same thread would block on it).
+        let waited = tokio::time::timeout(wait, images.wait_for(|image| image.applied > known))
+            .await
+            .map(|newer| newer.is_ok());
+        match waited {
+            // The state machine is gone (Raft stopped): not a controller any more.
+            Ok(false) => return BrokerReply::NotController { leader: None },
+            // Changes often come in runs (a topic and its leaders, several topics): one answer
+            // a moment later carries the run.
+            Ok(true) => tokio::time::sleep(CHANGE_RUN).await,
+            Err(_timed_out) => {}
+        }
         let registry = this.borrow();
         let image = registry.image();
         let newer = image.applied > known;

@@ -119,7 +119,7 @@ pub fn start(config: &BrokerConfig, advertised: SocketAddr) -> Result<Joined, St
     let agent = agent::Agent::new(
         identity,
         config.cluster.voters.clone(),
-        (config.cluster.heartbeat_interval, config.cluster.session_timeout),
+        config.cluster.heartbeat_interval,
         published,
     );
     let voter = listener.map(|listener| Voter {

@@ -81,15 +81,15 @@ impl Shard {
         let name = change.name().to_string();
         let image = controller.change(change).await.map_err(refused)?;
         let wanted = image.topics.get(&name);
-        self.await_shown(&name, wanted).await;
+        self.await_table(|| self.shows(&name, wanted)).await;
         Ok(wanted.map(|record| self.topic(&name).unwrap_or_else(|| self.meta_for(&name, record, None))))
     }
 
-    /// Waits (a while at most) until this shard's table has `name` as `wanted` says.
-    async fn await_shown(&self, name: &str, wanted: Option<&TopicRecord>) {
+    /// Waits (a while at most) until this shard's topic table is `shown`.
+    async fn await_table(&self, shown: impl Fn() -> bool) {
         let mut changes = self.topics_changed.subscribe();
         let applied = async {
-            while !self.shows(name, wanted) {
+            while !shown() {
                 if changes.changed().await.is_err() {
                     return;
                 }
@@ -107,8 +107,8 @@ impl Shard {
             return Some(topic);
         }
         let image = self.controller()?.sync().await?;
-        let record = image.topics.get(name)?;
-        self.await_shown(name, Some(record)).await;
+        let id = uuid::Uuid::from_bytes(image.topics.get(name)?.id);
+        self.await_table(|| self.topic(name).is_some_and(|topic| topic.id == id)).await;
         self.topic(name)
     }
 
@@ -166,44 +166,65 @@ impl Shard {
             let local = self.topic(name);
             if local.as_ref().is_some_and(|local| local.id.as_bytes() != &record.id) {
                 // Deleted and made again while this broker was away: the old data goes.
-                applied &= self.forget_topic(name).await;
+                applied &= self.drop_topic(local).await;
             }
             let local = self.topic(name);
             let meta = self.meta_for(name, record, local.as_ref());
-            if local.as_ref() != Some(&meta)
-                && let Err(error) = self.set_topic(meta).await
-            {
-                tracing::error!(topic = name, %error, "applying the controller's topic failed");
-                applied = false;
+            let unsettled = self.unsettled.borrow_mut().remove(name).is_some();
+            if local.as_ref() != Some(&meta) || unsettled {
+                applied &= self.set_topic(meta).await;
             }
+        }
+        let gone: Vec<String> = self
+            .unsettled
+            .borrow()
+            .keys()
+            .filter(|name| !image.topics.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            let dropped = self.unsettled.borrow_mut().remove(&name);
+            applied &= self.drop_topic(dropped).await;
         }
         for local in self.all_topics() {
             if !topics::is_internal(&local.name) && !image.topics.contains_key(&local.name) {
-                applied &= self.forget_topic(&local.name).await;
+                applied &= self.drop_topic(Some(local)).await;
             }
         }
         applied
     }
 
-    /// Persists `meta` and has every shard apply it.
-    async fn set_topic(&self, meta: TopicMeta) -> Result<(), CreateTopicError> {
-        self.persist_with(Some(&meta), None).await?;
-        let set = |reply| super::ShardMessage::TopicCreated { topic: meta.clone(), reply };
-        self.announce(set, || self.apply_topic_created(meta.clone())).await
+    /// Persists `meta` and has every shard apply it; one that failed is remembered, to be
+    /// applied again (shard 0's own table may already show it).
+    async fn set_topic(&self, meta: TopicMeta) -> bool {
+        let set = async {
+            self.persist_with(Some(&meta), None).await?;
+            let set = |reply| super::ShardMessage::TopicCreated { topic: meta.clone(), reply };
+            self.announce(set, || self.apply_topic_created(meta.clone())).await
+        };
+        match set.await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(topic = meta.name, %error, "applying the controller's topic failed");
+                self.unsettled.borrow_mut().insert(meta.name.clone(), meta);
+                false
+            }
+        }
     }
 
-    /// Drops a topic the controller no longer has, with its data.
-    async fn forget_topic(&self, name: &str) -> bool {
-        let Some(topic) = self.topic(name) else { return true };
-        let forgotten = async {
-            self.persist_with(None, Some(name)).await?;
+    /// Drops `topic` (one the controller no longer has), with its data, on every shard.
+    async fn drop_topic(&self, topic: Option<TopicMeta>) -> bool {
+        let Some(topic) = topic else { return true };
+        let dropped = async {
+            self.persist_with(None, Some(&topic.name)).await?;
             let deleted = |reply| super::ShardMessage::TopicDeleted { topic: topic.clone(), reply };
             self.announce(deleted, || self.apply_topic_deleted(&topic)).await
         };
-        match forgotten.await {
+        match dropped.await {
             Ok(()) => true,
             Err(error) => {
-                tracing::error!(topic = name, %error, "dropping a topic the controller deleted failed");
+                tracing::error!(topic = topic.name, %error, "dropping a topic the controller deleted failed");
+                self.unsettled.borrow_mut().insert(topic.name.clone(), topic);
                 false
             }
         }

@@ -288,6 +288,9 @@ pub struct Shard {
     controller: std::cell::OnceCell<ControllerHandle>,
     /// Bumped at every change this shard applies to its topic table.
     topics_changed: tokio::sync::watch::Sender<u64>,
+    /// Shard 0, in a cluster: topics set or dropped here whose change some shard failed to
+    /// apply; tried again with the next view.
+    unsettled: RefCell<BTreeMap<String, TopicMeta>>,
 }
 
 impl Shard {
@@ -320,6 +323,7 @@ impl Shard {
             cluster: RefCell::new(None),
             controller: std::cell::OnceCell::new(),
             topics_changed: tokio::sync::watch::Sender::new(0),
+            unsettled: RefCell::new(BTreeMap::new()),
         });
         for topic in topics.iter() {
             shard.apply_topic_created(topic.clone()).await?;

@@ -192,6 +192,32 @@ fn group_read(bootstrap: &str, group: &str, topic: &str, count: usize, patience:
     keys.len()
 }
 
+/// Three voters agreeing on their cluster, with `topic` created through node 1 and every node
+/// seeing each of its `partitions` led by the same live broker: the quorum, the nodes by id,
+/// and each partition's leader.
+fn cluster_with_topic(topic: &str, partitions: usize) -> (String, BTreeMap<i32, Broker>, Vec<i32>) {
+    let quorum = voters(&[1, 2, 3]);
+    let nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
+    agreed(&nodes.values().collect::<Vec<_>>(), &listing(&nodes));
+    let count = partitions.to_string();
+    ringmq(&[
+        "topic",
+        "create",
+        topic,
+        "--partitions",
+        &count,
+        "--bootstrap",
+        &nodes[&1].address.to_string(),
+    ]);
+    let placed = await_leaders(&nodes[&1], topic, |leaders| {
+        leaders.len() == partitions && leaders.iter().all(|l| *l > 0)
+    });
+    for broker in nodes.values() {
+        await_leaders(broker, topic, |leaders| leaders == placed.as_slice());
+    }
+    (quorum, nodes, placed)
+}
+
 /// The leader of each partition of `topic`, as a Kafka client bootstrapped from `broker` sees it.
 fn leaders(broker: &Broker, topic: &str) -> Vec<i32> {
     let client: BaseConsumer =
@@ -247,27 +273,8 @@ fn ringmq(args: &[&str]) -> String {
 fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    let quorum = voters(&[1, 2, 3]);
-    let mut nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
-    let all: Vec<&Broker> = nodes.values().collect();
-    agreed(&all, &listing(&nodes));
-
     // Created through one broker, the topic's partitions are spread over all three.
-    ringmq(&[
-        "topic",
-        "create",
-        "spread",
-        "--partitions",
-        "6",
-        "--bootstrap",
-        &nodes[&1].address.to_string(),
-    ]);
-    // Every broker learns of it by its next heartbeat.
-    let placed =
-        await_leaders(&nodes[&3], "spread", |leaders| leaders.len() == 6 && leaders.iter().all(|l| *l > 0));
-    for broker in nodes.values() {
-        await_leaders(broker, "spread", |leaders| leaders == placed.as_slice());
-    }
+    let (quorum, mut nodes, placed) = cluster_with_topic("spread", 6);
     for broker in 1..=3 {
         assert_eq!(placed.iter().filter(|l| **l == broker).count(), 2, "two partitions each: {placed:?}");
     }
@@ -359,26 +366,9 @@ fn committed_keys(
 #[test]
 fn a_transaction_spanning_brokers_is_committed_or_aborted_on_each() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let quorum = voters(&[1, 2, 3]);
-    let nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
-    let all: Vec<&Broker> = nodes.values().collect();
-    agreed(&all, &listing(&nodes));
-    ringmq(&[
-        "topic",
-        "create",
-        "ledger",
-        "--partitions",
-        "3",
-        "--bootstrap",
-        &nodes[&1].address.to_string(),
-    ]);
-    for broker in nodes.values() {
-        await_leaders(broker, "ledger", |leaders| {
-            let mut sorted = leaders.to_vec();
-            sorted.sort_unstable();
-            sorted == [1, 2, 3]
-        });
-    }
+    let (_, nodes, mut placed) = cluster_with_topic("ledger", 3);
+    placed.sort_unstable();
+    assert_eq!(placed, [1, 2, 3], "one partition led by each broker");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", nodes[&2].address.to_string())
         .set("transactional.id", "ledger-writer")
@@ -466,21 +456,7 @@ fn acknowledged_records_survive_killed_and_restarted_leaders() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::sync::atomic::{AtomicUsize, Ordering};
     const RECORDS: usize = 3000;
-    let quorum = voters(&[1, 2, 3]);
-    let mut nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
-    let all: Vec<&Broker> = nodes.values().collect();
-    agreed(&all, &listing(&nodes));
-    ringmq(&[
-        "topic",
-        "create",
-        "stream",
-        "--partitions",
-        "6",
-        "--bootstrap",
-        &nodes[&1].address.to_string(),
-    ]);
-    let placed =
-        await_leaders(&nodes[&1], "stream", |leaders| leaders.len() == 6 && leaders.iter().all(|l| *l > 0));
+    let (quorum, mut nodes, placed) = cluster_with_topic("stream", 6);
     let bootstrap: Vec<String> = nodes.values().map(|broker| broker.address.to_string()).collect();
 
     // An idempotent acks=all producer writes a numbered stream while leaders are killed.

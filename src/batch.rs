@@ -262,6 +262,24 @@ pub fn split_validated(
     Ok(batches)
 }
 
+/// The whole batches of a fetched partition's records, checked (CRC included); a batch cut
+/// short at the end (a fetch may end inside one) is left for the next fetch.
+pub fn whole_batches(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, BatchError> {
+    let mut batches = Vec::new();
+    let mut position = 0;
+    while position < records.len() {
+        let header = match validate(&records[position..], usize::MAX) {
+            Ok(header) => header,
+            Err(BatchError::Truncated { .. }) => break,
+            Err(error) => return Err(error),
+        };
+        let end = position + header.total_bytes();
+        batches.push((header, records.slice(position..end)));
+        position = end;
+    }
+    Ok(batches)
+}
+
 /// The first `HEADER_BYTES` of a batch, rewritten for the log: offsets assigned, leader epoch
 /// stamped and, for LogAppendTime topics, the broker's time set with the CRC recomputed.
 /// The rest of the batch is stored from the producer's buffer unchanged.

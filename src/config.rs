@@ -53,6 +53,9 @@ pub struct ClusterConfig {
     pub session_timeout: Duration,
     /// Controller log entries between snapshots of the metadata image.
     pub snapshot_entries: u64,
+    /// A follower that has not caught up with its leader for this long leaves the in-sync
+    /// replicas (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_max: Duration,
 }
 
 impl ClusterConfig {
@@ -257,6 +260,15 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "a broker whose heartbeats stop for this long is fenced",
         apply: |c, v| {
             c.cluster.session_timeout = Duration::from_millis(parse(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "replica_lag_time_max_ms",
+        default: "30000",
+        meaning: "a follower that has not caught up with its leader for this long leaves the in-sync replicas",
+        apply: |c, v| {
+            c.cluster.replica_lag_max = Duration::from_millis(parse(v)?);
             Ok(())
         },
     },

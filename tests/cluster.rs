@@ -21,15 +21,24 @@ fn voters(ids: &[i32]) -> String {
     ids.iter().map(|id| format!("{id}@127.0.0.1:{}", free_port())).collect::<Vec<_>>().join(",")
 }
 
-/// Starts node `id` of the cluster whose quorum is `voters`, on `data` if given.
-fn node(id: i32, voters: &str, data: Option<tempfile::TempDir>) -> Broker {
-    node_with_session(id, voters, data, 1000)
+/// A node killed (SIGKILL): its Kafka address and data directory, to restart it on.
+type Killed = (std::net::SocketAddr, tempfile::TempDir);
+
+fn kill(broker: Broker) -> Killed {
+    (broker.address, broker.kill())
 }
 
-fn node_with_session(id: i32, voters: &str, data: Option<tempfile::TempDir>, session_ms: u64) -> Broker {
+/// Starts node `id` of the cluster whose quorum is `voters`; a killed node again on its
+/// address and data, as an operator restarts a broker.
+fn node(id: i32, voters: &str, killed: Option<Killed>) -> Broker {
+    node_with_session(id, voters, killed, 1000)
+}
+
+fn node_with_session(id: i32, voters: &str, killed: Option<Killed>, session_ms: u64) -> Broker {
     let id = id.to_string();
     let session = format!("broker_session_timeout_ms={session_ms}");
-    let args = [
+    let listen = killed.as_ref().map(|(address, _)| address.to_string());
+    let mut args = vec![
         "--cores",
         "1",
         "--node-id",
@@ -41,8 +50,11 @@ fn node_with_session(id: i32, voters: &str, data: Option<tempfile::TempDir>, ses
         "--set",
         &session,
     ];
-    match data {
-        Some(data) => Broker::start_in(data, &args),
+    if let Some(listen) = &listen {
+        args.extend(["--listen", listen.as_str()]);
+    }
+    match killed {
+        Some((_, data)) => Broker::start_in(data, &args),
         None => Broker::start(&args),
     }
 }
@@ -114,7 +126,7 @@ fn a_three_voter_quorum_fences_a_lost_leader_and_takes_back_restarted_nodes() {
 
     // The active controller dies: the others elect one of themselves and fence it.
     let lost = i32::try_from(controller).expect("node id");
-    let lost_data = nodes.remove(&lost).expect("the controller is a node").kill();
+    let lost_data = kill(nodes.remove(&lost).expect("the controller is a node"));
     let survivors: Vec<&Broker> = nodes.values().collect();
     let (successor, id_after) = agreed(&survivors, &listing(&nodes));
     assert_ne!(successor, controller);
@@ -129,8 +141,8 @@ fn a_three_voter_quorum_fences_a_lost_leader_and_takes_back_restarted_nodes() {
     agreed(&all, &listing(&nodes));
 
     // Every node dies at once; the quorum's log brings the same cluster back.
-    let data: Vec<(i32, tempfile::TempDir)> =
-        std::mem::take(&mut nodes).into_iter().map(|(id, broker)| (id, broker.kill())).collect();
+    let data: Vec<(i32, Killed)> =
+        std::mem::take(&mut nodes).into_iter().map(|(id, broker)| (id, kill(broker))).collect();
     for (id, data) in data {
         nodes.insert(id, node(id, &quorum, Some(data)));
     }
@@ -187,28 +199,36 @@ fn group_read(bootstrap: &str, group: &str, topic: &str, count: usize, patience:
         }
     }
     if keys.len() == count {
-        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync).expect("commit");
+        // The group's coordinator may be a broker just killed (the offsets topic has one
+        // replica): the commit waits for it to come back. NoOffset: the automatic commit
+        // already committed these positions.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "commit: {error}");
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
     }
     keys.len()
 }
 
-/// Three voters agreeing on their cluster, with `topic` created through node 1 and every node
-/// seeing each of its `partitions` led by the same live broker: the quorum, the nodes by id,
-/// and each partition's leader.
-fn cluster_with_topic(topic: &str, partitions: usize) -> (String, BTreeMap<i32, Broker>, Vec<i32>) {
+/// Three voters agreeing on their cluster, with `topic` created through node 1 (`ringmq topic
+/// create` with `options`) and every node seeing each of its `partitions` led by the same
+/// live broker: the quorum, the nodes by id, and each partition's leader.
+fn cluster_with_topic(
+    topic: &str,
+    partitions: usize,
+    options: &[&str],
+) -> (String, BTreeMap<i32, Broker>, Vec<i32>) {
     let quorum = voters(&[1, 2, 3]);
     let nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
     agreed(&nodes.values().collect::<Vec<_>>(), &listing(&nodes));
-    let count = partitions.to_string();
-    ringmq(&[
-        "topic",
-        "create",
-        topic,
-        "--partitions",
-        &count,
-        "--bootstrap",
-        &nodes[&1].address.to_string(),
-    ]);
+    let (count, bootstrap) = (partitions.to_string(), nodes[&1].address.to_string());
+    let mut create = vec!["topic", "create", topic, "--partitions", &count, "--bootstrap", &bootstrap];
+    create.extend(options);
+    ringmq(&create);
     let placed = await_leaders(&nodes[&1], topic, |leaders| {
         leaders.len() == partitions && leaders.iter().all(|l| *l > 0)
     });
@@ -216,6 +236,28 @@ fn cluster_with_topic(topic: &str, partitions: usize) -> (String, BTreeMap<i32, 
         await_leaders(broker, topic, |leaders| leaders == placed.as_slice());
     }
     (quorum, nodes, placed)
+}
+
+/// The in-sync replicas of each partition of `topic`, as a Kafka client bootstrapped from
+/// `broker` sees them.
+fn isrs(broker: &Broker, topic: &str) -> Vec<Vec<i32>> {
+    let client: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("client");
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics()[0].partitions().iter().map(|p| p.isr().to_vec()).collect()
+}
+
+/// Waits until `broker` shows in-sync replicas of `topic` that are `expected`.
+fn await_isrs(broker: &Broker, topic: &str, expected: impl Fn(&[Vec<i32>]) -> bool) -> Vec<Vec<i32>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = isrs(broker, topic);
+        if expected(&found) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "in-sync replicas of {topic} stayed {found:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The leader of each partition of `topic`, as a Kafka client bootstrapped from `broker` sees it.
@@ -274,7 +316,7 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     // Created through one broker, the topic's partitions are spread over all three.
-    let (quorum, mut nodes, placed) = cluster_with_topic("spread", 6);
+    let (quorum, mut nodes, placed) = cluster_with_topic("spread", 6, &[]);
     for broker in 1..=3 {
         assert_eq!(placed.iter().filter(|l| **l == broker).count(), 2, "two partitions each: {placed:?}");
     }
@@ -308,7 +350,7 @@ fn topics_are_placed_across_the_brokers_and_kafka_clients_follow_them() {
     // The leader of partition 0 dies: its partitions have no leader (one replica, no unclean
     // election) until it returns with its data.
     let lost = placed[0];
-    let data = nodes.remove(&lost).expect("leader").kill();
+    let data = kill(nodes.remove(&lost).expect("leader"));
     let gone = await_leaders(&nodes[&elsewhere], "spread", |leaders| leaders[0] == -1);
     assert!(gone.iter().zip(&placed).all(|(now, before)| (*before == lost) == (*now == -1)), "{gone:?}");
     let offline = common::scrape(&nodes[&elsewhere]).get("ringmq_cluster_offline_partitions").copied();
@@ -366,7 +408,7 @@ fn committed_keys(
 #[test]
 fn a_transaction_spanning_brokers_is_committed_or_aborted_on_each() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let (_, nodes, mut placed) = cluster_with_topic("ledger", 3);
+    let (_, nodes, mut placed) = cluster_with_topic("ledger", 3, &[]);
     placed.sort_unstable();
     assert_eq!(placed, [1, 2, 3], "one partition led by each broker");
     let producer: BaseProducer = ClientConfig::new()
@@ -419,11 +461,12 @@ fn a_stopping_broker_leaves_at_once_and_comes_back_without_waiting_out_its_sessi
     let port = |broker: &Broker| i64::from(broker.address.port());
     agreed(&[&controller, &broker], &BTreeMap::from([(1, port(&controller)), (2, port(&broker))]));
 
+    let address = broker.address;
     let (clean, data) = broker.terminate();
     assert!(clean, "stopped cleanly");
     agreed(&[&controller], &BTreeMap::from([(1, port(&controller))]));
 
-    let broker = node_with_session(2, &quorum, Some(data), SESSION_MS);
+    let broker = node_with_session(2, &quorum, Some((address, data)), SESSION_MS);
     agreed(&[&controller, &broker], &BTreeMap::from([(1, port(&controller)), (2, port(&broker))]));
 }
 
@@ -456,7 +499,7 @@ fn acknowledged_records_survive_killed_and_restarted_leaders() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::sync::atomic::{AtomicUsize, Ordering};
     const RECORDS: usize = 3000;
-    let (quorum, mut nodes, placed) = cluster_with_topic("stream", 6);
+    let (quorum, mut nodes, placed) = cluster_with_topic("stream", 6, &["--replication-factor", "3"]);
     let bootstrap: Vec<String> = nodes.values().map(|broker| broker.address.to_string()).collect();
 
     // An idempotent acks=all producer writes a numbered stream while leaders are killed.
@@ -506,7 +549,7 @@ fn acknowledged_records_survive_killed_and_restarted_leaders() {
     let second = placed.iter().copied().find(|leader| *leader != placed[0]).expect("another leader");
     for (victim, after) in [(placed[0], RECORDS / 4), (second, RECORDS / 2)] {
         await_acked(after);
-        let data = nodes.remove(&victim).expect("victim").kill();
+        let data = kill(nodes.remove(&victim).expect("victim"));
         nodes.insert(victim, node(victim, &quorum, Some(data)));
     }
     let written = writer.join().expect("writer");
@@ -532,4 +575,100 @@ fn acknowledged_records_survive_killed_and_restarted_leaders() {
     let distinct: std::collections::BTreeSet<&str> = stored.iter().map(|(_, _, key)| key.as_str()).collect();
     assert_eq!(distinct.len(), stored.len(), "no record stored twice");
     assert_eq!(stored.len(), RECORDS);
+    // The restarted brokers caught up and are in sync again.
+    await_isrs(&nodes[&1], "stream", |isrs| isrs.iter().all(|isr| isr.len() == 3));
+}
+
+/// Produces `keys` with acks=all through `bootstrap`, without retries: each record's
+/// partition and offset, or the error it was refused with.
+fn produce_once(
+    bootstrap: &str,
+    topic: &str,
+    keys: std::ops::Range<usize>,
+) -> Vec<Result<(i32, i64), rdkafka::error::KafkaError>> {
+    use rdkafka::producer::FutureProducer;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("retries", "0")
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("producer");
+    common::produce_keys(&producer, topic, keys)
+}
+
+#[test]
+fn replicated_partitions_need_their_in_sync_replicas_and_lose_nothing_when_every_broker_dies() {
+    const RECORDS: usize = 600;
+    let options = ["--replication-factor", "3", "--config", "min.insync.replicas=2"];
+    let (quorum, mut nodes, _) = cluster_with_topic("durable", 3, &options);
+    let everyone: Vec<i32> = vec![1, 2, 3];
+    let full = |isrs: &[Vec<i32>]| isrs.iter().all(|isr| isr.len() == 3);
+    await_isrs(&nodes[&2], "durable", full);
+    let bootstrap = |nodes: &BTreeMap<i32, Broker>| {
+        nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let first: Vec<(i32, i64)> = produce_once(&bootstrap(&nodes), "durable", 0..RECORDS)
+        .into_iter()
+        .map(|r| r.expect("acked"))
+        .collect();
+
+    // Every broker is SIGKILLed at once and restarted: every acknowledged record is there.
+    let dirs: Vec<(i32, Killed)> =
+        std::mem::take(&mut nodes).into_iter().map(|(id, b)| (id, kill(b))).collect();
+    nodes = dirs.into_iter().map(|(id, data)| (id, node(id, &quorum, Some(data)))).collect();
+    await_leaders(&nodes[&1], "durable", |leaders| leaders.iter().all(|l| everyone.contains(l)));
+    let mut ends = vec![0i64; 3];
+    for (partition, offset) in &first {
+        ends[*partition as usize] = ends[*partition as usize].max(offset + 1);
+    }
+    let stored = read_back(&nodes[&1], "durable", &ends);
+    let at: std::collections::HashMap<(i32, i64), String> =
+        stored.into_iter().map(|(partition, offset, key)| ((partition, offset), key)).collect();
+    for (i, (partition, offset)) in first.iter().enumerate() {
+        assert_eq!(at.get(&(*partition, *offset)).map(String::as_str), Some(format!("k{i}").as_str()));
+    }
+
+    // One broker down: two in-sync replicas remain, enough for min.insync.replicas=2.
+    await_isrs(&nodes[&1], "durable", full);
+    let down = kill(nodes.remove(&3).expect("node 3"));
+    await_isrs(&nodes[&1], "durable", |isrs| isrs.iter().all(|isr| isr.len() == 2 && !isr.contains(&3)));
+    let second = produce_once(&bootstrap(&nodes), "durable", RECORDS..RECORDS + 30);
+    assert!(second.iter().all(Result::is_ok), "{second:?}");
+
+    // Asked for three in-sync replicas, the leaders refuse acks=all writes
+    // (NOT_ENOUGH_REPLICAS) while one is down. (Two brokers down would take the controller
+    // quorum with them: every node here is a voter.)
+    let address = nodes[&1].address.to_string();
+    ringmq(&["topic", "alter-config", "durable", "--set", "min.insync.replicas=3", "--bootstrap", &address]);
+    // Configs reach the other brokers with their next image, as in Kafka: wait for every leader.
+    for broker in nodes.values() {
+        let address = broker.address.to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ringmq(&["topic", "describe", "durable", "--bootstrap", &address])
+            .contains("min.insync.replicas = 3")
+        {
+            assert!(Instant::now() < deadline, "{address} kept the old min.insync.replicas");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let refused = produce_once(&bootstrap(&nodes), "durable", 0..3);
+    for outcome in &refused {
+        let code = outcome.as_ref().err().and_then(rdkafka::error::KafkaError::rdkafka_error_code);
+        assert_eq!(code, Some(rdkafka::types::RDKafkaErrorCode::NotEnoughReplicas), "{refused:?}");
+    }
+
+    // It comes back, catches up and rejoins: writes are taken again, and nothing acknowledged
+    // went missing.
+    nodes.insert(3, node(3, &quorum, Some(down)));
+    await_isrs(&nodes[&3], "durable", full);
+    let third = produce_once(&bootstrap(&nodes), "durable", RECORDS + 30..RECORDS + 60);
+    assert!(third.iter().all(Result::is_ok), "{third:?}");
+    let mut ends = vec![0i64; 3];
+    let acked = second.iter().chain(&third).map(|r| r.as_ref().expect("acked"));
+    for (partition, offset) in first.iter().chain(acked) {
+        ends[*partition as usize] = ends[*partition as usize].max(offset + 1);
+    }
+    let stored = read_back(&nodes[&3], "durable", &ends);
+    assert_eq!(stored.len(), RECORDS + 60, "every acknowledged record, once");
 }

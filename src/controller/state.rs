@@ -94,6 +94,21 @@ pub enum Command {
     AddPartitions { name: String, id: [u8; 16], from: u32, partitions: Vec<PartitionRecord> },
     /// Replaces a topic's config overrides.
     AlterTopicConfigs { name: String, id: [u8; 16], configs: BTreeMap<String, String> },
+    /// A partition's leader changes its in-sync replicas: a follower fell behind or caught up.
+    AlterIsr(IsrChange),
+}
+
+/// A leader's change of its partition's in-sync replicas from `from` to `isr`. Applied only if
+/// the leader, its epoch and the set it started from are still current.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct IsrChange {
+    pub name: String,
+    pub id: [u8; 16],
+    pub partition: u32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub from: Vec<i32>,
+    pub isr: Vec<i32>,
 }
 
 impl std::fmt::Display for Command {
@@ -113,6 +128,9 @@ impl std::fmt::Display for Command {
                 write!(f, "add {} partitions to {name}", partitions.len())
             }
             Command::AlterTopicConfigs { name, .. } => write!(f, "alter the configs of {name}"),
+            Command::AlterIsr(IsrChange { name, partition, isr, .. }) => {
+                write!(f, "in-sync replicas of {name}-{partition}: {isr:?}")
+            }
         }
     }
 }
@@ -134,28 +152,7 @@ impl Image {
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         self.applied = index;
         match command {
-            Command::Register(broker) => {
-                let record = BrokerRecord {
-                    id: broker.id,
-                    incarnation: broker.incarnation,
-                    epoch: index,
-                    host: broker.host.clone(),
-                    port: broker.port,
-                    rack: broker.rack.clone(),
-                    fenced: false,
-                };
-                let restarted = self
-                    .brokers
-                    .insert(broker.id, record)
-                    .is_some_and(|old| old.incarnation != broker.incarnation && !old.fenced);
-                if restarted {
-                    // A new process may have lost an unsynced tail: its partitions get a new
-                    // epoch, so clients can tell (KIP-320).
-                    self.bump_epochs_led_by(broker.id);
-                }
-                self.elect_leaders();
-                Outcome::Registered { epoch: index }
-            }
+            Command::Register(broker) => self.register(index, broker),
             Command::NameCluster { id } if self.cluster_id.is_empty() => {
                 self.cluster_id = id.clone();
                 Outcome::Applied
@@ -164,7 +161,11 @@ impl Image {
             Command::Fence { id, epoch } | Command::Unfence { id, epoch } => {
                 match self.brokers.get_mut(id).filter(|broker| broker.epoch == *epoch) {
                     Some(broker) => {
-                        broker.fenced = matches!(command, Command::Fence { .. });
+                        let fenced = matches!(command, Command::Fence { .. });
+                        broker.fenced = fenced;
+                        if fenced {
+                            self.leave_isrs(*id);
+                        }
                         self.elect_leaders();
                         Outcome::Applied
                     }
@@ -201,7 +202,67 @@ impl Image {
                     None => Outcome::Stale,
                 }
             }
+            Command::AlterIsr(change) => self.alter_isr(change),
             Command::CreateTopic { .. } | Command::DeleteTopic { .. } => Outcome::Stale,
+        }
+    }
+
+    /// A broker's registration at log index `index`, replacing any earlier one.
+    fn register(&mut self, index: u64, broker: &Registration) -> Outcome {
+        let record = BrokerRecord {
+            id: broker.id,
+            incarnation: broker.incarnation,
+            epoch: index,
+            host: broker.host.clone(),
+            port: broker.port,
+            rack: broker.rack.clone(),
+            fenced: false,
+        };
+        let restarted = self
+            .brokers
+            .insert(broker.id, record)
+            .is_some_and(|old| old.incarnation != broker.incarnation && !old.fenced);
+        if restarted {
+            // A new process may have lost an unsynced tail: it leaves the in-sync replicas it
+            // shares with others (it rejoins once caught up), and the partitions it still
+            // leads get a new epoch, so clients can tell (KIP-320).
+            self.leave_isrs(broker.id);
+            self.bump_epochs_led_by(broker.id);
+        }
+        self.elect_leaders();
+        Outcome::Registered { epoch: index }
+    }
+
+    /// A leader's change of its partition's in-sync replicas, if the leader, its epoch and the
+    /// set it started `from` are still current, and every member is a live replica.
+    fn alter_isr(&mut self, change: &IsrChange) -> Outcome {
+        let IsrChange { name, id, partition, leader, leader_epoch, from, isr } = change;
+        let (id, partition, leader, leader_epoch) = (*id, *partition, *leader, *leader_epoch);
+        let live = |broker: &i32| self.brokers.get(broker).is_some_and(|broker| !broker.fenced);
+        let admissible = isr.contains(&leader) && isr.iter().all(live);
+        let current = self
+            .topics
+            .get_mut(name)
+            .filter(|topic| topic.id == id)
+            .and_then(|topic| topic.partitions.get_mut(partition as usize))
+            .filter(|p| p.leader == leader && p.leader_epoch == leader_epoch && p.isr == *from);
+        match current {
+            Some(record) if admissible && isr.iter().all(|broker| record.replicas.contains(broker)) => {
+                record.isr = isr.clone();
+                Outcome::Applied
+            }
+            _ => Outcome::Stale,
+        }
+    }
+
+    /// Takes `broker` out of every in-sync set it shares with another broker (fenced, or
+    /// restarted without being fenced): only replicas known to hold every acknowledged record
+    /// stay eligible to lead. A set's last member stays, so a partition is never left without
+    /// one (it waits for that broker instead: no unclean election).
+    fn leave_isrs(&mut self, broker: i32) {
+        let partitions = self.topics.values_mut().flat_map(|topic| topic.partitions.iter_mut());
+        for partition in partitions.filter(|p| p.isr.len() > 1 && p.isr.contains(&broker)) {
+            partition.isr.retain(|member| *member != broker);
         }
     }
 
@@ -212,8 +273,8 @@ impl Image {
         }
     }
 
-    /// Gives every partition whose leader is gone (fenced, or never set) the first live
-    /// broker of its in-sync replicas, raising its leader epoch; without one it has no leader.
+    /// Gives every partition whose leader is gone (fenced, out of the in-sync replicas, or
+    /// never set) the first live broker of its in-sync replicas, raising its leader epoch; without one it has no leader.
     /// The in-sync set keeps its last member, so only a broker holding every acknowledged
     /// record can lead again (no unclean election).
     fn elect_leaders(&mut self) {
@@ -221,7 +282,8 @@ impl Image {
         let mut changes = Vec::new();
         for (name, topic) in &self.topics {
             for (index, partition) in topic.partitions.iter().enumerate() {
-                if partition.leader != NO_LEADER && live(&partition.leader) {
+                let sound = partition.leader != NO_LEADER && partition.isr.contains(&partition.leader);
+                if sound && live(&partition.leader) {
                     continue;
                 }
                 let leader = partition.isr.iter().copied().find(|id| live(id)).unwrap_or(NO_LEADER);

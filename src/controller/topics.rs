@@ -1,7 +1,7 @@
 //! Topic changes brokers ask the active controller for: checked against the image, placed on
 //! the live brokers, and turned into the log command that makes them.
 
-use super::state::{Command, Image, PartitionRecord, TopicRecord};
+use super::state::{Command, Image, IsrChange, PartitionRecord, TopicRecord};
 use std::collections::BTreeMap;
 
 /// A change to the cluster's topics, as a broker asks for it. Names, partition counts and
@@ -26,6 +26,8 @@ pub enum TopicChange {
         name: String,
         configs: BTreeMap<String, String>,
     },
+    /// A partition's leader changes its in-sync replicas.
+    AlterIsr(IsrChange),
 }
 
 /// Why the active controller refused a change.
@@ -52,7 +54,8 @@ impl TopicChange {
             TopicChange::Create { name, .. }
             | TopicChange::Delete { name }
             | TopicChange::AddPartitions { name, .. }
-            | TopicChange::AlterConfigs { name, .. } => name,
+            | TopicChange::AlterConfigs { name, .. }
+            | TopicChange::AlterIsr(IsrChange { name, .. }) => name,
         }
     }
 }
@@ -90,20 +93,18 @@ pub fn plan(image: &Image, change: TopicChange) -> Result<Command, Refusal> {
             Some(topic) => Ok(Command::AlterTopicConfigs { name, id: topic.id, configs }),
             None => Err(Refusal::UnknownTopic(name)),
         },
+        // Checked when applied: the image may change before the command is.
+        TopicChange::AlterIsr(change) => Ok(Command::AlterIsr(change)),
     }
 }
 
-/// The replication factor to place with: -1 asks for the default, 1. Partitions are not
-/// replicated yet, so a larger one is refused rather than recorded and not kept.
+/// The replication factor to place with: -1 asks for the default, 1. No more replicas than
+/// live brokers.
 fn replicas_per_partition(image: &Image, replication_factor: i16) -> Result<usize, Refusal> {
     let factor = if replication_factor == -1 { 1 } else { replication_factor };
     let live = image.live_brokers().count();
     if factor < 1 || factor as usize > live {
         let reason = format!("replication factor {factor} with {live} live brokers");
-        return Err(Refusal::InvalidReplicationFactor(reason));
-    }
-    if factor > 1 {
-        let reason = "partitions are not replicated yet: replication factor 1 only".to_string();
         return Err(Refusal::InvalidReplicationFactor(reason));
     }
     Ok(factor as usize)
@@ -237,5 +238,81 @@ mod tests {
         });
         image.apply(17, &restart);
         assert_eq!(image.topics["t"].partitions[0].leader_epoch, epoch + 1);
+    }
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::*;
+    use crate::controller::state::{Outcome, Registration};
+
+    fn register(image: &mut Image, at: u64, id: i32, incarnation: u8) {
+        let registration =
+            Registration { id, incarnation: [incarnation; 16], host: "h".into(), port: 1, rack: None };
+        image.apply(at, &Command::Register(registration));
+    }
+
+    fn alter(image: &Image, from: Vec<i32>, isr: Vec<i32>) -> Command {
+        let record = &image.topics["r"];
+        let partition = &record.partitions[0];
+        let change = TopicChange::AlterIsr(IsrChange {
+            name: "r".into(),
+            id: record.id,
+            partition: 0,
+            leader: partition.leader,
+            leader_epoch: partition.leader_epoch,
+            from,
+            isr,
+        });
+        plan(image, change).expect("planned")
+    }
+
+    #[test]
+    fn in_sync_replicas_shrink_and_grow_only_from_what_the_leader_saw() {
+        let mut image = Image::default();
+        for id in 1..=3 {
+            register(&mut image, id as u64, id, 0);
+        }
+        let create = TopicChange::Create {
+            name: "r".into(),
+            partitions: 1,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+        };
+        image.apply(10, &plan(&image, create).expect("three replicas"));
+        let placed = image.topics["r"].partitions[0].clone();
+        assert_eq!(placed.replicas.len(), 3);
+        assert_eq!(placed.isr, placed.replicas);
+        let (leader, follower, other) = (placed.replicas[0], placed.replicas[1], placed.replicas[2]);
+
+        // The leader drops a lagging follower; a second change planned on the old set is stale.
+        let shrink = alter(&image, placed.isr.clone(), vec![leader, other]);
+        let stale = alter(&image, placed.isr.clone(), vec![leader]);
+        assert_eq!(image.apply(11, &shrink), Outcome::Applied);
+        assert_eq!(image.apply(12, &stale), Outcome::Stale);
+        assert_eq!(image.topics["r"].partitions[0].isr, [leader, other]);
+        let outsider = alter(&image, vec![leader, other], vec![leader, other, 7]);
+        assert_eq!(image.apply(13, &outsider), Outcome::Stale, "not a replica");
+        let grow = alter(&image, vec![leader, other], vec![leader, other, follower]);
+        assert_eq!(image.apply(14, &grow), Outcome::Applied);
+
+        // A fenced leader leaves the set; the next in-sync replica leads in a new epoch.
+        let epoch = image.brokers[&leader].epoch;
+        image.apply(15, &Command::Fence { id: leader, epoch });
+        let now = &image.topics["r"].partitions[0];
+        assert_eq!((now.leader, now.leader_epoch), (other, placed.leader_epoch + 1));
+        assert_eq!(now.isr, [other, follower]);
+        // Its return does not put it back: its leader adds it once it has caught up.
+        image.apply(16, &Command::Unfence { id: leader, epoch });
+        assert_eq!(image.topics["r"].partitions[0].isr, [other, follower]);
+        // A restarted process (never fenced) leaves the set too: it may have lost a tail.
+        register(&mut image, 17, follower, 1);
+        let now = &image.topics["r"].partitions[0];
+        assert_eq!((now.leader, now.isr.clone()), (other, vec![other]));
+        // The last in-sync replica stays one while down: the partition waits for it.
+        let epoch = image.brokers[&other].epoch;
+        image.apply(18, &Command::Fence { id: other, epoch });
+        let now = &image.topics["r"].partitions[0];
+        assert_eq!((now.leader, now.isr.clone()), (crate::controller::state::NO_LEADER, vec![other]));
     }
 }

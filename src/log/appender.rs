@@ -48,10 +48,15 @@ pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {
         match command {
             Some(Command::Truncate { offset, reply }) => {
                 let result = truncate(&shared, &mut appender, offset).await;
+                let mut state = shared.state.borrow_mut();
                 if let Err(LogError::Storage(error)) = &result {
                     // The files and the state may disagree now: trust neither until reopened.
-                    shared.state.borrow_mut().fail(error.clone());
+                    state.fail(error.clone());
                 }
+                // Ended here, not by the caller, which may have stopped waiting.
+                state.truncating = None;
+                state.truncations += 1;
+                drop(state);
                 let _ignored = reply.send(result);
             }
             Some(Command::Close { reply }) => {

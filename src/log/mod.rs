@@ -85,6 +85,9 @@ pub enum AppendError {
     InvalidProducerBatch(&'static str),
     #[error("encode: {0}")]
     Encode(String),
+    /// A replicated batch does not begin at this log's end.
+    #[error("a replicated batch begins at {got}, not at the log end {expected}")]
+    NotContiguous { expected: Offset, got: Offset },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -142,6 +145,17 @@ impl Future for Durable {
     }
 }
 
+/// How far a reader may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// What `read_committed` consumers see: below the last stable offset.
+    LastStable,
+    /// What consumers see: below the high watermark.
+    HighWatermark,
+    /// What followers copy: everything written to the segment files.
+    Written,
+}
+
 /// Who writes a batch: a client's produce request, or a coordinator of this broker (the group
 /// coordinator's transactional offsets, the transaction coordinator's markers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +209,11 @@ struct LogState {
     /// `stable_notified`.
     readers_waiting: Vec<std::task::Waker>,
     stable_notified: Offset,
+    written_notified: Offset,
+    /// For a replicated partition, the high watermark: readers see nothing at or beyond it.
+    /// The partition's leader moves it as its in-sync followers fetch; a follower takes its
+    /// leader's. `None` for a partition kept on one broker: only the flush policy bounds reads.
+    high_watermark: Option<Offset>,
     /// Idempotent producers' sequences, including batches not yet written.
     producers: Producers,
     /// Where each leader epoch began, including batches not yet written.
@@ -216,6 +235,26 @@ impl LogState {
             FlushPolicy::FsyncBeforeAck => self.synced,
             FlushPolicy::Interval { .. } => self.written,
         }
+    }
+
+    /// Whether appends may come now: not after a failed sync, while closing or truncating.
+    fn open_for_appends(&self) -> Result<(), AppendError> {
+        if let Some(error) = &self.failed {
+            return Err(AppendError::Storage(error.clone()));
+        }
+        if self.closing {
+            return Err(AppendError::Closed);
+        }
+        if self.truncating.is_some() {
+            return Err(AppendError::Truncating);
+        }
+        Ok(())
+    }
+
+    /// The offset below which records are readable: stable, and below the high watermark.
+    fn visible(&self) -> Offset {
+        let stable = self.stable();
+        self.high_watermark.map_or(stable, |high| high.min(stable))
     }
 
     /// A future that resolves once everything below `end` is acknowledged. Waiters stay in
@@ -284,7 +323,7 @@ impl LogState {
     /// Below this, records are stable: acknowledged and not part of an open transaction (what
     /// `read_committed` consumers may read).
     fn last_stable(&self) -> Offset {
-        let stable = self.stable();
+        let stable = self.visible();
         self.producers.first_unstable_offset().map_or(stable, |first| stable.min(Offset(first)))
     }
 
@@ -301,13 +340,17 @@ impl LogState {
 
     fn ack_waiters(&mut self) {
         self.check_positions();
-        let stable = self.stable();
-        if stable > self.stable_notified {
-            self.stable_notified = stable;
+        // Any move wakes readers, down included: after a truncation or a lower high watermark
+        // the positions climb again below the old marks.
+        let (visible, written) = (self.visible(), self.written);
+        if visible != self.stable_notified || written != self.written_notified {
+            self.stable_notified = visible;
+            self.written_notified = written;
             for reader in self.readers_waiting.drain(..) {
                 reader.wake();
             }
         }
+        let stable = self.stable();
         while self.waiters.front().is_some_and(|waiter| waiter.end <= stable) {
             if let Some(waiter) = self.waiters.pop_front() {
                 // The appender may have stopped waiting (request cancelled); nothing to tell.
@@ -406,15 +449,7 @@ impl Log {
     ) -> Result<Appended, AppendError> {
         let mut state = self.shared.state.borrow_mut();
         let batches = batch::split_validated(records, state.config.message_bytes_max)?;
-        if let Some(error) = &state.failed {
-            return Err(AppendError::Storage(error.clone()));
-        }
-        if state.closing {
-            return Err(AppendError::Closed);
-        }
-        if state.truncating.is_some() {
-            return Err(AppendError::Truncating);
-        }
+        state.open_for_appends()?;
         if state.waiters.len() >= APPEND_WAITERS_MAX {
             return Err(AppendError::Backpressure);
         }
@@ -464,11 +499,85 @@ impl Log {
         })
     }
 
+    /// Appends batches its leader replicated, as the leader stored them: offsets, leader
+    /// epochs and producer state are kept. Batches wholly below the log end (here already) are
+    /// skipped; one that does not begin at the log end is refused, and so are the batches
+    /// after it. `None` if nothing was new; otherwise when the batches are durable here.
+    pub fn append_replica(&self, batches: Vec<(BatchHeader, Bytes)>) -> Result<Option<Durable>, AppendError> {
+        let mut state = self.shared.state.borrow_mut();
+        state.open_for_appends()?;
+        let now = TimestampMs::now().0;
+        let mut appended = false;
+        for (header, bytes) in batches {
+            if header.last_offset() < state.log_end.0 {
+                continue;
+            }
+            if header.base_offset != state.log_end.0 {
+                return Err(AppendError::NotContiguous {
+                    expected: state.log_end,
+                    got: Offset(header.base_offset),
+                });
+            }
+            // A leader's batches are whole, uncompacted ones: counts and offsets agree.
+            batch::validate_from_producer(&header)?;
+            let commits = if header.is_control() { batch::control_commits(&bytes) } else { None };
+            state.producers.replay(&header, commits, now);
+            let (base, last) = (Offset(header.base_offset), Offset(header.last_offset()));
+            state.epochs.assign(LeaderEpoch(header.leader_epoch), base);
+            let stored = StoredBatch {
+                base,
+                last,
+                max_timestamp: header.max_timestamp,
+                records: header.records_count as u32,
+                header: bytes.slice(..HEADER_BYTES),
+                body: bytes.slice(HEADER_BYTES..),
+            };
+            state.pending.push_back(stored.clone());
+            state.cache.push(stored);
+            state.log_end = last.next();
+            appended = true;
+        }
+        if !appended {
+            return Ok(None);
+        }
+        let end = state.log_end;
+        let durable = state.wait_durable(end);
+        drop(state);
+        self.shared.wake_flusher.notify();
+        Ok(Some(durable))
+    }
+
+    /// Sets the high watermark of a replicated partition (never beyond the log end), waking
+    /// readers it makes records visible to; `None` for a partition on one broker.
+    pub fn set_high_watermark(&self, high_watermark: Option<Offset>) {
+        let mut state = self.shared.state.borrow_mut();
+        state.high_watermark = high_watermark.map(|high| high.min(state.log_end));
+        state.ack_waiters();
+    }
+
+    /// The high watermark as set (`None` on a partition kept on one broker).
+    pub fn high_watermark(&self) -> Option<Offset> {
+        self.shared.state.borrow().high_watermark
+    }
+
     /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` this log has, and where the
     /// epoch after it began (the log end for the latest); `(-1, -1)` if there is none.
     pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> (LeaderEpoch, Offset) {
         let state = self.shared.state.borrow();
         state.epochs.end_offset_for(epoch, state.log_end)
+    }
+
+    /// Starts leader epoch `epoch` at the log end, as a newly elected leader does before its
+    /// first append, so OffsetForLeaderEpoch answers followers from newer epochs correctly.
+    pub fn begin_epoch(&self, epoch: LeaderEpoch) {
+        let mut state = self.shared.state.borrow_mut();
+        let end = state.log_end;
+        state.epochs.assign(epoch, end);
+    }
+
+    /// The leader epoch of the last batch, if any batch carries one.
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.shared.state.borrow().epochs.latest()
     }
 
     /// Cuts the log back so `offset` is the next offset (replication uses it to discard a
@@ -485,11 +594,8 @@ impl Log {
             // From now on nothing new is appended, so the queue drains and the cut can run.
             state.truncating = Some(offset);
         }
-        let result = self.command(|reply| Command::Truncate { offset, reply }).await;
-        let mut state = self.shared.state.borrow_mut();
-        state.truncating = None;
-        state.truncations += 1;
-        result
+        // The flusher ends the truncation (clears the flag) even if this caller is dropped.
+        self.command(|reply| Command::Truncate { offset, reply }).await
     }
 
     /// Writes everything queued, syncs it and records a clean shutdown so the next open does
@@ -510,12 +616,16 @@ impl Log {
         receiver.await.unwrap_or(Err(LogError::Closed))
     }
 
-    /// Resolves once the stable offset is beyond `offset`: new records a consumer positioned at
-    /// `offset` can read. For long-polling fetches; cancel by dropping.
-    pub async fn wait_for_records_at(&self, offset: Offset, committed_only: bool) {
+    /// Resolves once `bound` is beyond `offset`: new records a reader positioned at `offset`
+    /// can read. For long-polling fetches; cancel by dropping.
+    pub async fn wait_for_records_at(&self, offset: Offset, bound: Bound) {
         std::future::poll_fn(|cx| {
             let mut state = self.shared.state.borrow_mut();
-            let visible = if committed_only { state.last_stable() } else { state.stable() };
+            let visible = match bound {
+                Bound::LastStable => state.last_stable(),
+                Bound::HighWatermark => state.visible(),
+                Bound::Written => state.written,
+            };
             if visible > offset {
                 return Poll::Ready(());
             }
@@ -565,9 +675,14 @@ impl Log {
         self.shared.state.borrow().log_end
     }
 
-    /// Below this, appends are acknowledged under the flush policy and readable (Kafka's high
-    /// watermark on a single replica).
+    /// Below this, records are readable: acknowledged under the flush policy and, for a
+    /// replicated partition, below the high watermark (Kafka's high watermark).
     pub fn stable_offset(&self) -> Offset {
+        self.shared.state.borrow().visible()
+    }
+
+    /// Below this, appends are durable here under the flush policy.
+    pub fn durable_offset(&self) -> Offset {
         self.shared.state.borrow().stable()
     }
 

@@ -21,8 +21,9 @@ pub struct ReadLimits {
     /// ...unless it would return nothing and this is set: then one batch of any size comes
     /// back, as Kafka does for the first partition of a fetch.
     pub min_one: bool,
-    /// Return only batches wholly below this offset (the high watermark). The log also never
-    /// returns anything at or above its stable offset.
+    /// Return only batches wholly below this offset. The log also never returns anything at
+    /// or above its high watermark (`Log::stable_offset`), except to a follower
+    /// (`read_for_replica`).
     pub upper: Offset,
 }
 
@@ -158,10 +159,25 @@ impl SegmentView {
 impl Log {
     /// Reads whole batches starting with the one holding `from`.
     pub async fn read(&self, from: Offset, limits: ReadLimits) -> Result<ReadBatches, ReadError> {
+        self.read_within(from, limits, super::Bound::HighWatermark).await
+    }
+
+    /// Reads whole batches for a follower: everything written, the high watermark aside.
+    pub async fn read_for_replica(&self, from: Offset, bytes_max: usize) -> Result<ReadBatches, ReadError> {
+        let limits = ReadLimits { bytes_max, min_one: true, upper: Offset(i64::MAX) };
+        self.read_within(from, limits, super::Bound::Written).await
+    }
+
+    async fn read_within(
+        &self,
+        from: Offset,
+        limits: ReadLimits,
+        bound: super::Bound,
+    ) -> Result<ReadBatches, ReadError> {
         // A truncation that completes while the segment is being read may have cut what was
         // read: plan again. Truncations are rare (leader changes), so this loop is short.
         loop {
-            let (view, upper, truncations) = match self.plan_read(from, limits)? {
+            let (view, upper, truncations) = match self.plan_read(from, limits, bound)? {
                 Planned::Done(read) => return Ok(read),
                 Planned::Segment { view, upper, truncations } => (view, upper, truncations),
             };
@@ -173,7 +189,7 @@ impl Log {
     }
 
     /// Answers from the cache or says which segment to read, without awaiting.
-    fn plan_read(&self, from: Offset, limits: ReadLimits) -> Result<Planned, ReadError> {
+    fn plan_read(&self, from: Offset, limits: ReadLimits, bound: super::Bound) -> Result<Planned, ReadError> {
         let mut state = self.shared.state.borrow_mut();
         if from < state.log_start || from > state.log_end {
             return Err(ReadError::OffsetOutOfRange {
@@ -184,7 +200,8 @@ impl Log {
         }
         // While a truncation runs, only batches wholly below its offset are certain to stay.
         let cutting = state.truncating.unwrap_or(Offset(i64::MAX));
-        let upper = limits.upper.min(state.stable()).min(cutting);
+        let ceiling = if bound == super::Bound::Written { state.written } else { state.visible() };
+        let upper = limits.upper.min(ceiling).min(cutting);
         if from >= upper {
             return Ok(Planned::Done(ReadBatches::empty(from)));
         }
@@ -232,7 +249,7 @@ impl Log {
                     SegmentView::new(segment, segment.index.position_for(from))
                 })
                 .collect();
-            (candidates, state.stable().min(state.truncating.unwrap_or(Offset(i64::MAX))), state.log_start)
+            (candidates, state.visible().min(state.truncating.unwrap_or(Offset(i64::MAX))), state.log_start)
         };
         for view in candidates {
             let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);

@@ -165,6 +165,8 @@ impl LogState {
             last_sync_at: Instant::now(),
             readers_waiting: Vec::new(),
             stable_notified: log_end,
+            written_notified: log_end,
+            high_watermark: None,
             producers,
             epochs,
         }

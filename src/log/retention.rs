@@ -64,7 +64,7 @@ impl Log {
             if state.truncating.is_some() {
                 return Err(LogError::Truncating);
             }
-            let stable = state.stable();
+            let stable = state.visible();
             if offset > stable {
                 return Err(LogError::BeyondStable { requested: offset, stable });
             }

@@ -727,3 +727,42 @@ fn leader_epochs_survive_reopening_crashes_and_truncation() {
         assert_eq!(text, "0\n2\n1 4\n4 10\n");
     });
 }
+
+#[test]
+fn a_follower_keeps_its_leaders_offsets_and_epochs_and_readers_stop_at_the_high_watermark() {
+    let (leader_dir, follower_dir) =
+        (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    block_on(async {
+        let leader = Log::open(leader_dir.path(), config()).await.expect("open leader");
+        for (seed, epoch) in [(0, 2), (1, 2), (2, 5)] {
+            let appended =
+                leader.append(&encode_batch(seed, 4, 100, 1_000), LeaderEpoch(epoch)).expect("append");
+            appended.durable.await.expect("durable");
+        }
+        let follower = Log::open(follower_dir.path(), config()).await.expect("open follower");
+        follower.set_high_watermark(Some(Offset(0)));
+        let shipped = leader.read_for_replica(Offset(0), usize::MAX).await.expect("read").to_vec();
+        let batches = batch::whole_batches(&Bytes::from(shipped)).expect("valid batches");
+        assert_eq!(batches.len(), 3);
+        let durable = follower.append_replica(batches.clone()).expect("append").expect("something new");
+        durable.await.expect("durable");
+        assert_eq!(follower.log_end_offset(), Offset(12));
+        assert_eq!(follower.end_offset_for_epoch(LeaderEpoch(2)), (LeaderEpoch(2), Offset(8)));
+        assert_eq!(follower.latest_epoch(), Some(LeaderEpoch(5)));
+        assert!(follower.append_replica(batches.clone()).expect("again").is_none(), "already here");
+        let gap = batches[2..].to_vec();
+        follower.truncate_to(Offset(4)).await.expect("truncate");
+        assert!(matches!(follower.append_replica(gap), Err(AppendError::NotContiguous { .. })));
+
+        // Consumers see only what is below the high watermark; followers copy everything.
+        follower.append_replica(batches[1..].to_vec()).expect("append").expect("new").await.expect("durable");
+        assert_eq!(follower.stable_offset(), Offset(0));
+        assert_eq!(follower.read(Offset(0), everything()).await.expect("read").batches, 0);
+        follower.set_high_watermark(Some(Offset(8)));
+        assert_eq!(follower.stable_offset(), Offset(8));
+        assert_eq!(follower.read(Offset(0), everything()).await.expect("read").next_offset, Offset(8));
+        follower.set_high_watermark(None);
+        assert_eq!(follower.stable_offset(), Offset(12), "a partition on one broker: the flush policy alone");
+        assert_eq!(read_all(&follower).await, read_all(&leader).await, "the same batches, byte for byte");
+    });
+}

@@ -13,6 +13,11 @@ pub fn produce(error: &ProduceError) -> ResponseError {
         ProduceError::NotLeader => ResponseError::NotLeaderOrFollower,
         ProduceError::InternalTopic => ResponseError::InvalidTopicException,
         ProduceError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
+        ProduceError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        ProduceError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+        ProduceError::TimedOut => ResponseError::RequestTimedOut,
+        // Never from a client's produce: only replicated batches are checked for it.
+        ProduceError::Append(AppendError::NotContiguous { .. }) => ResponseError::UnknownServerError,
         ProduceError::Append(AppendError::Batch(BatchError::TooLarge { .. })) => {
             ResponseError::MessageTooLarge
         }
@@ -58,6 +63,7 @@ pub fn fetch(error: &FetchError) -> ResponseError {
     match error {
         FetchError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
         FetchError::NotLeader => ResponseError::NotLeaderOrFollower,
+        FetchError::Replica(error) => *error,
         FetchError::ShardUnavailable => ResponseError::NotLeaderOrFollower,
         FetchError::Read(ReadError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange,
         FetchError::Read(ReadError::Storage(_) | ReadError::Corrupt { .. }) => {

@@ -193,6 +193,7 @@ async fn shard_main(start: ShardStart) {
     if let Some(joined) = cluster {
         shard.set_controller(joined.controller);
         io::spawn_detached(follow_cluster(shard.clone(), joined.views));
+        io::spawn_detached(watch_followers(shard.clone(), stopping.clone()));
     }
     let _main_thread_waits = ready.send(Ok(()));
     io::spawn_detached(apply_retention(shard.clone(), stopping.clone()));
@@ -242,6 +243,16 @@ async fn follow_cluster(shard: Rc<Shard>, mut views: ClusterViews) {
                 io::sleep(VIEW_RETRY).await;
             }
         }
+    }
+}
+
+/// Drops followers that stopped catching up from the in-sync replicas of the partitions this
+/// shard leads, checking four times per `replica_lag_time_max_ms`, until the stop.
+async fn watch_followers(shard: Rc<Shard>, stopping: io::Latch) {
+    let every = (shard.config().cluster.replica_lag_max / 4).max(Duration::from_millis(100));
+    while !stopping.is_set() {
+        futures_lite::future::or(io::sleep(every), stopping.wait()).await;
+        shard.shrink_lagging_isrs();
     }
 }
 

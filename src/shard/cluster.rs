@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// How long a change waits for this broker to apply what the controller committed.
@@ -34,10 +35,13 @@ impl Shard {
 
     /// Takes a newer view of the cluster; on shard 0, brings the topic table in line with it.
     /// Whether every change applied (a failed one, say a full disk, is tried again).
-    pub async fn follow(&self, view: ClusterView) -> bool {
+    pub async fn follow(self: &Rc<Self>, view: ClusterView) -> bool {
         let image = view.image.clone();
         *self.cluster.borrow_mut() = Some(view);
-        self.id != METADATA_SHARD || self.follow_image(&image).await
+        self.update_roles();
+        let applied = self.id != METADATA_SHARD || self.follow_image(&image).await;
+        self.update_roles();
+        applied
     }
 
     /// CreateTopics in a cluster: checked here as on a one-node broker, placed by the active

@@ -9,6 +9,7 @@ mod cluster;
 pub use cluster::CoordinatorAddress;
 mod peer;
 mod producer_ids;
+mod replication;
 pub mod topics;
 
 use crate::config::BrokerConfig;
@@ -17,7 +18,7 @@ use crate::controller::{ClusterView, ControllerHandle};
 use crate::group::{self, Coordinator};
 use crate::io::{self, Mesh};
 use crate::log::producers::AbortedTransaction;
-use crate::log::{AppendError, Log, LogError, ReadError, ReadLimits};
+use crate::log::{AppendError, Bound, Log, LogError, ReadError, ReadLimits};
 use crate::txn;
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use bytes::Bytes;
@@ -32,6 +33,8 @@ use topics::{TopicMeta, TopicTable};
 
 /// The shard that owns the topic table.
 pub const METADATA_SHARD: usize = 0;
+/// How long a transaction marker waits for the in-sync replicas before it is tried again.
+const MARKER_REPLICATION_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// Messages in flight between any two shards before a sender waits.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -56,6 +59,7 @@ pub enum ShardMessage {
         partition: i32,
         records: Bytes,
         acks: i16,
+        deadline: Instant,
         reply: oneshot::Sender<ProduceResult>,
     },
     Fetch {
@@ -65,7 +69,7 @@ pub enum ShardMessage {
     /// Answer once any of these partitions has records at its offset, or at the deadline.
     WaitForRecords {
         partitions: Vec<(String, i32, Offset)>,
-        committed_only: bool,
+        bound: Bound,
         deadline: Instant,
         reply: oneshot::Sender<()>,
     },
@@ -134,6 +138,8 @@ pub struct PartitionRead {
     pub min_one: bool,
     /// `read_committed`: read up to the last stable offset, and list aborted transactions.
     pub committed_only: bool,
+    /// Read by a follower: its broker id and the leader epoch it follows.
+    pub replica: Option<(i32, i32)>,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -146,6 +152,9 @@ pub enum FetchError {
     Read(#[from] ReadError),
     #[error("the owning shard is unavailable")]
     ShardUnavailable,
+    /// A follower's fetch refused (a stale or unknown leader epoch).
+    #[error("follower fetch refused: {0:?}")]
+    Replica(kafka_protocol::error::ResponseError),
 }
 
 /// What a fetch of one partition found: its batches (chunks to send as they are) and positions.
@@ -243,6 +252,12 @@ pub enum ProduceError {
     Append(#[from] AppendError),
     #[error("the owning shard is unavailable")]
     ShardUnavailable,
+    #[error("fewer in-sync replicas than min.insync.replicas")]
+    NotEnoughReplicas,
+    #[error("the in-sync replicas shrank below min.insync.replicas while the records were replicated")]
+    NotEnoughReplicasAfterAppend,
+    #[error("the in-sync replicas did not all take the records in time")]
+    TimedOut,
 }
 
 pub type ProduceResult = Result<Produced, ProduceError>;
@@ -291,6 +306,7 @@ pub struct Shard {
     /// Shard 0, in a cluster: topics set or dropped here whose change some shard failed to
     /// apply; tried again with the next view.
     unsettled: RefCell<BTreeMap<String, TopicMeta>>,
+    replication: replication::Replication,
 }
 
 impl Shard {
@@ -324,6 +340,7 @@ impl Shard {
             controller: std::cell::OnceCell::new(),
             topics_changed: tokio::sync::watch::Sender::new(0),
             unsettled: RefCell::new(BTreeMap::new()),
+            replication: replication::Replication::default(),
         });
         for topic in topics.iter() {
             shard.apply_topic_created(topic.clone()).await?;
@@ -415,7 +432,7 @@ impl Shard {
         marker: Marker,
     ) -> Result<(), MarkerError> {
         let Some(meta) = self.topic(topic) else { return Ok(()) };
-        let Some(owner) = self.owner(&meta, partition) else {
+        let Some(owner) = self.leader_owner(&meta, partition) else {
             if meta.has_partition(partition) && self.controller().is_some() {
                 return self.write_marker_elsewhere(topic, partition, marker).await;
             }
@@ -425,7 +442,11 @@ impl Shard {
         let topic = topic.to_string();
         let written = self.run_on(owner, move |shard| async move {
             let Some(log) = shard.log(&topic, partition) else { return Ok(()) };
+            if !shard.leads(&topic, partition) {
+                return Err(MarkerError::Retry(format!("{topic}-{partition}: no longer led here")));
+            }
             let leader_epoch = shard.leader_epoch(&topic, partition);
+            let replicated = shard.replication_of(&topic, partition).is_some();
             let appended = match log.append_marker(producer_id, epoch, commits, 0, leader_epoch) {
                 Ok(appended) => appended,
                 Err(error @ AppendError::Sequence(_)) => return Err(MarkerError::Refused(error.to_string())),
@@ -434,7 +455,17 @@ impl Shard {
             if topic == group::OFFSETS_TOPIC {
                 shard.groups.complete_transaction(partition, producer_id, commits);
             }
-            appended.durable.await.map_err(|error| MarkerError::Retry(error.to_string()))
+            appended.durable.await.map_err(|error| MarkerError::Retry(error.to_string()))?;
+            // On every in-sync replica, as an acks=all write, or a new leader would miss it.
+            if replicated {
+                let deadline = Instant::now() + MARKER_REPLICATION_MAX;
+                let last = appended.last_offset;
+                shard
+                    .await_replicated(&topic, partition, &log, last, leader_epoch, deadline)
+                    .await
+                    .map_err(|error| MarkerError::Retry(error.to_string()))?;
+            }
+            Ok(())
         });
         written.await.unwrap_or_else(|| Err(MarkerError::Retry(format!("shard {owner} is unavailable"))))
     }
@@ -540,6 +571,12 @@ impl Shard {
         topic.owner(partition).map(|owner| owner % self.shards)
     }
 
+    /// The owner of `partition` of `topic` if this broker leads it: where clients' and
+    /// followers' requests for it go.
+    fn leader_owner(&self, topic: &TopicMeta, partition: i32) -> Option<usize> {
+        self.owner(topic, partition).filter(|_| self.leads(&topic.name, partition))
+    }
+
     async fn handle(self: Rc<Self>, message: ShardMessage) {
         // A requester that stopped waiting (its connection closed) is not an error.
         match message {
@@ -548,16 +585,18 @@ impl Shard {
                 let _gone = reply.send(self.create_topic(topic).await);
             }
             ShardMessage::TopicCreated { topic, reply } => {
-                let _gone = reply.send(self.apply_topic_created(topic).await);
+                let applied = self.apply_topic_created(topic).await;
+                self.update_roles();
+                let _gone = reply.send(applied);
             }
-            ShardMessage::Produce { topic, partition, records, acks, reply } => {
-                let _gone = reply.send(self.produce_here(&topic, partition, &records, acks).await);
+            ShardMessage::Produce { topic, partition, records, acks, deadline, reply } => {
+                let _gone = reply.send(self.produce_here(&topic, partition, &records, acks, deadline).await);
             }
             ShardMessage::Fetch { read, reply } => {
                 let _gone = reply.send(self.fetch_here(&read).await);
             }
-            ShardMessage::WaitForRecords { partitions, committed_only, deadline, mut reply } => {
-                futures_lite::future::or(self.wait_here(&partitions, committed_only, deadline), async {
+            ShardMessage::WaitForRecords { partitions, bound, deadline, mut reply } => {
+                futures_lite::future::or(self.wait_here(&partitions, bound, deadline), async {
                     reply.cancellation().await;
                 })
                 .await;
@@ -571,7 +610,9 @@ impl Shard {
                 let _gone = reply.send(self.delete_topic(&name).await);
             }
             ShardMessage::TopicDeleted { topic, reply } => {
-                let _gone = reply.send(self.apply_topic_deleted(&topic).await);
+                let applied = self.apply_topic_deleted(&topic).await;
+                self.update_roles();
+                let _gone = reply.send(applied);
             }
             ShardMessage::CreatePartitions { name, partitions, validate_only, reply } => {
                 let _gone = reply.send(self.create_partitions(&name, partitions, validate_only).await);
@@ -590,8 +631,8 @@ impl Shard {
     }
 
     /// Reads one partition on the shard that owns it.
-    pub async fn fetch(&self, topic: &TopicMeta, read: PartitionRead) -> Fetched {
-        let Some(owner) = self.owner(topic, read.partition) else {
+    pub async fn fetch(self: &Rc<Self>, topic: &TopicMeta, read: PartitionRead) -> Fetched {
+        let Some(owner) = self.leader_owner(topic, read.partition) else {
             let elsewhere = topic.has_partition(read.partition);
             return Fetched::failed(if elsewhere {
                 FetchError::NotLeader
@@ -606,13 +647,24 @@ impl Shard {
         self.ask(owner, |reply| ShardMessage::Fetch { read, reply }, unavailable).await
     }
 
-    async fn fetch_here(&self, read: &PartitionRead) -> Fetched {
+    async fn fetch_here(self: &Rc<Self>, read: &PartitionRead) -> Fetched {
         let Some(log) = self.log(&read.topic, read.partition) else {
             return Fetched::failed(FetchError::UnknownTopicOrPartition);
         };
-        let upper = if read.committed_only { log.last_stable_offset() } else { log.stable_offset() };
-        let limits = ReadLimits { bytes_max: read.bytes_max, min_one: read.min_one, upper };
-        let result = log.read(read.offset, limits).await;
+        let result = match read.replica {
+            Some((follower, leader_epoch)) => {
+                if let Err(error) = self.check_leader_epoch(&read.topic, read.partition, leader_epoch) {
+                    return Fetched::failed(FetchError::Replica(error));
+                }
+                self.follower_fetched(&read.topic, read.partition, follower, read.offset);
+                log.read_for_replica(read.offset, read.bytes_max).await
+            }
+            None => {
+                let upper = if read.committed_only { log.last_stable_offset() } else { log.stable_offset() };
+                let limits = ReadLimits { bytes_max: read.bytes_max, min_one: read.min_one, upper };
+                log.read(read.offset, limits).await
+            }
+        };
         let (high_watermark, log_start_offset) = (log.stable_offset().0, log.log_start_offset().0);
         let last_stable_offset = log.last_stable_offset().0;
         match result {
@@ -644,7 +696,7 @@ impl Shard {
     pub async fn wait_for_records(
         &self,
         partitions: Vec<(TopicMeta, i32, Offset)>,
-        committed_only: bool,
+        bound: Bound,
         deadline: Instant,
     ) {
         let mut by_owner: BTreeMap<usize, Vec<(String, i32, Offset)>> = BTreeMap::new();
@@ -656,13 +708,11 @@ impl Shard {
         let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = Vec::new();
         for (owner, partitions) in by_owner {
             if owner == self.id {
-                waits.push(Box::pin(
-                    async move { self.wait_here(&partitions, committed_only, deadline).await },
-                ));
+                waits.push(Box::pin(async move { self.wait_here(&partitions, bound, deadline).await }));
                 continue;
             }
             let (reply, answer) = oneshot::channel();
-            let message = ShardMessage::WaitForRecords { partitions, committed_only, deadline, reply };
+            let message = ShardMessage::WaitForRecords { partitions, bound, deadline, reply };
             if self.mesh.send_to(owner, message).await.is_ok() {
                 waits.push(Box::pin(async move {
                     let _answered_or_gone = answer.await;
@@ -676,12 +726,12 @@ impl Shard {
         futures_lite::future::or(first_of(waits), io::sleep(sleep)).await;
     }
 
-    async fn wait_here(&self, partitions: &[(String, i32, Offset)], committed_only: bool, deadline: Instant) {
+    async fn wait_here(&self, partitions: &[(String, i32, Offset)], bound: Bound, deadline: Instant) {
         let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = Vec::new();
         for (topic, partition, offset) in partitions {
             if let Some(log) = self.log(topic, *partition) {
                 let offset = *offset;
-                waits.push(Box::pin(async move { log.wait_for_records_at(offset, committed_only).await }));
+                waits.push(Box::pin(async move { log.wait_for_records_at(offset, bound).await }));
             }
         }
         let sleep = deadline.saturating_duration_since(Instant::now());
@@ -698,10 +748,11 @@ impl Shard {
         timestamp: i64,
         committed_only: bool,
     ) -> ListedOffset {
-        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
-            true => FetchError::NotLeader,
-            false => FetchError::UnknownTopicOrPartition,
-        })?;
+        let owner =
+            self.leader_owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+                true => FetchError::NotLeader,
+                false => FetchError::UnknownTopicOrPartition,
+            })?;
         if owner == self.id {
             return self.list_offset_here(&topic.name, partition, timestamp, committed_only).await;
         }
@@ -742,10 +793,11 @@ impl Shard {
         partition: i32,
         epoch: i32,
     ) -> Result<(i32, i64), FetchError> {
-        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
-            true => FetchError::NotLeader,
-            false => FetchError::UnknownTopicOrPartition,
-        })?;
+        let owner =
+            self.leader_owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+                true => FetchError::NotLeader,
+                false => FetchError::UnknownTopicOrPartition,
+            })?;
         let name = topic.name.clone();
         let answer = self.run_on(owner, move |shard| async move {
             let log = shard.log(&name, partition).ok_or(FetchError::UnknownTopicOrPartition)?;
@@ -998,10 +1050,11 @@ impl Shard {
         partition: i32,
         offset: i64,
     ) -> Result<i64, DeleteRecordsError> {
-        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
-            true => DeleteRecordsError::NotLeader,
-            false => DeleteRecordsError::UnknownTopicOrPartition,
-        })?;
+        let owner =
+            self.leader_owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+                true => DeleteRecordsError::NotLeader,
+                false => DeleteRecordsError::UnknownTopicOrPartition,
+            })?;
         if owner == self.id {
             return self.delete_records_here(&topic.name, partition, offset).await;
         }
@@ -1106,25 +1159,53 @@ impl Shard {
         partition: i32,
         records: Bytes,
         acks: i16,
+        deadline: Instant,
     ) -> ProduceResult {
         if topics::is_internal(&topic.name) {
             return Err(ProduceError::InternalTopic);
         }
-        let owner = self.owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
-            true => ProduceError::NotLeader,
-            false => ProduceError::UnknownTopicOrPartition,
-        })?;
-        if owner == self.id {
-            return self.produce_here(&topic.name, partition, &records, acks).await;
+        if acks == -1
+            && let Some((insync, min)) = self.replication_of(&topic.name, partition)
+            && insync < min
+        {
+            return Err(ProduceError::NotEnoughReplicas);
         }
-        let message =
-            |reply| ShardMessage::Produce { topic: topic.name.clone(), partition, records, acks, reply };
+        let owner =
+            self.leader_owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+                true => ProduceError::NotLeader,
+                false => ProduceError::UnknownTopicOrPartition,
+            })?;
+        if owner == self.id {
+            return self.produce_here(&topic.name, partition, &records, acks, deadline).await;
+        }
+        let message = |reply| ShardMessage::Produce {
+            topic: topic.name.clone(),
+            partition,
+            records,
+            acks,
+            deadline,
+            reply,
+        };
         self.ask(owner, message, || Err(ProduceError::ShardUnavailable)).await
     }
 
-    async fn produce_here(&self, topic: &str, partition: i32, records: &Bytes, acks: i16) -> ProduceResult {
+    async fn produce_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &Bytes,
+        acks: i16,
+        deadline: Instant,
+    ) -> ProduceResult {
         let log = self.log(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
-        let appended = log.append(records, self.leader_epoch(topic, partition))?;
+        if !self.leads(topic, partition) {
+            return Err(ProduceError::NotLeader);
+        }
+        let leader_epoch = self.leader_epoch(topic, partition);
+        // Decided before appending: a leader change while the batches are being synced must not
+        // turn an acks=all answer into a local one.
+        let replicated = acks == -1 && self.replication_of(topic, partition).is_some();
+        let appended = log.append(records, leader_epoch)?;
         if !appended.duplicate {
             let produced = (appended.last_offset.0 - appended.base_offset.0 + 1) as u64;
             crate::metrics::count(|c| {
@@ -1136,6 +1217,13 @@ impl Shard {
         let log_append_time = log.log_append_time_enabled().then_some(appended.log_append_time);
         if acks != 0 {
             appended.durable.await?;
+        }
+        if replicated {
+            self.await_replicated(topic, partition, &log, appended.last_offset, leader_epoch, deadline)
+                .await?;
+            if self.replication_of(topic, partition).is_some_and(|(insync, min)| insync < min) {
+                return Err(ProduceError::NotEnoughReplicasAfterAppend);
+            }
         }
         Ok(Produced {
             base_offset: appended.base_offset,

@@ -189,8 +189,11 @@ pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -
             }
             // Accepted and stored: what Kafka clients set routinely and the log honours anyway.
             "cleanup.policy" if value == "delete" => {}
+            // Read by the partition's leader when an acks=all produce comes.
             "min.insync.replicas" => {
-                number::<i32>(key, value)?;
+                if number::<i32>(key, value)? < 1 {
+                    return Err(format!("{key}: must be at least 1"));
+                }
             }
             other => return Err(format!("unsupported topic config `{other}`")),
         }
@@ -233,7 +236,7 @@ pub fn describe(
         ("index.interval.bytes", log.index_interval_bytes.to_string()),
         ("max.message.bytes", log.message_bytes_max.to_string()),
         ("message.timestamp.type", timestamp_type.to_string()),
-        ("min.insync.replicas", "1".to_string()),
+        ("min.insync.replicas", overrides.get("min.insync.replicas").cloned().unwrap_or_else(|| "1".into())),
         ("retention.bytes", log.retention_bytes.map_or(-1, |b| b as i64).to_string()),
         ("retention.ms", log.retention_ms.unwrap_or(-1).to_string()),
         ("segment.bytes", log.segment_bytes.to_string()),

@@ -34,8 +34,24 @@ impl Broker {
 
     /// Starts a broker on an existing data directory and waits for its ready line.
     pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        Broker::launch(Command::new(env!("CARGO_BIN_EXE_ringmq")), data, extra)
+    }
+
+    /// Starts a broker inside network namespace `namespace` (`ip netns exec`, which execs it:
+    /// the child's pid is the broker's).
+    pub fn start_in_namespace(namespace: &str, data: tempfile::TempDir, extra: &[&str]) -> Broker {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace, env!("CARGO_BIN_EXE_ringmq")]);
+        Broker::launch(command, data, extra)
+    }
+
+    fn launch(mut command: Command, data: tempfile::TempDir, extra: &[&str]) -> Broker {
+        // An ephemeral port unless the caller names one (a broker restarted where it was).
+        let listen = if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] };
+        let mut child = command
+            .arg("serve")
+            .args(listen)
+            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .args(extra)
             .stdout(Stdio::piped())
@@ -131,6 +147,16 @@ pub fn produce_all(broker: &Broker, topic: &str, keys: std::ops::Range<usize>) -
         .set("acks", "all")
         .create()
         .expect("producer");
+    produce_keys(&producer, topic, keys).into_iter().map(|landed| landed.expect("delivered")).collect()
+}
+
+/// Produces the records `k<i>` (key and value) for every `i` in `keys` with `producer`:
+/// where each landed, or the error it was refused with, in the order of `keys`.
+pub fn produce_keys(
+    producer: &FutureProducer,
+    topic: &str,
+    keys: std::ops::Range<usize>,
+) -> Vec<Result<(i32, i64), rdkafka::error::KafkaError>> {
     let deliveries: Vec<_> = keys
         .map(|i| {
             let key = format!("k{i}");
@@ -142,8 +168,10 @@ pub fn produce_all(broker: &Broker, topic: &str, keys: std::ops::Range<usize>) -
         .collect();
     deliveries
         .into_iter()
-        .map(|d| block_on(d).expect("report").map_err(|(e, _)| e).expect("delivered"))
-        .map(|delivery| (delivery.partition, delivery.offset))
+        .map(|d| {
+            let delivered = block_on(d).expect("report");
+            delivered.map(|d| (d.partition, d.offset)).map_err(|(error, _)| error)
+        })
         .collect()
 }
 

@@ -33,6 +33,8 @@ pub async fn handle(shard: &Shard, request: CreateTopicsRequest) -> CreateTopics
                 config.value.as_ref().map(|value| (config.name.to_string(), value.to_string()))
             })
             .collect();
+        // -1 asks for the default, one replica.
+        let replication_factor = topic.replication_factor.max(1);
         let new = NewTopic {
             name: topic.name.to_string(),
             partitions,
@@ -44,7 +46,7 @@ pub async fn handle(shard: &Shard, request: CreateTopicsRequest) -> CreateTopics
             Ok(created) => result
                 .with_topic_id(created.id)
                 .with_num_partitions(created.partitions())
-                .with_replication_factor(1),
+                .with_replication_factor(replication_factor),
             Err(error) => result
                 .with_error_code(errors::create_topic(&error).code())
                 .with_error_message(Some(StrBytes::from_string(error.to_string()))),

@@ -5,6 +5,7 @@
 //! (`fetch_session`, KIP-227).
 
 use crate::io;
+use crate::log::Bound;
 use crate::server::fetch_response::{self, Head, PartitionResult, TopicResult};
 use crate::server::fetch_session::{self, Context, Sent, TopicKey};
 use crate::shard::topics::TopicMeta;
@@ -48,17 +49,26 @@ pub async fn handle(
     };
     let wanted = resolve(shard, &context);
     let committed_only = request.isolation_level == READ_COMMITTED;
+    // A follower names itself (in `replica_state` from v15): it reads everything written,
+    // not only what consumers see.
+    let replica = if version >= 15 { request.replica_state.replica_id.0 } else { request.replica_id.0 };
+    let replica = (replica >= 0).then_some(replica);
+    let bound = match (replica, committed_only) {
+        (Some(_), _) => Bound::Written,
+        (None, true) => Bound::LastStable,
+        (None, false) => Bound::HighWatermark,
+    };
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
-    let mut fetched = read_all(shard, &wanted, committed_only).await;
+    let mut fetched = read_all(shard, &wanted, committed_only, replica).await;
     loop {
         let bytes: usize = fetched.iter().flatten().map(|f| f.bytes).sum();
         let failed = fetched.iter().flatten().any(|f| f.error.is_some());
         if bytes >= min_bytes.max(1) || failed || Instant::now() >= deadline {
             break;
         }
-        shard.wait_for_records(waiting_positions(&wanted), committed_only, deadline).await;
-        fetched = read_all(shard, &wanted, committed_only).await;
+        shard.wait_for_records(waiting_positions(&wanted), bound, deadline).await;
+        fetched = read_all(shard, &wanted, committed_only, replica).await;
     }
     let bytes_max = usize::try_from(request.max_bytes).unwrap_or(usize::MAX);
     let mut answer = results(wanted, fetched, bytes_max);
@@ -93,7 +103,12 @@ fn resolve<'a>(shard: &Shard, context: &'a Context) -> Vec<Wanted<'a>> {
 }
 
 /// Reads every wanted partition, all at once, each on its owning shard.
-async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted<'_>], committed_only: bool) -> Vec<Vec<Fetched>> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted<'_>],
+    committed_only: bool,
+    replica: Option<i32>,
+) -> Vec<Vec<Fetched>> {
     let tasks: Vec<Vec<io::Task<Fetched>>> = wanted
         .iter()
         .map(|topic| {
@@ -109,6 +124,7 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted<'_>], committed_only: bool
                         bytes_max: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                         min_one: true,
                         committed_only,
+                        replica: replica.map(|id| (id, partition.current_leader_epoch)),
                     };
                     io::spawn_local(async move {
                         match meta {

@@ -7,10 +7,14 @@ use crate::shard::{ProduceError, Shard};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// The response, or `None` for acks=0 (Kafka sends none).
 pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest) -> Option<ProduceResponse> {
     let acks = request.acks;
+    // How long acks=all waits for the in-sync replicas.
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
+    let deadline = Instant::now() + timeout;
     let mut pending = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
@@ -21,7 +25,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest) -> Option<Produc
                 let (Some(topic), Some(records)) = (topic, data.records) else {
                     return Err(ProduceError::UnknownTopicOrPartition);
                 };
-                shard.produce(&topic, data.index, records, acks).await
+                shard.produce(&topic, data.index, records, acks, deadline).await
             });
             (data.index, task)
         });

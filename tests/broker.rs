@@ -259,6 +259,20 @@ fn librdkafka_produces_to_every_partition_with_acks_0_1_and_all() {
             }
         }
     }
+    // acks=0 gets no answer: wait until the broker has appended (and written) them before the
+    // SIGKILL, by its high watermarks.
+    let watcher: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ends = || -> i64 {
+        (0..4)
+            .map(|p| watcher.fetch_watermarks("auto-created", p, Duration::from_secs(5)).map_or(0, |w| w.1))
+            .sum()
+    };
+    while ends() < 3 * PER_ACKS as i64 {
+        assert!(std::time::Instant::now() < deadline, "the broker took {} records", ends());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let data = broker.kill();
     let stored = stored_batches(data.path(), "auto-created", 4);
     let total: i64 = stored.iter().flatten().map(|&(_, count)| i64::from(count)).sum();

@@ -672,3 +672,42 @@ fn replicated_partitions_need_their_in_sync_replicas_and_lose_nothing_when_every
     let stored = read_back(&nodes[&3], "durable", &ends);
     assert_eq!(stored.len(), RECORDS + 60, "every acknowledged record, once");
 }
+
+#[test]
+fn a_follower_that_missed_deleted_records_starts_again_at_its_leaders_log_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let (quorum, mut nodes, placed) = cluster_with_topic("trimmed", 1, &["--replication-factor", "3"]);
+    await_isrs(&nodes[&1], "trimmed", |isrs| isrs[0].len() == 3);
+    let leader = placed[0];
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let bootstrap = |nodes: &BTreeMap<i32, Broker>| {
+        nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",")
+    };
+    assert!(produce_once(&bootstrap(&nodes), "trimmed", 0..100).iter().all(Result::is_ok));
+
+    // While the follower is down, the leader's log start moves past the follower's end.
+    let away = kill(nodes.remove(&follower).expect("follower"));
+    await_isrs(&nodes[&leader], "trimmed", |isrs| !isrs[0].contains(&follower));
+    let acked = produce_once(&bootstrap(&nodes), "trimmed", 100..200);
+    let end = acked.iter().map(|r| r.as_ref().expect("acked").1 + 1).max().expect("records");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap(&nodes)).create().expect("admin");
+    let mut before = rdkafka::TopicPartitionList::new();
+    before.add_partition_offset("trimmed", 0, rdkafka::Offset::Offset(end)).expect("offset");
+    let deleted = futures_lite::future::block_on(admin.delete_records(&before, &AdminOptions::new()))
+        .expect("delete records");
+    assert_eq!(deleted.elements()[0].error(), Ok(()), "{deleted:?}");
+
+    // Back, it cannot copy on from its end: it starts again at the leader's log start,
+    // catches up and rejoins the in-sync replicas.
+    nodes.insert(follower, node(follower, &quorum, Some(away)));
+    await_isrs(&nodes[&leader], "trimmed", |isrs| isrs[0].len() == 3);
+    let more = produce_once(&bootstrap(&nodes), "trimmed", 200..210);
+    assert!(more.iter().all(Result::is_ok), "{more:?}");
+    let dir = nodes[&follower].data.path().join("trimmed-0");
+    let dump =
+        Command::new(env!("CARGO_BIN_EXE_ringmq")).args(["log", "dump"]).arg(&dir).output().expect("dump");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let first = dump.lines().find(|line| line.trim_start().starts_with("offsets")).expect("a batch");
+    assert!(first.trim_start().starts_with(&format!("offsets {end}..")), "{dump}");
+}

@@ -45,9 +45,13 @@ pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {
             continue;
         }
         let command = shared.state.borrow_mut().commands.pop_front();
+        let command_is_restart = matches!(command, Some(Command::Restart { .. }));
         match command {
-            Some(Command::Truncate { offset, reply }) => {
-                let result = truncate(&shared, &mut appender, offset).await;
+            Some(Command::Truncate { offset, reply } | Command::Restart { offset, reply }) => {
+                let result = match command_is_restart {
+                    true => restart(&shared, &mut appender, offset).await,
+                    false => truncate(&shared, &mut appender, offset).await,
+                };
                 let mut state = shared.state.borrow_mut();
                 if let Err(LogError::Storage(error)) = &result {
                     // The files and the state may disagree now: trust neither until reopened.
@@ -410,6 +414,46 @@ async fn truncate(shared: &Shared, appender: &mut Appender, offset: Offset) -> R
     state.producers.truncate_from(new_end.0);
     state.epochs.truncate_from_end(new_end);
     state.check_positions();
+    Ok(())
+}
+
+/// Empties the log and starts it at `offset`, beyond its end: cut to its start, a new segment
+/// at `offset`, every older segment removed, the log start checkpointed; producers and leader
+/// epochs start afresh (they come again with the batches copied from there).
+async fn restart(shared: &Shared, appender: &mut Appender, offset: Offset) -> Result<(), LogError> {
+    let log_start = shared.state.borrow().log_start;
+    if offset <= shared.state.borrow().log_end {
+        return Err(LogError::RestartWithinLog(offset));
+    }
+    truncate(shared, appender, log_start).await?;
+    {
+        let mut state = shared.state.borrow_mut();
+        state.producers = super::producers::Producers::default();
+        state.epochs.truncate_from_end(Offset(0));
+        state.cache.truncate_from(Offset(0));
+        // Nothing lies between the old end and `offset`: the new segment begins the log there.
+        state.log_end = offset;
+        state.written = offset;
+        state.synced = offset;
+    }
+    roll(shared, appender, offset).await.map_err(LogError::Storage)?;
+    let doomed: Vec<Offset> = {
+        let mut state = shared.state.borrow_mut();
+        let mut doomed = Vec::new();
+        while state.segments.len() > 1 {
+            doomed.extend(state.segments.pop_front().map(|segment| segment.base));
+        }
+        state.log_start = offset;
+        doomed
+    };
+    io::write_file_atomic(&shared.dir.join(LOG_START_FILE), checkpoint::encode_log_start(offset))
+        .await
+        .map_err(|e| storage("write log start offset", e))?;
+    for base in doomed {
+        super::retention::remove_segment_files(&shared.dir, base).await.map_err(LogError::Storage)?;
+    }
+    save_epochs(shared).await.map_err(LogError::Storage)?;
+    shared.state.borrow().check_positions();
     Ok(())
 }
 

@@ -116,6 +116,8 @@ pub enum LogError {
     BeyondStable { requested: Offset, stable: Offset },
     #[error("the log is being truncated")]
     Truncating,
+    #[error("the log cannot start again at {0}: it holds records up to there")]
+    RestartWithinLog(Offset),
     #[error("the log failed and refuses changes until reopened: {0}")]
     Failed(StorageError),
     #[error("the log is closing")]
@@ -175,8 +177,18 @@ struct Waiter {
 }
 
 enum Command {
-    Truncate { offset: Offset, reply: oneshot::Sender<Result<(), LogError>> },
-    Close { reply: oneshot::Sender<Result<(), LogError>> },
+    Truncate {
+        offset: Offset,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Empties the log and starts it again at `offset`.
+    Restart {
+        offset: Offset,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 /// Everything the log knows, mutated only on its core, never borrowed across an await.
@@ -583,19 +595,31 @@ impl Log {
     /// Cuts the log back so `offset` is the next offset (replication uses it to discard a
     /// divergent tail). A batch holding `offset` goes entirely, as in Kafka.
     pub async fn truncate_to(&self, offset: Offset) -> Result<(), LogError> {
-        {
-            let mut state = self.shared.state.borrow_mut();
-            if let Some(error) = &state.failed {
-                return Err(LogError::Failed(error.clone()));
-            }
-            if state.truncating.is_some() {
-                return Err(LogError::Truncating);
-            }
-            // From now on nothing new is appended, so the queue drains and the cut can run.
-            state.truncating = Some(offset);
-        }
+        self.begin_truncation(offset)?;
         // The flusher ends the truncation (clears the flag) even if this caller is dropped.
         self.command(|reply| Command::Truncate { offset, reply }).await
+    }
+
+    /// Marks a truncation to `keep` as running: from now on nothing new is appended, so the
+    /// queue drains and the cut can run; reads stop below `keep`.
+    fn begin_truncation(&self, keep: Offset) -> Result<(), LogError> {
+        let mut state = self.shared.state.borrow_mut();
+        if let Some(error) = &state.failed {
+            return Err(LogError::Failed(error.clone()));
+        }
+        if state.truncating.is_some() {
+            return Err(LogError::Truncating);
+        }
+        state.truncating = Some(keep);
+        Ok(())
+    }
+
+    /// Empties the log and starts it again, empty, at `offset` beyond its end: a follower whose
+    /// log ends before its leader's log start (retention or DeleteRecords moved it while the
+    /// follower was away) copies on from there, as Kafka's `truncateFullyAndStartAt`.
+    pub async fn restart_at(&self, offset: Offset) -> Result<(), LogError> {
+        self.begin_truncation(self.log_start_offset())?;
+        self.command(|reply| Command::Restart { offset, reply }).await
     }
 
     /// Writes everything queued, syncs it and records a clean shutdown so the next open does

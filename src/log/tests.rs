@@ -766,3 +766,29 @@ fn a_follower_keeps_its_leaders_offsets_and_epochs_and_readers_stop_at_the_high_
         assert_eq!(read_all(&follower).await, read_all(&leader).await, "the same batches, byte for byte");
     });
 }
+
+#[test]
+fn a_follower_behind_its_leaders_log_start_starts_again_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        for seed in 0..200 {
+            append(&log, seed, 3, 300).await.expect("append");
+        }
+        assert!(log.segment_count() > 1);
+        assert!(matches!(log.restart_at(Offset(100)).await, Err(LogError::RestartWithinLog(_))));
+        log.restart_at(Offset(1000)).await.expect("restart");
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(1000), Offset(1000)));
+        assert_eq!(log.segment_bases(), [Offset(1000)]);
+        assert_eq!(log.latest_epoch(), None);
+        let mut batch = encode_batch(7, 4, 100, 5_000).to_vec();
+        batch[..8].copy_from_slice(&1000i64.to_be_bytes());
+        let batch = batch::whole_batches(&Bytes::from(batch)).expect("valid");
+        log.append_replica(batch).expect("append").expect("new").await.expect("durable");
+        log.close().await.expect("close");
+        let reopened = Log::open(dir.path(), config()).await.expect("reopen");
+        assert_eq!((reopened.log_start_offset(), reopened.log_end_offset()), (Offset(1000), Offset(1004)));
+        let read = reopened.read(Offset(1000), everything()).await.expect("read");
+        assert_eq!((read.batches, read.next_offset), (1, Offset(1004)));
+    });
+}

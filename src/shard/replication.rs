@@ -654,6 +654,22 @@ impl Shard {
         for item in work {
             let Some(answer) = answers.remove(&item.key) else { continue };
             if let Some(error) = ResponseError::try_from_code(answer.error_code) {
+                let leader_start = Offset(answer.log_start_offset);
+                if error == ResponseError::OffsetOutOfRange && item.log.log_end_offset() < leader_start {
+                    // The leader no longer has what follows our log: start again at its start.
+                    tracing::info!(
+                        topic = item.key.0,
+                        partition = item.key.1,
+                        at = leader_start.0,
+                        "restarting the log at the leader's log start"
+                    );
+                    match item.log.restart_at(leader_start).await {
+                        Ok(()) => continue,
+                        Err(error) => {
+                            tracing::warn!(topic = item.key.0, partition = item.key.1, %error, "restart failed")
+                        }
+                    }
+                }
                 self.refused(&item.key, item.leader_epoch, error);
                 continue;
             }

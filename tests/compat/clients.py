@@ -19,6 +19,7 @@ synchronously and closes; a new member of the group resumes exactly at the commi
 group-admin: the resume check, then the client's admin API lists and describes the group,
 reads its committed offsets and deletes it. kip848-*: confluent-kafka with
 group.protocol=consumer (the broker assigns the partitions)."""
+import os
 import sys
 import threading
 import time
@@ -27,12 +28,16 @@ import uuid
 RECORDS = 1000
 
 
+# Replicas of each topic made here: 3 against the three-node cluster (run.sh sets it).
+REPLICATION = int(os.environ.get("COMPAT_REPLICATION_FACTOR", "1"))
+
+
 def confluent(address, topic, **producer_settings):
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": address})
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(10)
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=REPLICATION)])[topic].result(10)
     producer = Producer({"bootstrap.servers": address, "compression.type": "zstd", "acks": "all", **producer_settings})
     errors = []
     for i in range(RECORDS):
@@ -58,7 +63,7 @@ def kafka_python(address, topic, **producer_settings):
     from kafka.admin import NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=address)
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=REPLICATION)])
     producer = KafkaProducer(bootstrap_servers=address, acks="all", compression_type="gzip", **producer_settings)
     futures = [producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode()) for i in range(RECORDS)]
     for future in futures:
@@ -201,7 +206,7 @@ def confluent_group(address, topic, check, protocol="classic"):
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": address})
-    admin.create_topics([NewTopic(topic, num_partitions=GROUP_PARTITIONS, replication_factor=1)])[topic].result(10)
+    admin.create_topics([NewTopic(topic, num_partitions=GROUP_PARTITIONS, replication_factor=REPLICATION)])[topic].result(10)
 
     def produce():
         producer = Producer({"bootstrap.servers": address, "acks": "all"})
@@ -257,7 +262,7 @@ def kafka_python_group(address, topic, check):
     from kafka.structs import OffsetAndMetadata
 
     admin = KafkaAdminClient(bootstrap_servers=address)
-    admin.create_topics([NewTopic(topic, num_partitions=GROUP_PARTITIONS, replication_factor=1)])
+    admin.create_topics([NewTopic(topic, num_partitions=GROUP_PARTITIONS, replication_factor=REPLICATION)])
 
     def produce():
         producer = KafkaProducer(bootstrap_servers=address, acks="all", enable_idempotence=False)
@@ -319,7 +324,7 @@ def confluent_transactions(address, topic):
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": address})
-    admin.create_topics([NewTopic(topic, num_partitions=TXN_PARTITIONS, replication_factor=1)])[topic].result(10)
+    admin.create_topics([NewTopic(topic, num_partitions=TXN_PARTITIONS, replication_factor=REPLICATION)])[topic].result(10)
     producer = Producer({"bootstrap.servers": address, "transactional.id": f"{topic}-tx"})
     producer.init_transactions(30)
 
@@ -350,7 +355,7 @@ def kafka_python_transactions(address, topic):
     from kafka.admin import NewTopic
 
     KafkaAdminClient(bootstrap_servers=address).create_topics(
-        [NewTopic(topic, num_partitions=TXN_PARTITIONS, replication_factor=1)])
+        [NewTopic(topic, num_partitions=TXN_PARTITIONS, replication_factor=REPLICATION)])
     producer = KafkaProducer(bootstrap_servers=address, transactional_id=f"{topic}-tx")
     producer.init_transactions()
 

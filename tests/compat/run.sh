@@ -149,6 +149,14 @@ cluster_formed() {
     return 1
 }
 check "cluster: kcat sees all three brokers" cluster_formed
+# Topics made from here on have three replicas: acks=all waits for the in-sync followers,
+# transaction markers too.
+export COMPAT_REPLICATION_FACTOR=3
+replicated_everywhere() {
+    "$venv/bin/python" tests/compat/clients.py confluent "$cluster" >/dev/null || return 1
+    kcat -b "$cluster" -L | grep -q 'replicas: [123],[123],[123], isrs: [123],[123],[123]'
+}
+check "cluster: a topic the Python client made has three replicas, all in sync" replicated_everywhere
 for client in confluent kafka-python; do
     check "cluster, python $client: admin, produce, consume, metadata" \
         "$venv/bin/python" tests/compat/clients.py "$client" "$cluster"

@@ -654,23 +654,7 @@ impl Shard {
         for item in work {
             let Some(answer) = answers.remove(&item.key) else { continue };
             if let Some(error) = ResponseError::try_from_code(answer.error_code) {
-                let leader_start = Offset(answer.log_start_offset);
-                if error == ResponseError::OffsetOutOfRange && item.log.log_end_offset() < leader_start {
-                    // The leader no longer has what follows our log: start again at its start.
-                    tracing::info!(
-                        topic = item.key.0,
-                        partition = item.key.1,
-                        at = leader_start.0,
-                        "restarting the log at the leader's log start"
-                    );
-                    match item.log.restart_at(leader_start).await {
-                        Ok(()) => continue,
-                        Err(error) => {
-                            tracing::warn!(topic = item.key.0, partition = item.key.1, %error, "restart failed")
-                        }
-                    }
-                }
-                self.refused(&item.key, item.leader_epoch, error);
+                self.fetch_refused(&item, error, Offset(answer.log_start_offset)).await;
                 continue;
             }
             let batches = answer.records.as_ref().map_or(Ok(Vec::new()), batch::whole_batches);
@@ -701,6 +685,25 @@ impl Shard {
         }
         Ok(())
     }
+
+    /// The leader refused a partition's fetch. If it no longer has what follows this log (its
+    /// log start is beyond our end), the log starts again at the leader's log start.
+    async fn fetch_refused(&self, item: &Work, error: ResponseError, leader_start: Offset) {
+        if error == ResponseError::OffsetOutOfRange && item.log.log_end_offset() < leader_start {
+            let (topic, partition) = (&item.key.0, item.key.1);
+            tracing::info!(
+                topic,
+                partition,
+                at = leader_start.0,
+                "restarting the log at the leader's log start"
+            );
+            match item.log.restart_at(leader_start).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(topic, partition, %error, "restart failed"),
+            }
+        }
+        self.refused(&item.key, item.leader_epoch, error);
+    }
 }
 
 /// What a leader's OffsetForLeaderEpoch answer says of a follower's log.
@@ -730,4 +733,40 @@ fn agreed_end(log: &Log, epoch: i32, end: Offset) -> Agreement {
 
 fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::block_on;
+    use crate::log::LogConfig;
+    use crate::testing::encode_batch;
+
+    /// A log holding `runs` of (leader epoch, records).
+    async fn log_with(dir: &std::path::Path, runs: &[(i32, usize)]) -> Log {
+        let log = Log::open(dir, LogConfig::default()).await.expect("open");
+        for (seed, (epoch, records)) in runs.iter().enumerate() {
+            let appended = log.append(&encode_batch(seed as u64, *records, 10, 1_000), LeaderEpoch(*epoch));
+            appended.expect("append").durable.await.expect("durable");
+        }
+        log
+    }
+
+    #[test]
+    fn a_follower_agrees_with_its_leader_up_to_the_end_of_the_last_epoch_both_have() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        block_on(async {
+            // Here: epoch 1 over [0, 70), epoch 4 over [70, 90). The leader has epoch 1 over
+            // [0, 50) and epoch 3 over [50, 100).
+            let follower = log_with(dir.path(), &[(1, 70), (4, 20)]).await;
+            // Asked about 4, the leader names 3, which this log lacks: ask about 1 next.
+            assert!(matches!(agreed_end(&follower, 3, Offset(100)), Agreement::Ask(1)));
+            // Epoch 1 ended at 50 there: cut to 50, not to 70 where it ended here.
+            assert!(matches!(agreed_end(&follower, 1, Offset(50)), Agreement::Below(Offset(50))));
+            // The same latest epoch on both sides, the leader's log longer: nothing to cut.
+            assert!(matches!(agreed_end(&follower, 4, Offset(120)), Agreement::Below(Offset(90))));
+            // The leader has no epoch this old: nothing is known to agree.
+            assert!(matches!(agreed_end(&follower, -1, Offset(-1)), Agreement::Below(Offset(0))));
+        });
+    }
 }

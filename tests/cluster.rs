@@ -238,47 +238,47 @@ fn cluster_with_topic(
     (quorum, nodes, placed)
 }
 
-/// The in-sync replicas of each partition of `topic`, as a Kafka client bootstrapped from
-/// `broker` sees them.
-fn isrs(broker: &Broker, topic: &str) -> Vec<Vec<i32>> {
+/// What `read` takes from each partition of `topic`, as a Kafka client bootstrapped from
+/// `broker` sees it.
+fn partitions<T>(
+    broker: &Broker,
+    topic: &str,
+    read: fn(&rdkafka::metadata::MetadataPartition) -> T,
+) -> Vec<T> {
     let client: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("client");
     let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    metadata.topics()[0].partitions().iter().map(|p| p.isr().to_vec()).collect()
+    metadata.topics()[0].partitions().iter().map(read).collect()
+}
+
+/// Waits (up to `patience`) until what `read` takes from the partitions of `topic`, as
+/// `broker` shows them, is `expected`.
+fn await_partitions<T: std::fmt::Debug>(
+    broker: &Broker,
+    topic: &str,
+    read: fn(&rdkafka::metadata::MetadataPartition) -> T,
+    expected: impl Fn(&[T]) -> bool,
+    patience: Duration,
+) -> Vec<T> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let found = partitions(broker, topic, read);
+        if expected(&found) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "partitions of {topic} stayed {found:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until `broker` shows in-sync replicas of `topic` that are `expected`.
 fn await_isrs(broker: &Broker, topic: &str, expected: impl Fn(&[Vec<i32>]) -> bool) -> Vec<Vec<i32>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = isrs(broker, topic);
-        if expected(&found) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "in-sync replicas of {topic} stayed {found:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The leader of each partition of `topic`, as a Kafka client bootstrapped from `broker` sees it.
-fn leaders(broker: &Broker, topic: &str) -> Vec<i32> {
-    let client: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", broker.address.to_string()).create().expect("client");
-    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    metadata.topics()[0].partitions().iter().map(|p| p.leader()).collect()
+    await_partitions(broker, topic, |p| p.isr().to_vec(), expected, Duration::from_secs(60))
 }
 
 /// Waits until `broker` shows `topic` with `expected` leaders (by partition).
 fn await_leaders(broker: &Broker, topic: &str, expected: impl Fn(&[i32]) -> bool) -> Vec<i32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = leaders(broker, topic);
-        if expected(&found) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "leaders of {topic} stayed {found:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_partitions(broker, topic, |p| p.leader(), expected, Duration::from_secs(30))
 }
 
 /// ListOffsets (latest) for one partition, asked of `broker` directly: (error code, offset).

@@ -277,10 +277,7 @@ impl Shard {
     /// The leader epoch of `partition` of `topic` as the controller has it; 0 on a one-node
     /// broker (and for the internal topics each broker keeps). Batches are stamped with it.
     pub fn leader_epoch(&self, topic: &str, partition: i32) -> LeaderEpoch {
-        let view = self.cluster.borrow();
-        let placed = view.as_ref().and_then(|view| view.image.topics.get(topic));
-        let epoch = placed.and_then(|record| record.partitions.get(usize::try_from(partition).ok()?));
-        LeaderEpoch(epoch.map_or(0, |partition| partition.leader_epoch))
+        LeaderEpoch(self.placed(topic, partition, |record, _| record.leader_epoch).unwrap_or(0))
     }
 
     /// Whether, in a cluster, this broker leads `partition` of the internal `topic`, and so

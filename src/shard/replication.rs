@@ -136,9 +136,20 @@ impl Led {
 impl Shard {
     /// The partition's record in this core's view of the cluster.
     fn placement(&self, topic: &str, partition: i32) -> Option<(PartitionRecord, [u8; 16])> {
+        self.placed(topic, partition, |record, id| (record.clone(), id))
+    }
+
+    /// `read` of the partition's record (and its topic's id) in this core's view, without
+    /// copying it: produce and fetch ask this for every partition.
+    pub(super) fn placed<T>(
+        &self,
+        topic: &str,
+        partition: i32,
+        read: impl FnOnce(&PartitionRecord, [u8; 16]) -> T,
+    ) -> Option<T> {
         let view = self.cluster.borrow();
         let record = view.as_ref()?.image.topics.get(topic)?;
-        Some((record.partitions.get(usize::try_from(partition).ok()?)?.clone(), record.id))
+        Some(read(record.partitions.get(usize::try_from(partition).ok()?)?, record.id))
     }
 
     /// Whether this broker answers clients for `partition` of `topic`: always on a one-node
@@ -148,7 +159,7 @@ impl Shard {
         if self.controller().is_none() || topics::is_internal(topic) {
             return true;
         }
-        self.placement(topic, partition).is_some_and(|(record, _)| record.leader == self.config.node_id)
+        self.placed(topic, partition, |record, _| record.leader == self.config.node_id) == Some(true)
     }
 
     /// Brings the roles of this core's partitions in line with its view: which it leads with
@@ -361,14 +372,14 @@ impl Shard {
     /// For a replicated partition this broker leads: the in-sync replica count and
     /// `min.insync.replicas`; `None` for one kept on one broker.
     pub(super) fn replication_of(&self, topic: &str, partition: i32) -> Option<(usize, usize)> {
-        let (record, _) = self.placement(topic, partition)?;
-        if record.replicas.len() < 2 || record.leader != self.config.node_id {
-            return None;
-        }
+        let me = self.config.node_id;
+        let insync = self.placed(topic, partition, |record, _| {
+            (record.replicas.len() > 1 && record.leader == me).then_some(record.isr.len())
+        })??;
         let topics = self.topics.borrow();
-        let configured = topics.get(topic).and_then(|meta| meta.configs.get("min.insync.replicas").cloned());
+        let configured = topics.get(topic).and_then(|meta| meta.configs.get("min.insync.replicas"));
         let min = configured.and_then(|value| value.parse::<usize>().ok()).unwrap_or(1);
-        Some((record.isr.len(), min))
+        Some((insync, min))
     }
 
     /// Waits until `log` (of a partition this broker leads at `leader_epoch`) shows
@@ -412,17 +423,18 @@ impl Shard {
         partition: i32,
         leader_epoch: i32,
     ) -> Result<(), ResponseError> {
-        let Some((record, _)) = self.placement(topic, partition) else {
+        let placed = self.placed(topic, partition, |record, _| (record.leader, record.leader_epoch));
+        let Some((leader, current)) = placed else {
             return Err(ResponseError::UnknownTopicOrPartition);
         };
-        if record.leader != self.config.node_id {
+        if leader != self.config.node_id {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         match leader_epoch {
             // A follower always names the epoch it follows in.
             epoch if epoch < 0 => Err(ResponseError::UnknownLeaderEpoch),
-            epoch if epoch < record.leader_epoch => Err(ResponseError::FencedLeaderEpoch),
-            epoch if epoch > record.leader_epoch => Err(ResponseError::UnknownLeaderEpoch),
+            epoch if epoch < current => Err(ResponseError::FencedLeaderEpoch),
+            epoch if epoch > current => Err(ResponseError::UnknownLeaderEpoch),
             _ => Ok(()),
         }
     }

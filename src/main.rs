@@ -60,10 +60,10 @@ enum Command {
         #[command(flatten)]
         connection: ringmq::admin::Connection,
     },
-    /// The cluster: brokers, controller, partitions without a leader or under-replicated.
+    /// The cluster: brokers, controller, partitions needing attention; decommissioning.
     Cluster {
         #[command(subcommand)]
-        command: ClusterCommand,
+        command: ringmq::admin::ClusterCommand,
         #[command(flatten)]
         connection: ringmq::admin::Connection,
     },
@@ -89,12 +89,6 @@ enum Command {
     /// Load-test any Kafka-compatible broker; measure this machine's baselines.
     #[command(subcommand)]
     Bench(ringmq::bench::BenchCommand),
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// Brokers, controller and partitions needing attention.
-    Info,
 }
 
 #[derive(Subcommand)]
@@ -136,9 +130,7 @@ fn main() -> ExitCode {
         Command::Group { command, connection } => ringmq::admin::group(command, &connection),
         Command::Produce { args, connection } => ringmq::admin::produce(args, &connection),
         Command::Consume { args, connection } => ringmq::admin::consume(args, &connection),
-        Command::Cluster { command: ClusterCommand::Info, connection } => {
-            ringmq::admin::cluster_info(&connection)
-        }
+        Command::Cluster { command, connection } => ringmq::admin::cluster(command, &connection),
         Command::Tune { apply, data_dir, json, irq_cores, root } => {
             let root = root.unwrap_or_else(ringmq::tune::machine_root);
             let reports = ringmq::tune::run(&root, &data_dir, irq_cores.as_deref(), apply);

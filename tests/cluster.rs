@@ -494,21 +494,53 @@ fn read_back(broker: &Broker, topic: &str, ends: &[i64]) -> Vec<(i32, i64, Strin
     records
 }
 
+/// Reads `topic` back through `broker` up to the last of the `written` records (key,
+/// partition, offset as acknowledged) and checks each is at its offset, one record per offset;
+/// answers what was read.
+fn stored_once(
+    broker: &Broker,
+    topic: &str,
+    partitions: usize,
+    written: &[(String, i32, i64)],
+) -> Vec<(i32, i64, String)> {
+    let mut ends = vec![0i64; partitions];
+    for (_, partition, offset) in written {
+        ends[*partition as usize] = ends[*partition as usize].max(offset + 1);
+    }
+    let stored = read_back(broker, topic, &ends);
+    let at: std::collections::HashMap<(i32, i64), &str> =
+        stored.iter().map(|(partition, offset, key)| ((*partition, *offset), key.as_str())).collect();
+    assert_eq!(at.len(), stored.len(), "one record per offset");
+    for (key, partition, offset) in written {
+        assert_eq!(
+            at.get(&(*partition, *offset)).copied(),
+            Some(key.as_str()),
+            "{key} at {partition}/{offset}"
+        );
+    }
+    stored
+}
+
+/// An idempotent acks=all librdkafka producer bootstrapped from every one of `bootstrap`.
+fn idempotent_producer(bootstrap: &[String]) -> rdkafka::producer::FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap.join(","))
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "90000")
+        .create()
+        .expect("producer")
+}
+
 #[test]
 fn acknowledged_records_survive_killed_and_restarted_leaders() {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureRecord;
     use std::sync::atomic::{AtomicUsize, Ordering};
     const RECORDS: usize = 3000;
     let (quorum, mut nodes, placed) = cluster_with_topic("stream", 6, &["--replication-factor", "3"]);
     let bootstrap: Vec<String> = nodes.values().map(|broker| broker.address.to_string()).collect();
 
     // An idempotent acks=all producer writes a numbered stream while leaders are killed.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap.join(","))
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "90000")
-        .create()
-        .expect("producer");
+    let producer = idempotent_producer(&bootstrap);
     let acked = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = acked.clone();
     let writer = std::thread::spawn(move || {
@@ -557,21 +589,7 @@ fn acknowledged_records_survive_killed_and_restarted_leaders() {
     assert_eq!(reader.join().expect("reader"), RECORDS, "the group read every record across the failovers");
 
     // Each acknowledged record is at its offset, once; offsets have no gaps.
-    let mut ends = vec![0i64; 6];
-    for (_, partition, offset) in &written {
-        ends[*partition as usize] = ends[*partition as usize].max(offset + 1);
-    }
-    let stored = read_back(&nodes[&1], "stream", &ends);
-    let at: std::collections::HashMap<(i32, i64), &str> =
-        stored.iter().map(|(partition, offset, key)| ((*partition, *offset), key.as_str())).collect();
-    assert_eq!(at.len(), stored.len(), "one record per offset");
-    for (key, partition, offset) in &written {
-        assert_eq!(
-            at.get(&(*partition, *offset)).copied(),
-            Some(key.as_str()),
-            "{key} at {partition}/{offset}"
-        );
-    }
+    let stored = stored_once(&nodes[&1], "stream", 6, &written);
     let distinct: std::collections::BTreeSet<&str> = stored.iter().map(|(_, _, key)| key.as_str()).collect();
     assert_eq!(distinct.len(), stored.len(), "no record stored twice");
     assert_eq!(stored.len(), RECORDS);
@@ -710,4 +728,136 @@ fn a_follower_that_missed_deleted_records_starts_again_at_its_leaders_log_start(
     let dump = String::from_utf8_lossy(&dump.stdout);
     let first = dump.lines().find(|line| line.trim_start().starts_with("offsets")).expect("a batch");
     assert!(first.trim_start().starts_with(&format!("offsets {end}..")), "{dump}");
+}
+
+/// The batches `ringmq log dump` lists for `topic`'s `partition` in `broker`'s data directory
+/// (offsets, leader epoch, CRC), or none if it holds no copy.
+fn dumped_batches(broker: &Broker, topic: &str, partition: i32) -> Option<Vec<String>> {
+    let dir = broker.data.path().join(format!("{topic}-{partition}"));
+    if !dir.exists() {
+        return None;
+    }
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_ringmq")).args(["log", "dump"]).arg(&dir).output().expect("dump");
+    let text = String::from_utf8_lossy(&output.stdout);
+    Some(text.lines().filter(|l| l.trim_start().starts_with("offsets")).map(String::from).collect())
+}
+
+#[test]
+fn a_fourth_broker_takes_over_a_decommissioned_brokers_partitions_under_load() {
+    use rdkafka::producer::FutureRecord;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const PARTITIONS: i32 = 4;
+    let (quorum, mut nodes, _) =
+        cluster_with_topic("moving", PARTITIONS as usize, &["--replication-factor", "3"]);
+    let bootstrap: Vec<String> = nodes.values().map(|broker| broker.address.to_string()).collect();
+
+    // An idempotent acks=all producer writes numbered records until told to stop.
+    let producer = idempotent_producer(&bootstrap);
+    let (sent, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let (counted, stopping) = (sent.clone(), stop.clone());
+    let writer = std::thread::spawn(move || {
+        let mut deliveries = Vec::new();
+        while !stopping.load(Ordering::Relaxed) {
+            let key = format!("m{}", deliveries.len());
+            let delivery = producer
+                .send_result(FutureRecord::to("moving").key(&key).payload(&key))
+                .map_err(|(error, _)| error)
+                .expect("enqueue");
+            deliveries.push((key, delivery));
+            std::thread::sleep(Duration::from_millis(2));
+            counted.store(deliveries.len(), Ordering::Relaxed);
+        }
+        deliveries
+            .into_iter()
+            .map(|(key, delivery)| {
+                let delivered = futures_lite::future::block_on(delivery).expect("report");
+                let delivered =
+                    delivered.unwrap_or_else(|(error, _)| panic!("{key} not acknowledged: {error}"));
+                (key, delivered.partition, delivered.offset)
+            })
+            .collect::<Vec<_>>()
+    });
+    let await_sent = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sent.load(Ordering::Relaxed) < count {
+            assert!(Instant::now() < deadline, "only {} sent", sent.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    await_sent(300);
+    let refused = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["topic", "reassign", "moving", "--partition", "0", "--replicas", "1,1,2"])
+        .args(["--bootstrap", &bootstrap[0]])
+        .output()
+        .expect("run ringmq");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("InvalidReplicaAssignment"), "{said}");
+
+    // A fourth broker joins; every replica on broker 1 moves to it while records flow.
+    nodes.insert(4, node(4, &quorum, None));
+    agreed(&nodes.values().collect::<Vec<_>>(), &listing(&nodes));
+    let asked = nodes[&2].address.to_string();
+    let moved: Value = serde_json::from_str(&ringmq(&[
+        "cluster",
+        "decommission",
+        "1",
+        "--wait",
+        "120",
+        "--json",
+        "--bootstrap",
+        &asked,
+    ]))
+    .expect("json");
+    let moves = moved["moves"].as_array().expect("moves");
+    assert_eq!(moves.len(), PARTITIONS as usize, "broker 1 held a replica of every partition: {moved}");
+    for planned in moves {
+        let target: Vec<i64> = serde_json::from_value(planned["replicas"].clone()).expect("replicas");
+        assert!(target.contains(&4) && !target.contains(&1), "{planned}");
+    }
+    let placed = await_partitions(
+        &nodes[&2],
+        "moving",
+        |p| (p.replicas().to_vec(), p.isr().len()),
+        |all| all.iter().all(|(replicas, isr)| replicas.contains(&4) && !replicas.contains(&1) && *isr == 3),
+        Duration::from_secs(60),
+    );
+    let listed: Value =
+        serde_json::from_str(&ringmq(&["topic", "reassignments", "--json", "--bootstrap", &asked]))
+            .expect("json");
+    assert_eq!(listed["reassignments"], serde_json::json!([]), "no move left under way: {placed:?}");
+    // Broker 1 drops its copies; killed, it takes nothing with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..PARTITIONS).any(|p| dumped_batches(&nodes[&1], "moving", p).is_some()) {
+        assert!(Instant::now() < deadline, "broker 1 kept a copy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = sent.load(Ordering::Relaxed);
+    drop(kill(nodes.remove(&1).expect("broker 1")));
+    await_sent(before + 300);
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+
+    // Every acknowledged record is at its offset, once.
+    let stored = stored_once(&nodes[&2], "moving", PARTITIONS as usize, &written);
+    assert_eq!(stored.len(), written.len());
+    // The new broker's copies are the old replicas' batch for batch (offsets, epochs, CRCs).
+    for partition in 0..PARTITIONS {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (new, old) = (
+                dumped_batches(&nodes[&4], "moving", partition),
+                dumped_batches(&nodes[&2], "moving", partition),
+            );
+            if new.is_some() && new == old {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partition {partition}: broker 4 has {new:?}, broker 2 {old:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod cluster;
 mod console;
 mod group;
+mod reassign;
 mod table;
 
 pub use console::{ConsumeArgs, ProduceArgs, consume, partition_for_key, produce};
@@ -23,6 +24,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Where to connect and how to print.
 #[derive(Args, Clone, Debug)]
@@ -71,6 +73,38 @@ pub enum TopicCommand {
         #[arg(long)]
         count: i32,
     },
+    /// Move partitions to other brokers (all of the topic's unless --partition is given):
+    /// the new replicas copy the log, catch up, and then the old ones leave.
+    Reassign {
+        name: String,
+        /// A partition to move; may be repeated or comma-separated.
+        #[arg(long = "partition", value_delimiter = ',')]
+        partitions: Vec<i32>,
+        /// The brokers to hold the partitions, preferred leader first (e.g. 4,2,3).
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel", conflicts_with = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the moves under way instead.
+        #[arg(long)]
+        cancel: bool,
+        /// Wait until the moves are done, at most SECONDS (default 3600).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "3600")]
+        wait: Option<u64>,
+    },
+    /// The partition moves under way (of one topic, if named).
+    Reassignments { name: Option<String> },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Brokers, controller and partitions needing attention.
+    Info,
+    /// Move every replica off BROKER onto the other live brokers, before it is retired.
+    Decommission {
+        broker: i32,
+        /// Wait until the moves are done, at most SECONDS (default 3600).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "3600")]
+        wait: Option<u64>,
+    },
 }
 
 /// Runs a topic command and prints its outcome.
@@ -85,6 +119,11 @@ pub fn topic(command: TopicCommand, connection: &Connection) -> Result<(), Strin
         TopicCommand::AlterConfig { name, set, delete } => alter_config(address, &name, &set, &delete)?,
         TopicCommand::Delete { name } => delete_topic(address, &name)?,
         TopicCommand::AddPartitions { name, count } => add_partitions(address, &name, count)?,
+        TopicCommand::Reassign { name, partitions, replicas, cancel, wait } => {
+            let target = (!cancel).then_some(replicas);
+            reassign::reassign(address, &name, &partitions, target, wait.map(Duration::from_secs))?
+        }
+        TopicCommand::Reassignments { name } => reassign::list(address, name.as_deref())?,
     };
     print(&output, &table, connection);
     Ok(())
@@ -98,9 +137,15 @@ pub fn group(command: GroupCommand, connection: &Connection) -> Result<(), Strin
     Ok(())
 }
 
-/// `ringmq cluster info`.
-pub fn cluster_info(connection: &Connection) -> Result<(), String> {
-    let (output, table) = cluster::info(wire::resolve(&connection.bootstrap)?)?;
+/// Runs a cluster command and prints its outcome.
+pub fn cluster(command: ClusterCommand, connection: &Connection) -> Result<(), String> {
+    let address = wire::resolve(&connection.bootstrap)?;
+    let (output, table) = match command {
+        ClusterCommand::Info => cluster::info(address)?,
+        ClusterCommand::Decommission { broker, wait } => {
+            reassign::decommission(address, broker, wait.map(Duration::from_secs))?
+        }
+    };
     print(&output, &table, connection);
     Ok(())
 }

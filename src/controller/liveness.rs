@@ -119,6 +119,7 @@ impl Registry {
     ) -> BrokerReply {
         let image = this.borrow().image();
         let creating = matches!(change, TopicChange::Create { .. });
+        let moving = matches!(change, TopicChange::Reassign { .. });
         let name = change.name().to_string();
         let command = match topics::plan(&image, change) {
             Ok(command) => command,
@@ -131,6 +132,10 @@ impl Registry {
             }
             // Another change to the same topic was applied first.
             Some(_) if creating => BrokerReply::Refused(Refusal::AlreadyExists(name)),
+            // The partition changed meanwhile: its in-sync replicas would all have left.
+            Some(_) if moving => BrokerReply::Refused(Refusal::InvalidReplicaAssignment(format!(
+                "{name}: no in-sync replica would stay"
+            ))),
             Some(_) => BrokerReply::Refused(Refusal::UnknownTopic(name)),
             None => BrokerReply::NotController { leader: None },
         }

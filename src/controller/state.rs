@@ -52,6 +52,41 @@ pub struct PartitionRecord {
     /// Raised at every change of leader.
     pub leader_epoch: i32,
     pub isr: Vec<i32>,
+    /// While the partition moves (KIP-455): the replicas it is moving to that were not among
+    /// the ones it moves from. They are in `replicas` too, and follow the leader until they
+    /// are in sync.
+    pub adding: Vec<i32>,
+    /// While the partition moves: the replicas it leaves once every target replica is in sync.
+    pub removing: Vec<i32>,
+}
+
+impl PartitionRecord {
+    /// A partition placed on `replicas`, led by the first.
+    pub fn new(replicas: Vec<i32>) -> PartitionRecord {
+        let leader = replicas.first().copied().unwrap_or(NO_LEADER);
+        PartitionRecord {
+            leader,
+            leader_epoch: 0,
+            isr: replicas.clone(),
+            replicas,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }
+    }
+
+    pub fn is_moving(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas a move started from (the replicas themselves while none is under way).
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.adding.contains(r)).collect()
+    }
+
+    /// The replicas a move goes to (the replicas themselves while none is under way).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.removing.contains(r)).collect()
+    }
 }
 
 /// The leader Metadata shows when a partition has none.
@@ -62,6 +97,21 @@ impl Image {
     pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
         self.brokers.values().filter(|broker| !broker.fenced)
     }
+}
+
+/// Ends a partition's move once every target replica is in sync: the replicas and the
+/// in-sync set become the target (in its order). Whether it ended; the caller then elects a
+/// leader if the old one left.
+fn complete_move(record: &mut PartitionRecord) -> bool {
+    let target = record.target_replicas();
+    if !record.is_moving() || !target.iter().all(|r| record.isr.contains(r)) {
+        return false;
+    }
+    record.isr = target.clone();
+    record.replicas = target;
+    record.adding.clear();
+    record.removing.clear();
+    true
 }
 
 /// A broker process, as it registers.
@@ -96,6 +146,9 @@ pub enum Command {
     AlterTopicConfigs { name: String, id: [u8; 16], configs: BTreeMap<String, String> },
     /// A partition's leader changes its in-sync replicas: a follower fell behind or caught up.
     AlterIsr(IsrChange),
+    /// Starts moving a partition to the `target` replicas, replacing any move under way, or
+    /// with `None` cancels the move under way (KIP-455).
+    Reassign { name: String, id: [u8; 16], partition: u32, target: Option<Vec<i32>> },
 }
 
 /// A leader's change of its partition's in-sync replicas from `from` to `isr`. Applied only if
@@ -130,6 +183,12 @@ impl std::fmt::Display for Command {
             Command::AlterTopicConfigs { name, .. } => write!(f, "alter the configs of {name}"),
             Command::AlterIsr(IsrChange { name, partition, isr, .. }) => {
                 write!(f, "in-sync replicas of {name}-{partition}: {isr:?}")
+            }
+            Command::Reassign { name, partition, target: Some(target), .. } => {
+                write!(f, "move {name}-{partition} to {target:?}")
+            }
+            Command::Reassign { name, partition, target: None, .. } => {
+                write!(f, "cancel the move of {name}-{partition}")
             }
         }
     }
@@ -203,6 +262,9 @@ impl Image {
                 }
             }
             Command::AlterIsr(change) => self.alter_isr(change),
+            Command::Reassign { name, id, partition, target } => {
+                self.reassign(name, *id, *partition, target.as_deref())
+            }
             Command::CreateTopic { .. } | Command::DeleteTopic { .. } => Outcome::Stale,
         }
     }
@@ -249,10 +311,46 @@ impl Image {
         match current {
             Some(record) if admissible && isr.iter().all(|broker| record.replicas.contains(broker)) => {
                 record.isr = isr.clone();
+                if complete_move(record) {
+                    self.elect_leaders();
+                }
                 Outcome::Applied
             }
             _ => Outcome::Stale,
         }
+    }
+
+    /// Starts moving a partition to `target` (replacing a move under way: it starts from the
+    /// same original replicas), or cancels the move under way. Its replicas are the target's
+    /// then the original's others; it completes once every target replica is in sync. A
+    /// move or cancel that would leave no in-sync replica is refused (`Stale`).
+    fn reassign(&mut self, name: &str, id: [u8; 16], partition: u32, target: Option<&[i32]>) -> Outcome {
+        let current = self
+            .topics
+            .get_mut(name)
+            .filter(|topic| topic.id == id)
+            .and_then(|topic| topic.partitions.get_mut(partition as usize));
+        let Some(record) = current else { return Outcome::Stale };
+        let original = record.original_replicas();
+        let (replicas, adding, removing) = match target {
+            Some(target) => {
+                let mut replicas = target.to_vec();
+                replicas.extend(original.iter().filter(|r| !target.contains(r)));
+                let adding = target.iter().copied().filter(|r| !original.contains(r)).collect();
+                let removing = original.iter().copied().filter(|r| !target.contains(r)).collect();
+                (replicas, adding, removing)
+            }
+            None if record.is_moving() => (original, Vec::new(), Vec::new()),
+            None => return Outcome::Stale,
+        };
+        let isr: Vec<i32> = record.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
+        if isr.is_empty() {
+            return Outcome::Stale;
+        }
+        (record.replicas, record.isr, record.adding, record.removing) = (replicas, isr, adding, removing);
+        complete_move(record);
+        self.elect_leaders();
+        Outcome::Applied
     }
 
     /// Takes `broker` out of every in-sync set it shares with another broker (fenced, or

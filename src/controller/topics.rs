@@ -28,6 +28,14 @@ pub enum TopicChange {
     },
     /// A partition's leader changes its in-sync replicas.
     AlterIsr(IsrChange),
+    /// Moves a partition to the `target` replicas, or cancels its move (`None`). Unless
+    /// `resize` (AlterPartitionReassignments v1, KIP-860), the target keeps the replica count.
+    Reassign {
+        name: String,
+        partition: u32,
+        target: Option<Vec<i32>>,
+        resize: bool,
+    },
 }
 
 /// Why the active controller refused a change.
@@ -46,6 +54,10 @@ pub enum Refusal {
     /// No active controller answered in time, or it lost its leadership mid-change.
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
+    #[error("{0}")]
+    NoReassignmentInProgress(String),
 }
 
 impl TopicChange {
@@ -55,7 +67,8 @@ impl TopicChange {
             | TopicChange::Delete { name }
             | TopicChange::AddPartitions { name, .. }
             | TopicChange::AlterConfigs { name, .. }
-            | TopicChange::AlterIsr(IsrChange { name, .. }) => name,
+            | TopicChange::AlterIsr(IsrChange { name, .. })
+            | TopicChange::Reassign { name, .. } => name,
         }
     }
 }
@@ -95,7 +108,52 @@ pub fn plan(image: &Image, change: TopicChange) -> Result<Command, Refusal> {
         },
         // Checked when applied: the image may change before the command is.
         TopicChange::AlterIsr(change) => Ok(Command::AlterIsr(change)),
+        TopicChange::Reassign { name, partition, target, resize } => {
+            let Some(topic) = existing else { return Err(Refusal::UnknownTopic(name)) };
+            let Some(record) = topic.partitions.get(partition as usize) else {
+                return Err(Refusal::UnknownTopic(format!("{name}-{partition}")));
+            };
+            check_move(image, (&name, partition), record, target.as_deref(), resize)?;
+            Ok(Command::Reassign { name, id: topic.id, partition, target })
+        }
     }
+}
+
+/// Whether a partition may move to `target` (or have its move cancelled, `None`): only to
+/// registered brokers, each once, keeping the replica count unless `resize`.
+fn check_move(
+    image: &Image,
+    (name, partition): (&str, u32),
+    record: &PartitionRecord,
+    target: Option<&[i32]>,
+    resize: bool,
+) -> Result<(), Refusal> {
+    let invalid = |reason: String| Err(Refusal::InvalidReplicaAssignment(reason));
+    if crate::shard::topics::is_internal(name) {
+        return invalid(format!("`{name}` is internal: each broker keeps its own"));
+    }
+    let Some(target) = target else {
+        if record.is_moving() {
+            return Ok(());
+        }
+        return Err(Refusal::NoReassignmentInProgress(format!("{name}-{partition} is not moving")));
+    };
+    if target.is_empty() {
+        return invalid("a partition needs at least one replica".into());
+    }
+    let distinct: std::collections::BTreeSet<&i32> = target.iter().collect();
+    if distinct.len() != target.len() {
+        return invalid(format!("{target:?} names a broker twice"));
+    }
+    if let Some(unknown) = target.iter().find(|id| !image.brokers.contains_key(id)) {
+        return invalid(format!("broker {unknown} is not registered"));
+    }
+    let count = record.original_replicas().len();
+    if !resize && target.len() != count {
+        let reason = format!("{} replicas for a partition of {count}", target.len());
+        return Err(Refusal::InvalidReplicationFactor(reason));
+    }
+    Ok(())
 }
 
 /// The replication factor to place with: -1 asks for the default, 1. No more replicas than
@@ -117,7 +175,7 @@ fn place(image: &Image, indexes: std::ops::Range<i32>, replicas: usize) -> Vec<P
         .map(|index| {
             let replicas: Vec<i32> =
                 (0..replicas).map(|r| live[(start + index as usize + r) % live.len()]).collect();
-            PartitionRecord { leader: replicas[0], leader_epoch: 0, isr: replicas.clone(), replicas }
+            PartitionRecord::new(replicas)
         })
         .collect()
 }
@@ -314,5 +372,113 @@ mod replication_tests {
         image.apply(18, &Command::Fence { id: other, epoch });
         let now = &image.topics["r"].partitions[0];
         assert_eq!((now.leader, now.isr.clone()), (crate::controller::state::NO_LEADER, vec![other]));
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+    use crate::controller::state::{Outcome, Registration};
+
+    fn image_with_topic(brokers: i32, replication_factor: i16) -> Image {
+        let mut image = Image::default();
+        for id in 1..=brokers {
+            let registration =
+                Registration { id, incarnation: [0; 16], host: "h".into(), port: 1, rack: None };
+            image.apply(id as u64, &Command::Register(registration));
+        }
+        let create = TopicChange::Create {
+            name: "m".into(),
+            partitions: 1,
+            replication_factor,
+            configs: BTreeMap::new(),
+        };
+        image.apply(10, &plan(&image, create).expect("created"));
+        image
+    }
+
+    fn reassign(target: Option<Vec<i32>>) -> TopicChange {
+        TopicChange::Reassign { name: "m".into(), partition: 0, target, resize: false }
+    }
+
+    fn grow_isr(image: &mut Image, at: u64, follower: i32) -> Outcome {
+        let record = image.topics["m"].partitions[0].clone();
+        let mut isr = record.isr.clone();
+        isr.push(follower);
+        let change = IsrChange {
+            name: "m".into(),
+            id: image.topics["m"].id,
+            partition: 0,
+            leader: record.leader,
+            leader_epoch: record.leader_epoch,
+            from: record.isr,
+            isr,
+        };
+        image.apply(at, &Command::AlterIsr(change))
+    }
+
+    #[test]
+    fn a_partition_moves_once_its_new_replicas_are_in_sync_and_its_leader_follows() {
+        let mut image = image_with_topic(4, 2);
+        let placed = image.topics["m"].partitions[0].clone();
+        let (leader, follower) = (placed.replicas[0], placed.replicas[1]);
+        let newcomer = (1..=4).find(|id| !placed.replicas.contains(id)).expect("a broker without it");
+        // The leader moves away: the new set is the follower and the newcomer.
+        let target = vec![follower, newcomer];
+        image.apply(11, &plan(&image, reassign(Some(target.clone()))).expect("planned"));
+        let moving = image.topics["m"].partitions[0].clone();
+        assert_eq!(moving.replicas, [follower, newcomer, leader]);
+        assert_eq!((moving.adding.clone(), moving.removing.clone()), (vec![newcomer], vec![leader]));
+        assert_eq!((moving.leader, moving.isr.clone()), (leader, placed.isr.clone()), "nothing moves yet");
+        // The newcomer catches up: the move completes and the follower leads, in a new epoch.
+        assert_eq!(grow_isr(&mut image, 12, newcomer), Outcome::Applied);
+        let moved = image.topics["m"].partitions[0].clone();
+        assert_eq!((moved.replicas.clone(), moved.isr.clone()), (target.clone(), target));
+        assert!(!moved.is_moving());
+        assert_eq!((moved.leader, moved.leader_epoch), (follower, placed.leader_epoch + 1));
+        assert_eq!(
+            plan(&image, reassign(None)),
+            Err(Refusal::NoReassignmentInProgress("m-0 is not moving".into()))
+        );
+    }
+
+    #[test]
+    fn moves_are_checked_and_can_be_cancelled() {
+        let mut image = image_with_topic(3, 1);
+        let placed = image.topics["m"].partitions[0].clone();
+        let other = (1..=3).find(|id| *id != placed.leader).expect("another broker");
+        let invalid = |target: Vec<i32>| {
+            matches!(plan(&image, reassign(Some(target))), Err(Refusal::InvalidReplicaAssignment(_)))
+        };
+        assert!(invalid(vec![]), "empty");
+        assert!(invalid(vec![9]), "not registered");
+        assert!(invalid(vec![other, other]), "twice");
+        let resize = reassign(Some(vec![placed.leader, other]));
+        assert!(matches!(plan(&image, resize), Err(Refusal::InvalidReplicationFactor(_))));
+        let resize = TopicChange::Reassign {
+            name: "m".into(),
+            partition: 0,
+            target: Some(vec![placed.leader, other]),
+            resize: true,
+        };
+        assert!(plan(&image, resize).is_ok(), "allowed when asked");
+        let missing = TopicChange::Reassign { name: "m".into(), partition: 1, target: None, resize: false };
+        assert!(matches!(plan(&image, missing), Err(Refusal::UnknownTopic(_))));
+
+        // Started, then cancelled before the new replica caught up: back where it was.
+        image.apply(11, &plan(&image, reassign(Some(vec![other]))).expect("planned"));
+        assert_eq!(image.topics["m"].partitions[0].replicas, [other, placed.leader]);
+        image.apply(12, &plan(&image, reassign(None)).expect("cancel"));
+        assert_eq!(image.topics["m"].partitions[0], placed);
+        // A move within the in-sync replicas (a new order) completes at once; the leader stays.
+        let mut image = image_with_topic(3, 3);
+        let placed = image.topics["m"].partitions[0].clone();
+        let reversed: Vec<i32> = placed.replicas.iter().rev().copied().collect();
+        assert_eq!(
+            image.apply(11, &plan(&image, reassign(Some(reversed.clone()))).expect("planned")),
+            Outcome::Applied
+        );
+        let now = &image.topics["m"].partitions[0];
+        assert_eq!((now.replicas.clone(), now.leader, now.is_moving()), (reversed, placed.leader, false));
     }
 }

@@ -44,6 +44,20 @@ pub fn produce(error: &ProduceError) -> ResponseError {
     }
 }
 
+/// What a client is told when the active controller refused a partition move.
+pub fn refusal(refusal: &crate::controller::topics::Refusal) -> ResponseError {
+    use crate::controller::topics::Refusal;
+    match refusal {
+        Refusal::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        Refusal::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        Refusal::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        Refusal::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        Refusal::Unavailable(_) => ResponseError::RequestTimedOut,
+        Refusal::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+        Refusal::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
+    }
+}
+
 pub fn create_topic(error: &CreateTopicError) -> ResponseError {
     match error {
         CreateTopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,

@@ -20,6 +20,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 0, 2),
     (ApiKey::CreatePartitions, 0, 0, 3),
     (ApiKey::DescribeCluster, 0, 0, 1),
+    (ApiKey::AlterPartitionReassignments, 0, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0, 0),
     (ApiKey::DescribeConfigs, 1, 1, 4),
     (ApiKey::AlterConfigs, 0, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 0, 1),

@@ -351,5 +351,9 @@ fn refused(refusal: Refusal) -> CreateTopicError {
         Refusal::InvalidPartitions(reason) => CreateTopicError::InvalidPartitionCount(reason),
         Refusal::InvalidReplicationFactor(reason) => CreateTopicError::InvalidReplicationFactor(reason),
         Refusal::Unavailable(reason) => CreateTopicError::ControllerUnavailable(reason),
+        // Only moves are refused so; no topic change is a move.
+        Refusal::InvalidReplicaAssignment(reason) | Refusal::NoReassignmentInProgress(reason) => {
+            CreateTopicError::InvalidConfig(reason)
+        }
     }
 }

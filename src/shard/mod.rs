@@ -962,15 +962,20 @@ impl Shard {
         self.topics.borrow_mut().remove(&topic.name);
         self.topics_changed.send_modify(|version| *version += 1);
         for partition in 0..topic.partitions() {
-            let removed = self.logs.borrow_mut().remove(&(topic.name.clone(), partition));
-            let Some(log) = removed else { continue };
-            if let Err(error) = log.close().await {
-                tracing::warn!(topic = topic.name, partition, %error, "closing a deleted partition failed");
-            }
-            let dir = topics::partition_dir(&self.config.data_dir, &topic.name, partition);
-            io::remove_dir_all(&dir).await.map_err(|e| format!("remove {}: {e}", dir.display()))?;
+            self.drop_partition(&topic.name, partition).await?;
         }
         Ok(())
+    }
+
+    /// Closes this shard's log of a partition it no longer holds and removes its data.
+    async fn drop_partition(&self, topic: &str, partition: i32) -> Result<(), String> {
+        let removed = self.logs.borrow_mut().remove(&(topic.to_string(), partition));
+        let Some(log) = removed else { return Ok(()) };
+        if let Err(error) = log.close().await {
+            tracing::warn!(topic, partition, %error, "closing a dropped partition failed");
+        }
+        let dir = topics::partition_dir(&self.config.data_dir, topic, partition);
+        io::remove_dir_all(&dir).await.map_err(|e| format!("remove {}: {e}", dir.display()))
     }
 
     /// Grows a topic to `partitions` partitions (asking shard 0 if this is not shard 0).
@@ -1134,6 +1139,8 @@ impl Shard {
         let log_config = topics::log_config(&self.config, &topic.configs)?;
         for partition in 0..topic.partitions() {
             if self.owner(&topic, partition) != Some(self.id) {
+                // A replica moved to other brokers: its copy here goes.
+                self.drop_partition(&topic.name, partition).await?;
                 continue;
             }
             if let Some(log) = self.log(&topic.name, partition) {

@@ -5,7 +5,7 @@ the same through consumer groups.
 Usage: clients.py CHECK HOST:PORT, CHECK one of confluent, confluent-idempotent, kafka-python,
 kafka-python-defaults, confluent-transactions, kafka-python-transactions,
 confluent-group-split, kafka-python-group-split, confluent-group-resume,
-kafka-python-group-resume.
+kafka-python-group-resume, kafka-python-reassign (a three-broker cluster).
 
 kafka-python-defaults uses kafka-python's default producer, which is idempotent;
 confluent-idempotent sets enable.idempotence. Both check that the partitions hold exactly the
@@ -387,6 +387,48 @@ def kafka_python_transactions(address, topic):
     check_transactions(produce_round, read)
 
 
+def kafka_python_reassign(address, topic):
+    """A partition of two replicas moves to the broker without one (KIP-455): the admin client
+    asks, the move completes once the new replica is in sync, and every record stays."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.errors import NoReassignmentInProgressError
+
+    admin = KafkaAdminClient(bootstrap_servers=address)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=2)])
+    producer = KafkaProducer(bootstrap_servers=address, acks="all")
+
+    def produce(keys):
+        for future in [producer.send(topic, key=f"k{i}".encode(), value=b"v") for i in keys]:
+            future.get(timeout=30)
+
+    def replicas():
+        described = admin.describe_topics([topic])[0]["partitions"][0]
+        return described["replica_nodes"], described["isr_nodes"]
+
+    produce(range(200))
+    tp = TopicPartition(topic, 0)
+    assert admin.alter_partition_reassignments({tp: None}) == {tp: NoReassignmentInProgressError}
+    brokers = sorted(b["broker_id"] for b in admin.describe_cluster()["brokers"])
+    before, _ = replicas()
+    spare = next(b for b in brokers if b not in before)
+    target = [spare, before[0]]
+    assert admin.alter_partition_reassignments({tp: target}) == {tp: None}
+    wait_until("the move completes", lambda: not admin.list_partition_reassignments([tp]))
+    wait_until(f"{topic} is on {target}", lambda: replicas() == (target, target))
+    produce(range(200, 400))
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False)
+    consumer.assign([tp])
+    consumer.seek_to_beginning()
+    got = set()
+    deadline = time.time() + 60
+    while len(got) < 400 and time.time() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            got.update(record.key.decode() for record in records)
+    assert got == {f"k{i}" for i in range(400)}, f"read {len(got)} of 400 after the move"
+
+
 if __name__ == "__main__":
     client, address = sys.argv[1], sys.argv[2]
     topic = f"{client}-{uuid.uuid4().hex[:8]}"
@@ -405,5 +447,6 @@ if __name__ == "__main__":
         "kafka-python-group-resume": lambda a, t: kafka_python_group(a, t, "resume"),
         "confluent-group-admin": lambda a, t: confluent_group(a, t, "admin"),
         "kafka-python-group-admin": lambda a, t: kafka_python_group(a, t, "admin"),
+        "kafka-python-reassign": kafka_python_reassign,
     }
     clients[client](address, topic)

@@ -165,6 +165,8 @@ for client in confluent kafka-python; do
     check "cluster, python $client transactions: committed rounds read once, aborted ones hidden" \
         "$venv/bin/python" tests/compat/clients.py "$client-transactions" "$cluster"
 done
+check "cluster, python kafka-python: a partition moves to another broker and keeps its records" \
+    "$venv/bin/python" tests/compat/clients.py kafka-python-reassign "$cluster"
 
 echo
 echo "compat: $known known failures listed in tests/compat/findings.md"

@@ -12,6 +12,7 @@ mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+mod reassign;
 mod transactions;
 
 use super::frame::REQUEST_PREFIX_BYTES;
@@ -132,6 +133,12 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         }
         RequestKind::CreatePartitions(request) => {
             ResponseKind::CreatePartitions(admin::create_partitions(shard, request).await)
+        }
+        RequestKind::AlterPartitionReassignments(request) => {
+            ResponseKind::AlterPartitionReassignments(reassign::alter(shard, request, version).await)
+        }
+        RequestKind::ListPartitionReassignments(request) => {
+            ResponseKind::ListPartitionReassignments(reassign::list(shard, request).await)
         }
         RequestKind::DeleteRecords(request) => {
             ResponseKind::DeleteRecords(admin::delete_records(shard, request).await)

@@ -97,6 +97,9 @@ pub struct GroupConfig {
     pub size_max: usize,
     /// Partitions of the internal `__consumer_offsets` topic (fixed once it exists).
     pub offsets_topic_partitions: i32,
+    /// Replicas of each `__consumer_offsets` partition in a cluster (at most the live brokers
+    /// when the topic is placed).
+    pub offsets_topic_replication: i16,
     /// How long the committed offsets of an empty group are kept.
     pub offsets_retention: Duration,
     /// KIP-848 consumer groups: how often members heartbeat, and how long one may be silent.
@@ -378,6 +381,18 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "offsets_topic_replication_factor",
+        default: "3",
+        meaning: "replicas of each __consumer_offsets partition in a cluster, so groups survive the loss of a broker (at most the live brokers when the topic is first placed)",
+        apply: |c, v| {
+            c.groups.offsets_topic_replication = parse(v)?;
+            if c.groups.offsets_topic_replication < 1 {
+                return Err("must be at least 1".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
         key: "transaction_state_log_num_partitions",
         default: "16",
         meaning: "partitions of the internal __transaction_state topic, which spread transactional ids over the cores (fixed once the topic exists)",
@@ -600,6 +615,7 @@ impl BrokerConfig {
                 session_timeout_max: Duration::ZERO,
                 size_max: 0,
                 offsets_topic_partitions: 0,
+                offsets_topic_replication: 0,
                 offsets_retention: Duration::ZERO,
                 consumer_heartbeat_interval: Duration::ZERO,
                 consumer_session_timeout: Duration::ZERO,

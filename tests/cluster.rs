@@ -199,9 +199,9 @@ fn group_read(bootstrap: &str, group: &str, topic: &str, count: usize, patience:
         }
     }
     if keys.len() == count {
-        // The group's coordinator may be a broker just killed (the offsets topic has one
-        // replica): the commit waits for it to come back. NoOffset: the automatic commit
-        // already committed these positions.
+        // The group's coordinator may be a broker just killed: the commit waits until its
+        // offsets partition's new leader has read it. NoOffset: the automatic commit already
+        // committed these positions.
         let deadline = Instant::now() + Duration::from_secs(60);
         while let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) {
@@ -860,4 +860,107 @@ fn a_fourth_broker_takes_over_a_decommissioned_brokers_partitions_under_load() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Kafka's partition of `__consumer_offsets` for `group` (Java's `String.hashCode`, made
+/// positive, modulo the partition count).
+fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    let hash =
+        group.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)));
+    (if hash == i32::MIN { 0 } else { hash.abs() }) % partitions
+}
+
+/// Commits `offsets` (by partition of `topic`) for `group`, retrying while the coordinator is
+/// not found or still loading.
+fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
+    use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut positions = TopicPartitionList::new();
+    for (partition, offset) in offsets.iter().enumerate() {
+        positions
+            .add_partition_offset(topic, partition as i32, KafkaOffset::Offset(*offset))
+            .expect("offset");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(error) = consumer.commit(&positions, rdkafka::consumer::CommitMode::Sync) {
+        assert!(Instant::now() < deadline, "commit: {error}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_groups_committed_offsets_survive_the_loss_of_its_coordinator() {
+    use rdkafka::TopicPartitionList;
+    let (_quorum, mut nodes, _) = cluster_with_topic("kept", 2, &["--replication-factor", "3"]);
+    let everyone = nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",");
+    let written = produce_once(&everyone, "kept", 0..200);
+    let mut ends = vec![0i64; 2];
+    for (partition, offset) in written.iter().map(|r| *r.as_ref().expect("acknowledged")) {
+        ends[partition as usize] = ends[partition as usize].max(offset + 1);
+    }
+    commit_offsets(&everyone, "keepers", "kept", &ends);
+
+    // The group's offsets partition has three in-sync replicas; its leader coordinates.
+    let partition = offsets_partition("keepers", 16) as usize;
+    let placed = await_partitions(
+        &nodes[&1],
+        "__consumer_offsets",
+        |p| (p.leader(), p.isr().len()),
+        |all| all.get(partition).is_some_and(|(leader, isr)| *leader > 0 && *isr == 3),
+        Duration::from_secs(60),
+    );
+    let coordinator = placed[partition].0;
+    drop(kill(nodes.remove(&coordinator).expect("the coordinator")));
+
+    // Another broker takes the group over, with its offsets.
+    let survivors = nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &survivors)
+        .set("group.id", "keepers")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut asked = TopicPartitionList::new();
+    asked.add_partition("kept", 0);
+    asked.add_partition("kept", 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = consumer.committed_offsets(asked.clone(), Duration::from_secs(5));
+        let offsets: Option<Vec<i64>> = committed
+            .ok()
+            .map(|list| list.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect());
+        if offsets.as_deref() == Some(ends.as_slice()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offsets after the coordinator's loss: {offsets:?}, not {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A member resumes there: it reads only what was written since.
+    produce_once(&survivors, "kept", 200..250);
+    consumer.subscribe(&["kept"]).expect("subscribe");
+    let mut keys = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while keys.len() < 50 {
+        assert!(Instant::now() < deadline, "read {} of 50 new records", keys.len());
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            keys.push(
+                String::from_utf8_lossy(rdkafka::Message::key(&message).unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    keys.sort();
+    let expected: Vec<String> = {
+        let mut all: Vec<String> = (200..250).map(|i| format!("k{i}")).collect();
+        all.sort();
+        all
+    };
+    assert_eq!(keys, expected, "the member resumed at the committed offsets");
 }

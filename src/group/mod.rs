@@ -20,8 +20,9 @@ pub mod state;
 pub mod store;
 
 use crate::config::GroupConfig;
-use crate::log::{AppendError, Log, ReadLimits};
-use crate::types::{LeaderEpoch, TimestampMs};
+use crate::log::{AppendError, Log};
+use crate::log::{Appended, Bound};
+use crate::types::TimestampMs;
 use state::{Group, GroupState};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -69,6 +70,28 @@ pub enum WriteError {
     Encode(String),
     #[error(transparent)]
     Append(#[from] AppendError),
+    #[error("not on every in-sync replica in time")]
+    NotReplicated,
+}
+
+/// How long a coordinator's write may wait for the partition's in-sync replicas (Kafka's
+/// `offsets.commit.timeout.ms`).
+pub const REPLICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolves once `appended` is durable here and, in a cluster, on every in-sync replica (the
+/// high watermark passed it): only then may the write be acknowledged, or a new leader could
+/// lack it.
+pub(crate) async fn replicated(log: Rc<Log>, appended: Appended) -> Result<(), WriteError> {
+    appended.durable.await?;
+    let reached = async {
+        log.wait_for_records_at(appended.last_offset, Bound::HighWatermark).await;
+        true
+    };
+    let expired = async {
+        crate::io::sleep(REPLICATION_TIMEOUT).await;
+        false
+    };
+    if futures_lite::future::or(reached, expired).await { Ok(()) } else { Err(WriteError::NotReplicated) }
 }
 
 /// Offsets a producer committed in its open transaction, with its epoch.
@@ -117,16 +140,40 @@ impl Coordinator {
     }
 
     /// Appends `entries` to the group's offsets partition; the future says when they are durable
-    /// under the partition's flush policy.
-    fn append(&self, group: &str, entries: &[Entry]) -> Result<crate::log::Durable, WriteError> {
+    /// under the partition's flush policy and on its in-sync replicas.
+    fn append(
+        &self,
+        group: &str,
+        entries: &[Entry],
+    ) -> Result<impl std::future::Future<Output = Result<(), WriteError>> + use<>, WriteError> {
         let log = self.log_for(group)?;
         let batch = store::encode(entries, TimestampMs::now().0).map_err(WriteError::Encode)?;
-        Ok(log.append(&batch, LeaderEpoch(0))?.durable)
+        let appended = log.append(&batch, log.current_epoch())?;
+        Ok(replicated(log, appended))
+    }
+
+    /// Whether this core coordinates `group` now: it leads the group's offsets partition and
+    /// has read it.
+    pub fn serves(&self, group: &str) -> bool {
+        self.is_loaded(partition_for(group, self.partitions))
+    }
+
+    pub fn is_loaded(&self, partition: i32) -> bool {
+        self.logs.borrow().contains_key(&partition)
+    }
+
+    /// Gives up `partition` of the offsets topic (another broker leads it now): its groups
+    /// leave this core's memory, and writes for them fail until it is loaded again.
+    pub fn unload(&self, partition: i32) {
+        self.logs.borrow_mut().remove(&partition);
+        let partitions = self.partitions;
+        self.groups.borrow_mut().retain(|id, _| partition_for(id, partitions) != partition);
+        self.pending.borrow_mut().retain(|(of, _), _| *of != partition);
     }
 
     /// Writes `entries` and waits until they are durable.
     async fn write(&self, group: &str, entries: &[Entry]) -> Result<(), WriteError> {
-        Ok(self.append(group, entries)?.await?)
+        self.append(group, entries)?.await
     }
 
     /// Takes over `partition` of the offsets topic: reads it from its start and rebuilds the
@@ -343,11 +390,15 @@ impl Coordinator {
 /// replays when it takes the partition over. One `Bytes` per read, whole batches.
 pub async fn read_partition(log: &Log) -> Result<Vec<bytes::Bytes>, String> {
     let mut from = log.log_start_offset();
-    let upper = log.stable_offset();
+    // Up to what is durable here, not the high watermark: a new leader's may lag behind what
+    // its log holds from the old leader (Kafka loads a coordinator's partition to its end).
+    let upper = log.durable_offset();
     let mut chunks = Vec::new();
     while from < upper {
-        let limits = ReadLimits { bytes_max: 1 << 20, min_one: true, upper };
-        let read = log.read(from, limits).await.map_err(|e| format!("read {}: {e}", log.dir().display()))?;
+        let read = log
+            .read_for_replica(from, READ_BYTES_MAX)
+            .await
+            .map_err(|e| format!("read {}: {e}", log.dir().display()))?;
         if read.next_offset <= from {
             break;
         }
@@ -359,6 +410,9 @@ pub async fn read_partition(log: &Log) -> Result<Vec<bytes::Bytes>, String> {
     }
     Ok(chunks)
 }
+
+/// Bytes one read of an internal partition takes at most.
+const READ_BYTES_MAX: usize = 1 << 20;
 
 /// Records beyond twice the live ones a partition may hold before it is compacted.
 const COMPACT_SLACK_RECORDS: i64 = 10_000;

@@ -196,7 +196,7 @@ impl Coordinator {
                 }
             }
         }
-        Ok(result?)
+        result
     }
 
     /// OffsetFetch for one group. `member`: the KIP-848 member asking, with its epoch.
@@ -447,15 +447,15 @@ impl Coordinator {
         let log = self.log_for(group_id)?;
         let batch = super::store::encode_transactional(&entries, producer_id, epoch, TimestampMs::now().0)
             .map_err(super::WriteError::Encode)?;
-        let appended = log.append_from(&batch, crate::types::LeaderEpoch(0), Origin::Coordinator)?;
+        let appended = log.append_from(&batch, log.current_epoch(), Origin::Coordinator)?;
         let key = (super::partition_for(group_id, self.partitions), producer_id);
         self.hold_pending(key.0, producer_id, epoch, entries.iter().cloned());
-        let result = appended.durable.await;
+        let result = super::replicated(log, appended).await;
         if result.is_err()
             && let Some((_, pending)) = self.pending.borrow_mut().get_mut(&key)
         {
             pending.retain(|entry| !entries.contains(entry));
         }
-        Ok(result?)
+        result
     }
 }

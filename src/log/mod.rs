@@ -587,6 +587,12 @@ impl Log {
         state.epochs.assign(epoch, end);
     }
 
+    /// The epoch a coordinator's batch is written in: the one this broker leads the partition
+    /// in (begun by `begin_epoch`), 0 on a broker alone.
+    pub fn current_epoch(&self) -> LeaderEpoch {
+        self.latest_epoch().unwrap_or(LeaderEpoch(0))
+    }
+
     /// The leader epoch of the last batch, if any batch carries one.
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
         self.shared.state.borrow().epochs.latest()

@@ -101,9 +101,7 @@ impl Log {
         let start = self.log_end_offset();
         let mut last = None;
         for batch in batches {
-            last = Some(
-                self.append_from(batch, crate::types::LeaderEpoch(0), super::Origin::Coordinator)?.durable,
-            );
+            last = Some(self.append_from(batch, self.current_epoch(), super::Origin::Coordinator)?.durable);
         }
         if let Some(durable) = last {
             durable.await?;

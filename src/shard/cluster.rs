@@ -41,6 +41,7 @@ impl Shard {
         self.update_roles();
         let applied = self.id != METADATA_SHARD || self.follow_image(&image).await;
         self.update_roles();
+        self.follow_coordination();
         applied
     }
 
@@ -255,10 +256,18 @@ impl Shard {
         let local = self.topic(topic)?;
         let mut image = self.cluster()?.image;
         if !image.topics.contains_key(topic) {
+            // The offsets topic is replicated (groups survive a broker's loss); the
+            // transaction topic stays on one replica per partition.
+            let replication_factor = if topic == crate::group::OFFSETS_TOPIC {
+                let live = image.live_brokers().count().clamp(1, i16::MAX as usize) as i16;
+                self.config.groups.offsets_topic_replication.min(live)
+            } else {
+                -1
+            };
             let change = TopicChange::Create {
                 name: topic.to_string(),
                 partitions: local.partitions(),
-                replication_factor: -1,
+                replication_factor,
                 configs: local.configs.clone(),
             };
             // Asked by several brokers at once, one creation wins; the others ask again.

@@ -6,6 +6,7 @@
 //! the table and tells every shard (itself included) before it answers.
 
 mod cluster;
+mod coordination;
 pub use cluster::CoordinatorAddress;
 mod peer;
 mod producer_ids;
@@ -375,8 +376,12 @@ impl Shard {
         &self.groups
     }
 
-    /// Rebuilds the groups of the offsets partitions this shard owns.
+    /// Rebuilds the groups of the offsets partitions this shard owns. In a cluster they are
+    /// read once this broker leads them (`follow_coordination`).
     async fn load_groups(&self) -> Result<(), String> {
+        if self.config.cluster.is_clustered() {
+            return Ok(());
+        }
         let Some(topic) = self.topic(group::OFFSETS_TOPIC) else { return Ok(()) };
         for partition in 0..topic.partitions() {
             if self.owner(&topic, partition) != Some(self.id) {

@@ -14,8 +14,8 @@
 //! epoch it first truncates its log to where it agrees with the new leader's
 //! (OffsetForLeaderEpoch, KIP-101 and KIP-279), so replicas never diverge.
 
+use super::Shard;
 use super::peer::Link;
-use super::{Shard, topics};
 use crate::batch;
 use crate::controller::state::{IsrChange, NO_LEADER, PartitionRecord};
 use crate::controller::topics::{Refusal, TopicChange};
@@ -70,6 +70,14 @@ pub(super) struct Replication {
     roles: tokio::sync::watch::Sender<u64>,
     /// Numbers in-sync replica changes, so an answer settles only the request it answers.
     requests: std::cell::Cell<u64>,
+    /// Offsets partitions this core's group coordinator is reading, to serve their groups.
+    pub(super) loading: RefCell<BTreeSet<i32>>,
+}
+
+/// Whether `topic` is kept by each broker alone rather than replicated: the transaction
+/// coordinator's topic (each of its partitions on one broker, as the controller placed it).
+fn kept_alone(topic: &str) -> bool {
+    topic == crate::txn::TRANSACTION_TOPIC
 }
 
 struct Led {
@@ -153,10 +161,10 @@ impl Shard {
     }
 
     /// Whether this broker answers clients for `partition` of `topic`: always on a one-node
-    /// broker and for the internal topics (each broker keeps them); in a cluster, when it
-    /// leads the partition.
+    /// broker and for the transaction topic (each broker keeps its own); in a cluster, when
+    /// it leads the partition.
     pub(super) fn leads(&self, topic: &str, partition: i32) -> bool {
-        if self.controller().is_none() || topics::is_internal(topic) {
+        if self.controller().is_none() || kept_alone(topic) {
             return true;
         }
         self.placed(topic, partition, |record, _| record.leader == self.config.node_id) == Some(true)
@@ -174,7 +182,7 @@ impl Shard {
         let mut followed = self.replication.followed.borrow_mut();
         let mut seen = BTreeSet::new();
         for (key, log) in logs {
-            if topics::is_internal(&key.0) {
+            if kept_alone(&key.0) {
                 continue;
             }
             let Some((record, _)) = self.placement(&key.0, key.1) else { continue };

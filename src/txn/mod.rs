@@ -177,7 +177,7 @@ impl Coordinator {
             tracing::error!(id, reason, "cannot encode a transaction state");
             ResponseError::UnknownServerError
         })?;
-        let written = match log.append(&batch, crate::types::LeaderEpoch(0)) {
+        let written = match log.append(&batch, log.current_epoch()) {
             Ok(appended) => appended.durable.await,
             Err(error) => Err(error),
         };

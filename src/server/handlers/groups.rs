@@ -38,7 +38,15 @@ where
     Fut: std::future::Future<Output = T> + 'static,
 {
     let owner = shard.group_shard(group)?;
-    shard.run_on(owner, task).await
+    let group = group.to_string();
+    // Served only once the core has read the group's offsets partition.
+    let served = shard.run_on(owner, move |shard| async move {
+        match shard.groups().serves(&group) {
+            true => Some(task(shard).await),
+            false => None,
+        }
+    });
+    served.await.flatten()
 }
 
 pub async fn find_coordinator(

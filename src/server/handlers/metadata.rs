@@ -110,11 +110,12 @@ pub fn cluster(broker: &Broker, shard: &Shard) -> Cluster {
 }
 
 /// A topic as Metadata shows it: in a cluster, each partition's leader, replicas and in-sync
-/// replicas as the controller placed them; otherwise (and for the internal topics, which each
-/// broker keeps) this broker leads every partition.
+/// replicas as the controller placed them (the internal topics, which each broker made with an
+/// id of its own, once placed); otherwise this broker leads every partition.
 fn describe(broker: &Broker, shard: &Shard, topic: &TopicMeta) -> MetadataResponseTopic {
     let placed = shard.cluster().and_then(|view| view.image.topics.get(&topic.name).cloned());
-    let partitions = match placed.filter(|record| record.id == *topic.id.as_bytes()) {
+    let internal = topics::is_internal(&topic.name);
+    let partitions = match placed.filter(|record| record.id == *topic.id.as_bytes() || internal) {
         Some(record) => {
             record.partitions.iter().enumerate().map(|(index, p)| placed_partition(index, p)).collect()
         }

@@ -112,6 +112,9 @@ pub struct GroupConfig {
 pub struct TxnConfig {
     /// Partitions of the internal `__transaction_state` topic (fixed once it exists).
     pub state_topic_partitions: i32,
+    /// Replicas of each `__transaction_state` partition in a cluster (at most the live brokers
+    /// when the topic is placed).
+    pub state_topic_replication: i16,
     /// The longest transaction timeout a producer may ask for.
     pub timeout_max: Duration,
     /// How often open transactions are checked against their timeout.
@@ -393,6 +396,18 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "transaction_state_log_replication_factor",
+        default: "3",
+        meaning: "replicas of each __transaction_state partition in a cluster, so transactions survive the loss of a broker (at most the live brokers when the topic is first placed)",
+        apply: |c, v| {
+            c.transactions.state_topic_replication = parse(v)?;
+            if c.transactions.state_topic_replication < 1 {
+                return Err("must be at least 1".into());
+            }
+            Ok(())
+        },
+    },
+    Setting {
         key: "transaction_state_log_num_partitions",
         default: "16",
         meaning: "partitions of the internal __transaction_state topic, which spread transactional ids over the cores (fixed once the topic exists)",
@@ -622,6 +637,7 @@ impl BrokerConfig {
             },
             transactions: TxnConfig {
                 state_topic_partitions: 0,
+                state_topic_replication: 0,
                 timeout_max: Duration::ZERO,
                 abort_check_interval: Duration::ZERO,
                 id_expiration: Duration::ZERO,

@@ -964,3 +964,101 @@ fn a_groups_committed_offsets_survive_the_loss_of_its_coordinator() {
     };
     assert_eq!(keys, expected, "the member resumed at the committed offsets");
 }
+
+#[test]
+fn an_open_transaction_is_aborted_by_the_next_producer_after_its_coordinator_dies() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let (_, mut nodes, _) = cluster_with_topic("journal", 3, &["--replication-factor", "3"]);
+    let transactional = |bootstrap: &str| -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("transactional.id", "journal-writer")
+            .create()
+            .expect("producer")
+    };
+    let write = |producer: &BaseProducer, prefix: &str| {
+        for partition in 0..3 {
+            for i in 0..5 {
+                let key = format!("{prefix}-{partition}-{i}");
+                let record = BaseRecord::to("journal").partition(partition).key(&key).payload(&key);
+                producer.send(record).map_err(|(error, _)| error).expect("send");
+            }
+        }
+    };
+    let timeout = Duration::from_secs(60);
+    let everyone = nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",");
+    let first = transactional(&everyone);
+    first.init_transactions(timeout).expect("init_transactions");
+    first.begin_transaction().expect("begin");
+    write(&first, "kept");
+    first.commit_transaction(timeout).expect("commit");
+    first.begin_transaction().expect("begin");
+    write(&first, "open");
+    first.flush(timeout).expect("flush"); // on the partitions' leaders, in a transaction left open
+    drop(first);
+
+    // The id's transaction partition has three in-sync replicas; its leader coordinates. It dies.
+    let partition = offsets_partition("journal-writer", 16) as usize;
+    let placed = await_partitions(
+        &nodes[&1],
+        "__transaction_state",
+        |p| (p.leader(), p.isr().len()),
+        |all| all.get(partition).is_some_and(|(leader, isr)| *leader > 0 && *isr == 3),
+        Duration::from_secs(60),
+    );
+    drop(kill(nodes.remove(&placed[partition].0).expect("the coordinator")));
+
+    // The next producer with the id finds the new coordinator, which knows the open
+    // transaction: it is aborted, and the producer's own transaction commits.
+    let survivors = nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",");
+    let next = transactional(&survivors);
+    next.init_transactions(timeout).expect("init_transactions after the coordinator's loss");
+    next.begin_transaction().expect("begin");
+    write(&next, "after");
+    next.commit_transaction(timeout).expect("commit");
+    let reader = nodes.values().next().expect("a survivor");
+    let after_read = |keys: &std::collections::BTreeSet<String>| {
+        keys.iter().filter(|k| k.starts_with("after")).count() == 15
+    };
+    let keys = committed_keys(reader, "journal", 3, after_read);
+    assert_eq!(keys.len(), 30, "{keys:?}");
+    assert!(keys.iter().all(|key| !key.starts_with("open")), "{keys:?}");
+}
+
+/// InitProducerId (v4, no transactional id) asked of `broker`: the producer id it hands out.
+fn init_producer_id(broker: &Broker) -> i64 {
+    use kafka_protocol::messages::{
+        ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProducerId, ResponseHeader,
+    };
+    use kafka_protocol::protocol::Decodable;
+    use std::io::Write;
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let mut stream = broker.connect();
+    stream.write_all(&common::request_frame(ApiKey::InitProducerId, 4, 1, &request)).expect("send");
+    let mut response = common::read_response(&mut stream);
+    ResponseHeader::decode(&mut response, ApiKey::InitProducerId.response_header_version(4)).expect("header");
+    let response = InitProducerIdResponse::decode(&mut response, 4).expect("decode");
+    assert_eq!(response.error_code, 0, "InitProducerId");
+    response.producer_id.0
+}
+
+#[test]
+fn brokers_of_a_cluster_never_hand_out_the_same_producer_id() {
+    let quorum = voters(&[1, 2, 3]);
+    let mut nodes: BTreeMap<i32, Broker> = (1..=3).map(|id| (id, node(id, &quorum, None))).collect();
+    agreed(&nodes.values().collect::<Vec<_>>(), &listing(&nodes));
+    let mut given = std::collections::BTreeSet::new();
+    for broker in nodes.values() {
+        for _ in 0..3 {
+            assert!(given.insert(init_producer_id(broker)), "a producer id handed out twice: {given:?}");
+        }
+    }
+    // A restarted broker takes a new block: its old one may have been partly handed out.
+    let data = kill(nodes.remove(&2).expect("broker 2"));
+    let restarted = node(2, &quorum, Some(data));
+    assert!(given.insert(init_producer_id(&restarted)), "a producer id handed out twice: {given:?}");
+}

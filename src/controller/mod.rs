@@ -71,6 +71,17 @@ impl ControllerHandle {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// A block of producer ids no other broker is given: [first, end).
+    pub async fn allocate_producer_ids(&self, broker: i32) -> Result<(i64, i64), Refusal> {
+        let image = self.change(TopicChange::AllocateProducerIds { broker }).await?;
+        // Blocks for this broker are asked one at a time, so the image shows this one.
+        let first =
+            image.producer_id_blocks.get(&broker).copied().ok_or_else(|| {
+                Refusal::Unavailable("the controller's image lacks the block it gave".into())
+            })?;
+        Ok((first, first + state::PRODUCER_ID_BLOCK))
+    }
+
     /// The active controller's newest image, fetched now (the one this broker has if the
     /// controller does not answer).
     pub async fn sync(&self) -> Option<Arc<Image>> {

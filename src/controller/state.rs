@@ -31,7 +31,15 @@ pub struct Image {
     pub brokers: BTreeMap<i32, BrokerRecord>,
     /// Every topic, by name.
     pub topics: BTreeMap<String, TopicRecord>,
+    /// The first producer id no broker was given yet (KIP-730: blocks of ids come from here,
+    /// so no two brokers hand out the same one).
+    pub next_producer_id: i64,
+    /// The start of the latest block of producer ids each broker was given.
+    pub producer_id_blocks: BTreeMap<i32, i64>,
 }
+
+/// Producer ids a broker is given at a time.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// A topic as the cluster knows it.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -149,6 +157,8 @@ pub enum Command {
     /// Starts moving a partition to the `target` replicas, replacing any move under way, or
     /// with `None` cancels the move under way (KIP-455).
     Reassign { name: String, id: [u8; 16], partition: u32, target: Option<Vec<i32>> },
+    /// Gives `broker` the next block of `PRODUCER_ID_BLOCK` producer ids.
+    AllocateProducerIds { broker: i32 },
 }
 
 /// A leader's change of its partition's in-sync replicas from `from` to `isr`. Applied only if
@@ -189,6 +199,9 @@ impl std::fmt::Display for Command {
             }
             Command::Reassign { name, partition, target: None, .. } => {
                 write!(f, "cancel the move of {name}-{partition}")
+            }
+            Command::AllocateProducerIds { broker } => {
+                write!(f, "a block of producer ids for broker {broker}")
             }
         }
     }
@@ -264,6 +277,11 @@ impl Image {
             Command::AlterIsr(change) => self.alter_isr(change),
             Command::Reassign { name, id, partition, target } => {
                 self.reassign(name, *id, *partition, target.as_deref())
+            }
+            Command::AllocateProducerIds { broker } => {
+                self.producer_id_blocks.insert(*broker, self.next_producer_id);
+                self.next_producer_id += PRODUCER_ID_BLOCK;
+                Outcome::Applied
             }
             Command::CreateTopic { .. } | Command::DeleteTopic { .. } => Outcome::Stale,
         }
@@ -442,6 +460,15 @@ mod tests {
         assert_eq!(image.apply(8, &Command::NameCluster { id: "a".into() }), Outcome::Applied);
         assert_eq!(image.apply(9, &Command::NameCluster { id: "b".into() }), Outcome::Stale, "named once");
         assert_eq!(image.cluster_id, "a");
+        // Producer id blocks never overlap, whoever asks.
+        image.apply(10, &Command::AllocateProducerIds { broker: 1 });
+        image.apply(11, &Command::AllocateProducerIds { broker: 2 });
+        image.apply(12, &Command::AllocateProducerIds { broker: 1 });
+        assert_eq!(
+            image.producer_id_blocks,
+            BTreeMap::from([(1, 2 * PRODUCER_ID_BLOCK), (2, PRODUCER_ID_BLOCK)])
+        );
+        assert_eq!(image.next_producer_id, 3 * PRODUCER_ID_BLOCK);
         let decoded = Image::decode(&image.encode().expect("encode")).expect("decode");
         assert_eq!(decoded, image);
     }

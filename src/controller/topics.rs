@@ -36,6 +36,10 @@ pub enum TopicChange {
         target: Option<Vec<i32>>,
         resize: bool,
     },
+    /// A block of producer ids for `broker` (not a topic change, but asked the same way).
+    AllocateProducerIds {
+        broker: i32,
+    },
 }
 
 /// Why the active controller refused a change.
@@ -69,6 +73,7 @@ impl TopicChange {
             | TopicChange::AlterConfigs { name, .. }
             | TopicChange::AlterIsr(IsrChange { name, .. })
             | TopicChange::Reassign { name, .. } => name,
+            TopicChange::AllocateProducerIds { .. } => "",
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn plan(image: &Image, change: TopicChange) -> Result<Command, Refusal> {
             check_move(image, (&name, partition), record, target.as_deref(), resize)?;
             Ok(Command::Reassign { name, id: topic.id, partition, target })
         }
+        TopicChange::AllocateProducerIds { broker } => Ok(Command::AllocateProducerIds { broker }),
     }
 }
 

@@ -256,14 +256,13 @@ impl Shard {
         let local = self.topic(topic)?;
         let mut image = self.cluster()?.image;
         if !image.topics.contains_key(topic) {
-            // The offsets topic is replicated (groups survive a broker's loss); the
-            // transaction topic stays on one replica per partition.
-            let replication_factor = if topic == crate::group::OFFSETS_TOPIC {
-                let live = image.live_brokers().count().clamp(1, i16::MAX as usize) as i16;
-                self.config.groups.offsets_topic_replication.min(live)
-            } else {
-                -1
+            // Replicated, so groups and transactions survive a broker's loss.
+            let wanted = match topic {
+                crate::group::OFFSETS_TOPIC => self.config.groups.offsets_topic_replication,
+                _ => self.config.transactions.state_topic_replication,
             };
+            let live = image.live_brokers().count().clamp(1, i16::MAX as usize) as i16;
+            let replication_factor = wanted.min(live);
             let change = TopicChange::Create {
                 name: topic.to_string(),
                 partitions: local.partitions(),

@@ -1,56 +1,81 @@
-//! In a cluster, the group coordinator follows the leadership of `__consumer_offsets`, which
-//! is replicated like any topic: the core owning a partition this broker comes to lead reads
-//! it and takes its groups over; one whose partition moves to another leader drops them.
-//! Until a partition is read, its groups' requests answer COORDINATOR_NOT_AVAILABLE and the
-//! clients look the coordinator up again. (The transaction coordinator's topic stays with
-//! each broker, its partitions each on one replica.)
+//! In a cluster, the group and transaction coordinators follow the leadership of their
+//! internal topics (`__consumer_offsets`, `__transaction_state`), which are replicated like any
+//! topic: the core owning a partition this broker comes to lead reads it and takes its groups
+//! or transactional ids over (completing transactions left prepared); one whose partition
+//! moves to another leader drops them. Until a partition is read, requests for its keys answer
+//! COORDINATOR_NOT_AVAILABLE and the clients look the coordinator up again.
 
 use super::Shard;
 use crate::group::OFFSETS_TOPIC;
 use crate::io;
+use crate::txn::TRANSACTION_TOPIC;
 use std::rc::Rc;
 
 impl Shard {
-    /// Has this core's group coordinator take the offsets partitions this broker now leads
-    /// and give up the ones it no longer leads.
+    /// Has this core's coordinators take the internal partitions this broker now leads and give
+    /// up the ones it no longer leads.
     pub(super) fn follow_coordination(self: &Rc<Self>) {
         if self.controller().is_none() {
             return;
         }
-        let Some(topic) = self.topic(OFFSETS_TOPIC) else { return };
-        for partition in 0..topic.partitions() {
-            if self.owner(&topic, partition) != Some(self.id) {
-                continue;
-            }
-            let leads = self.leads(OFFSETS_TOPIC, partition);
-            if !leads && self.groups.is_loaded(partition) {
-                self.groups.unload(partition);
-                tracing::info!(partition, "gave up an offsets partition to its new leader");
-            }
-            if leads
-                && !self.groups.is_loaded(partition)
-                && self.replication.loading.borrow_mut().insert(partition)
-            {
-                let shard = self.clone();
-                io::spawn_detached(async move { shard.take_over_groups(partition).await });
+        for topic in [OFFSETS_TOPIC, TRANSACTION_TOPIC] {
+            let Some(meta) = self.topic(topic) else { continue };
+            for partition in 0..meta.partitions() {
+                if self.owner(&meta, partition) != Some(self.id) {
+                    continue;
+                }
+                let leads = self.leads(topic, partition);
+                if !leads && self.is_loaded(topic, partition) {
+                    self.unload(topic, partition);
+                    tracing::info!(topic, partition, "gave up a coordinator partition to its new leader");
+                }
+                let load = leads
+                    && !self.is_loaded(topic, partition)
+                    && self.replication.loading.borrow_mut().insert((topic, partition));
+                if load {
+                    let shard = self.clone();
+                    io::spawn_detached(async move { shard.take_over(topic, partition).await });
+                }
             }
         }
     }
 
-    /// Reads offsets partition `partition` and serves its groups, unless leadership moved on
-    /// meanwhile. A failed read is tried again with the next view.
-    async fn take_over_groups(self: Rc<Self>, partition: i32) {
-        let loaded = match self.log(OFFSETS_TOPIC, partition) {
-            Some(log) => self.groups.load(partition, log).await,
-            None => Err("no log".to_string()),
-        };
-        self.replication.loading.borrow_mut().remove(&partition);
-        match loaded {
-            Ok(records) => tracing::info!(partition, records, "took over an offsets partition"),
-            Err(error) => tracing::error!(partition, %error, "reading an offsets partition failed"),
+    fn is_loaded(&self, topic: &str, partition: i32) -> bool {
+        match topic {
+            OFFSETS_TOPIC => self.groups.is_loaded(partition),
+            _ => self.txns.is_loaded(partition),
         }
-        if !self.leads(OFFSETS_TOPIC, partition) {
-            self.groups.unload(partition);
+    }
+
+    fn unload(&self, topic: &str, partition: i32) {
+        match topic {
+            OFFSETS_TOPIC => self.groups.unload(partition),
+            _ => self.txns.unload(partition),
+        }
+    }
+
+    /// Reads `partition` of the internal `topic` and serves its keys, unless leadership moved
+    /// on meanwhile; transactions found prepared are completed. A failed read is tried again
+    /// with the next view.
+    async fn take_over(self: Rc<Self>, topic: &'static str, partition: i32) {
+        let loaded = match self.log(topic, partition) {
+            None => Err("no log".to_string()),
+            Some(log) if topic == OFFSETS_TOPIC => self.groups.load(partition, log).await,
+            Some(log) => self.txns.load(partition, log).await.map(|prepared| {
+                for id in &prepared {
+                    let (shard, id) = (self.clone(), id.clone());
+                    io::spawn_detached(async move { shard.txns.resume(&shard, &id).await });
+                }
+                prepared.len()
+            }),
+        };
+        self.replication.loading.borrow_mut().remove(&(topic, partition));
+        match loaded {
+            Ok(count) => tracing::info!(topic, partition, count, "took over a coordinator partition"),
+            Err(error) => tracing::error!(topic, partition, %error, "reading a coordinator partition failed"),
+        }
+        if !self.leads(topic, partition) {
+            self.unload(topic, partition);
         }
     }
 }

@@ -399,8 +399,12 @@ impl Shard {
     }
 
     /// Rebuilds the transactional ids of the transaction partitions this shard owns, and
-    /// completes the transactions a crash left prepared.
+    /// completes the transactions a crash left prepared. In a cluster they are read once this
+    /// broker leads them (`follow_coordination`).
     async fn load_transactions(self: &Rc<Self>) -> Result<(), String> {
+        if self.config.cluster.is_clustered() {
+            return Ok(());
+        }
         let Some(topic) = self.topic(txn::TRANSACTION_TOPIC) else { return Ok(()) };
         for partition in 0..topic.partitions() {
             if self.owner(&topic, partition) != Some(self.id) {
@@ -513,7 +517,9 @@ impl Shard {
     pub async fn allocate_producer_id(self: &Rc<Self>) -> Option<i64> {
         let allocated = self.run_on(0, |shard| async move {
             let ids = shard.producer_ids.as_ref()?;
-            ids.allocate().await.map_err(|error| tracing::error!(%error, "cannot reserve producer ids")).ok()
+            let cluster = shard.controller().map(|controller| (controller, shard.config.node_id));
+            let allocated = ids.allocate(cluster).await;
+            allocated.map_err(|error| tracing::error!(%error, "cannot reserve producer ids")).ok()
         });
         allocated.await.flatten()
     }

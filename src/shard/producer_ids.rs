@@ -1,8 +1,10 @@
 //! Producer ids for InitProducerId, never handed out twice, across restarts too. Shard 0 owns
-//! the allocator; it reserves ids on disk a block at a time (`producer-ids` in the data
-//! directory holds the first id not yet reserved) and hands them out from memory. A crash
-//! skips the rest of the block.
+//! the allocator; it reserves ids a block at a time and hands them out from memory. A broker
+//! alone reserves them on disk (`producer-ids` in the data directory holds the first id not
+//! yet reserved); in a cluster the active controller gives out the blocks (KIP-730), so no two
+//! brokers hand out the same id. A crash skips the rest of the block.
 
+use crate::controller::ControllerHandle;
 use crate::io;
 use crate::log::checkpoint;
 use futures_channel::oneshot;
@@ -44,26 +46,42 @@ impl ProducerIds {
         })
     }
 
-    /// A producer id no one was given before.
-    pub async fn allocate(&self) -> std::io::Result<i64> {
-        let id = self.next.get();
-        self.next.set(id + 1);
-        while id >= self.reserved.get() {
+    /// A producer id no one was given before; in a cluster (`cluster`: the controller and this
+    /// broker's node id), from a block the controller gave.
+    pub async fn allocate(&self, cluster: Option<(&ControllerHandle, i32)>) -> Result<i64, String> {
+        loop {
+            let id = self.next.get();
+            if id < self.reserved.get() {
+                self.next.set(id + 1);
+                return Ok(id);
+            }
             if self.writing.replace(true) {
                 let (wake, woken) = oneshot::channel();
                 self.waiting.borrow_mut().push(wake);
                 let _writer_finished = woken.await;
                 continue;
             }
-            let until = self.next.get() + BLOCK;
-            let written = io::write_file_atomic(&self.path, checkpoint::encode_counter(until)).await;
+            let block = match cluster {
+                None => self.reserve_on_disk(id).await,
+                Some((controller, node)) => {
+                    controller.allocate_producer_ids(node).await.map_err(|refusal| refusal.to_string())
+                }
+            };
             self.writing.set(false);
             for waiter in self.waiting.borrow_mut().drain(..) {
                 let _ignored = waiter.send(());
             }
-            written?;
-            self.reserved.set(self.reserved.get().max(until));
+            let (first, end) = block?;
+            self.next.set(first);
+            self.reserved.set(end);
         }
-        Ok(id)
+    }
+
+    /// Reserves the block from `first` in the file.
+    async fn reserve_on_disk(&self, first: i64) -> Result<(i64, i64), String> {
+        let end = first + BLOCK;
+        let written = io::write_file_atomic(&self.path, checkpoint::encode_counter(end)).await;
+        written.map_err(|e| format!("write {}: {e}", self.path.display()))?;
+        Ok((first, end))
     }
 }

@@ -70,14 +70,9 @@ pub(super) struct Replication {
     roles: tokio::sync::watch::Sender<u64>,
     /// Numbers in-sync replica changes, so an answer settles only the request it answers.
     requests: std::cell::Cell<u64>,
-    /// Offsets partitions this core's group coordinator is reading, to serve their groups.
-    pub(super) loading: RefCell<BTreeSet<i32>>,
-}
-
-/// Whether `topic` is kept by each broker alone rather than replicated: the transaction
-/// coordinator's topic (each of its partitions on one broker, as the controller placed it).
-fn kept_alone(topic: &str) -> bool {
-    topic == crate::txn::TRANSACTION_TOPIC
+    /// Internal partitions this core's coordinators are reading, to serve their groups or
+    /// transactional ids.
+    pub(super) loading: RefCell<BTreeSet<(&'static str, i32)>>,
 }
 
 struct Led {
@@ -161,10 +156,9 @@ impl Shard {
     }
 
     /// Whether this broker answers clients for `partition` of `topic`: always on a one-node
-    /// broker and for the transaction topic (each broker keeps its own); in a cluster, when
-    /// it leads the partition.
+    /// broker; in a cluster, when it leads the partition.
     pub(super) fn leads(&self, topic: &str, partition: i32) -> bool {
-        if self.controller().is_none() || kept_alone(topic) {
+        if self.controller().is_none() {
             return true;
         }
         self.placed(topic, partition, |record, _| record.leader == self.config.node_id) == Some(true)
@@ -182,9 +176,6 @@ impl Shard {
         let mut followed = self.replication.followed.borrow_mut();
         let mut seen = BTreeSet::new();
         for (key, log) in logs {
-            if kept_alone(&key.0) {
-                continue;
-            }
             let Some((record, _)) = self.placement(&key.0, key.1) else { continue };
             seen.insert(key.clone());
             if record.leader == me {

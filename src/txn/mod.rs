@@ -178,8 +178,8 @@ impl Coordinator {
             ResponseError::UnknownServerError
         })?;
         let written = match log.append(&batch, log.current_epoch()) {
-            Ok(appended) => appended.durable.await,
-            Err(error) => Err(error),
+            Ok(appended) => crate::group::replicated(log, appended).await,
+            Err(error) => Err(error.into()),
         };
         written.map_err(|error| {
             tracing::warn!(id, %error, "writing a transaction state failed");
@@ -467,6 +467,24 @@ impl Coordinator {
             .map(|(id, _)| id.clone())
             .collect();
         Ok(prepared)
+    }
+
+    /// Whether this core coordinates `id` now: it leads the id's transaction partition and has
+    /// read it.
+    pub fn serves(&self, id: &str) -> bool {
+        self.is_loaded(partition_for(id, self.partitions))
+    }
+
+    pub fn is_loaded(&self, partition: i32) -> bool {
+        self.logs.borrow().contains_key(&partition)
+    }
+
+    /// Gives up `partition` of the transaction topic (another broker leads it now): its ids
+    /// leave this core's memory; an operation in flight fails when it writes.
+    pub fn unload(&self, partition: i32) {
+        self.logs.borrow_mut().remove(&partition);
+        let partitions = self.partitions;
+        self.transactions.borrow_mut().retain(|id, _| partition_for(id, partitions) != partition);
     }
 
     /// Completes a transaction found prepared on load.

@@ -25,7 +25,15 @@ where
     Fut: std::future::Future<Output = T> + 'static,
 {
     let owner = shard.txn_shard(transactional_id)?;
-    shard.run_on(owner, task).await
+    let id = transactional_id.to_string();
+    // Served only once the core has read the id's transaction partition.
+    let served = shard.run_on(owner, move |shard| async move {
+        match shard.txns().serves(&id) {
+            true => Some(task(shard).await),
+            false => None,
+        }
+    });
+    served.await.flatten()
 }
 
 /// PRODUCER_FENCED exists from these request versions on (KIP-588); older clients are told
@@ -50,6 +58,8 @@ pub async fn init_producer_id(
         None => {
             shard.allocate_producer_id().await.map(|id| (id, 0)).ok_or(ResponseError::CoordinatorNotAvailable)
         }
+        // As Kafka: an empty id is neither idempotent-only nor a transactional id.
+        Some(id) if id.is_empty() => Err(ResponseError::InvalidRequest),
         Some(id) => {
             let (timeout_ms, expected) =
                 (request.transaction_timeout_ms, (request.producer_id.0, request.producer_epoch));

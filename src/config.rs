@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     pub voters: Vec<(i32, String)>,
     /// Where this node's controller listens, if it is a voter; defaults to its voter address.
     pub controller_listen: Option<SocketAddr>,
+    /// A listener for other brokers (replica fetches, transaction markers), apart from the
+    /// clients'; without it brokers use the Kafka listener.
+    pub peer_listen: Option<SocketAddr>,
     pub rack: Option<String>,
     pub heartbeat_interval: Duration,
     /// A broker silent for this long is fenced: clients are no longer sent to it.
@@ -230,6 +233,15 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "the controller quorum as ID@HOST:PORT,... (flag --controllers); empty runs one node without a controller",
         apply: |c, v| {
             c.cluster.voters = parse_voters(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "peer_listen",
+        default: "",
+        meaning: "a listener for other brokers' replica fetches and transaction markers, apart from the clients' (flag --peer-listen); empty means they use the Kafka listener",
+        apply: |c, v| {
+            c.cluster.peer_listen = if v.is_empty() { None } else { Some(address(v)?) };
             Ok(())
         },
     },
@@ -702,6 +714,12 @@ impl BrokerConfig {
             return bad("broker_session_timeout_ms", "must exceed broker_heartbeat_interval_ms");
         }
         if !cluster.is_clustered() {
+            if cluster.peer_listen.is_some() {
+                return bad(
+                    "peer_listen",
+                    "only a cluster's brokers have peers: set controller_quorum_voters",
+                );
+            }
             return Ok(());
         }
         if self.node_id < 0 {

@@ -49,6 +49,7 @@ pub struct Counters {
     pub received_bytes: u64,
     pub sent_bytes: u64,
     pub connections_accepted: u64,
+    pub peer_connections_accepted: u64,
     pub connections_open: u64,
     pub topics: BTreeMap<String, TopicCounters>,
     /// Record bytes Fetch answers sent from the cache's or a read's own buffers.
@@ -261,7 +262,7 @@ pub fn render(cores: &[CoreSnapshot], cluster: &ClusterGauges) -> String {
 type CoreMetric = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
 
 /// The per-core counters and gauges read straight from `Counters`.
-const PER_CORE: [CoreMetric; 12] = [
+const PER_CORE: [CoreMetric; 13] = [
     ("ringmq_network_received_bytes_total", "counter", "Bytes of Kafka requests received.", |c| {
         c.received_bytes
     }),
@@ -270,6 +271,12 @@ const PER_CORE: [CoreMetric; 12] = [
         c.connections_accepted
     }),
     ("ringmq_connections", "gauge", "Kafka client connections open.", |c| c.connections_open),
+    (
+        "ringmq_peer_connections_accepted_total",
+        "counter",
+        "Connections accepted on the peer listener (other brokers' replica fetches and markers).",
+        |c| c.peer_connections_accepted,
+    ),
     ("ringmq_fetch_sessions", "gauge", "Incremental fetch sessions (KIP-227) held.", |c| c.fetch_sessions),
     (
         "ringmq_fetch_incremental_total",

@@ -35,6 +35,11 @@ fn node(id: i32, voters: &str, killed: Option<Killed>) -> Broker {
 }
 
 fn node_with_session(id: i32, voters: &str, killed: Option<Killed>, session_ms: u64) -> Broker {
+    node_with(id, voters, killed, session_ms, &[])
+}
+
+/// `node_with_session` with `extra` flags for `ringmq serve`.
+fn node_with(id: i32, voters: &str, killed: Option<Killed>, session_ms: u64, extra: &[&str]) -> Broker {
     let id = id.to_string();
     let session = format!("broker_session_timeout_ms={session_ms}");
     let listen = killed.as_ref().map(|(address, _)| address.to_string());
@@ -53,6 +58,7 @@ fn node_with_session(id: i32, voters: &str, killed: Option<Killed>, session_ms: 
     if let Some(listen) = &listen {
         args.extend(["--listen", listen.as_str()]);
     }
+    args.extend(extra);
     match killed {
         Some((_, data)) => Broker::start_in(data, &args),
         None => Broker::start(&args),
@@ -1061,4 +1067,40 @@ fn brokers_of_a_cluster_never_hand_out_the_same_producer_id() {
     let data = kill(nodes.remove(&2).expect("broker 2"));
     let restarted = node(2, &quorum, Some(data));
     assert!(given.insert(init_producer_id(&restarted)), "a producer id handed out twice: {given:?}");
+}
+
+/// The sum over cores of the `name` counter in `broker`'s metrics.
+fn counted(broker: &Broker, name: &str) -> f64 {
+    common::scrape(broker).iter().filter(|(series, _)| series.starts_with(name)).map(|(_, value)| value).sum()
+}
+
+#[test]
+fn brokers_replicate_over_their_peer_listeners() {
+    let quorum = voters(&[1, 2, 3]);
+    let peer = ["--peer-listen", "127.0.0.1:0"];
+    let nodes: BTreeMap<i32, Broker> =
+        (1..=3).map(|id| (id, node_with(id, &quorum, None, 1000, &peer))).collect();
+    // Clients are still told the Kafka listeners.
+    agreed(&nodes.values().collect::<Vec<_>>(), &listing(&nodes));
+    let bootstrap = nodes[&1].address.to_string();
+    ringmq(&[
+        "topic",
+        "create",
+        "peered",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+        "--bootstrap",
+        &bootstrap,
+    ]);
+    let leader = await_leaders(&nodes[&1], "peered", |leaders| leaders.first().is_some_and(|l| *l > 0))[0];
+    let acknowledged = produce_once(&bootstrap, "peered", 0..50);
+    assert!(acknowledged.iter().all(Result::is_ok), "{acknowledged:?}");
+    // Both followers fetch from the leader's peer listener; nobody connects to the others'.
+    let peers = |id: i32| counted(&nodes[&id], "ringmq_peer_connections_accepted_total");
+    assert!(peers(leader) >= 2.0, "the leader's peer listener accepted {}", peers(leader));
+    for follower in nodes.keys().filter(|id| **id != leader) {
+        assert_eq!(peers(*follower), 0.0, "broker {follower} leads nothing, yet peers connected to it");
+    }
 }

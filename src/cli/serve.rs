@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// address in --controllers).
     #[arg(long, value_name = "HOST:PORT")]
     controller_listen: Option<String>,
+    /// A listener for other brokers (replica fetches, transaction markers), apart from the
+    /// clients' (default: they use the Kafka listener).
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_listen: Option<String>,
     /// A TOML file of settings (keys as listed by the config reference).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -62,6 +66,7 @@ fn assemble(args: ServeArgs) -> Result<BrokerConfig, String> {
     flags.extend(args.node_id.map(|v| ("node_id".into(), v.to_string())));
     flags.extend(args.controllers.map(|v| ("controller_quorum_voters".into(), v)));
     flags.extend(args.controller_listen.map(|v| ("controller_listen".into(), v)));
+    flags.extend(args.peer_listen.map(|v| ("peer_listen".into(), v)));
     for setting in &args.settings {
         let (key, value) =
             setting.split_once('=').ok_or_else(|| format!("--set {setting}: expected KEY=VALUE"))?;

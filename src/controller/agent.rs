@@ -51,6 +51,9 @@ pub struct Identity {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// The peer listener's address, if the broker has one.
+    pub peer: Option<(String, u16)>,
+    pub cores: u16,
 }
 
 /// This broker's standing with the quorum, shared by the agent's two tasks (one thread).
@@ -121,6 +124,8 @@ impl Agent {
                 host: identity.host.clone(),
                 port: identity.port,
                 rack: identity.rack.clone(),
+                peer: identity.peer.clone(),
+                cores: identity.cores,
             }),
             Some(epoch) => BrokerRequest::Heartbeat {
                 id: identity.id,

@@ -114,8 +114,12 @@ pub struct Joined {
 const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts this node's controller thread. `advertised` is the Kafka address this broker
-/// registers.
-pub fn start(config: &BrokerConfig, advertised: SocketAddr) -> Result<Joined, String> {
+/// registers, `peer` the address of its peer listener, if it has one.
+pub fn start(
+    config: &BrokerConfig,
+    advertised: SocketAddr,
+    peer: Option<SocketAddr>,
+) -> Result<Joined, String> {
     let listener = match config.controller_address().map_err(|e| e.to_string())? {
         Some(address) => Some(bind(address)?),
         None => None,
@@ -126,6 +130,8 @@ pub fn start(config: &BrokerConfig, advertised: SocketAddr) -> Result<Joined, St
         host: advertised.ip().to_string(),
         port: advertised.port(),
         rack: config.cluster.rack.clone(),
+        peer: peer.map(|peer| (peer.ip().to_string(), peer.port())),
+        cores: u16::try_from(config.cores).unwrap_or(u16::MAX),
     };
     let agent = agent::Agent::new(
         identity,

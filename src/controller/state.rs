@@ -17,8 +17,21 @@ pub struct BrokerRecord {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Where other brokers reach it (replica fetches, transaction markers), when that is not
+    /// its Kafka address (`--peer-listen`).
+    pub peer: Option<(String, u16)>,
+    /// Its cores (shards): each replica placed on it is given one.
+    pub cores: u16,
     /// Missed its heartbeats: clients are not sent to it.
     pub fenced: bool,
+}
+
+impl BrokerRecord {
+    /// Where other brokers reach this one: its peer listener, or its Kafka listener.
+    pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
+        let (host, port) = self.peer.as_ref().map_or((&self.host, self.port), |(host, port)| (host, *port));
+        Some(std::net::SocketAddr::new(host.parse().ok()?, port))
+    }
 }
 
 /// Everything the metadata log has said so far.
@@ -66,6 +79,8 @@ pub struct PartitionRecord {
     pub adding: Vec<i32>,
     /// While the partition moves: the replicas it leaves once every target replica is in sync.
     pub removing: Vec<i32>,
+    /// The core (shard) of each replica on its broker.
+    pub cores: BTreeMap<i32, u16>,
 }
 
 impl PartitionRecord {
@@ -79,6 +94,7 @@ impl PartitionRecord {
             replicas,
             adding: Vec::new(),
             removing: Vec::new(),
+            cores: BTreeMap::new(),
         }
     }
 
@@ -97,10 +113,36 @@ impl PartitionRecord {
     }
 }
 
+/// The topic config allowing unclean leader election.
+const UNCLEAN_ELECTION: &str = crate::shard::topics::UNCLEAN_ELECTION;
+
 /// The leader Metadata shows when a partition has none.
 pub const NO_LEADER: i32 = -1;
 
+/// How many replicas each (broker, core) holds.
+pub type CoreLoad = BTreeMap<(i32, u16), usize>;
+
 impl Image {
+    /// How many replicas each (broker, core) holds now.
+    pub fn core_load(&self) -> CoreLoad {
+        let mut load = CoreLoad::new();
+        let partitions = self.topics.values().flat_map(|topic| &topic.partitions);
+        for (broker, core) in partitions.flat_map(|partition| &partition.cores) {
+            *load.entry((*broker, *core)).or_default() += 1;
+        }
+        load
+    }
+
+    /// The core of `broker` holding the fewest replicas (the lowest of those tied), counted in
+    /// `load` as taken.
+    pub fn least_loaded_core(&self, broker: i32, load: &mut CoreLoad) -> u16 {
+        let cores = self.brokers.get(&broker).map_or(1, |b| b.cores.max(1));
+        let core = (0..cores).min_by_key(|core| (load.get(&(broker, *core)).copied().unwrap_or(0), *core));
+        let core = core.unwrap_or(0);
+        *load.entry((broker, core)).or_default() += 1;
+        core
+    }
+
     /// The brokers clients may be sent to, by id.
     pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
         self.brokers.values().filter(|broker| !broker.fenced)
@@ -115,6 +157,7 @@ fn complete_move(record: &mut PartitionRecord) -> bool {
     if !record.is_moving() || !target.iter().all(|r| record.isr.contains(r)) {
         return false;
     }
+    record.cores.retain(|broker, _| target.contains(broker));
     record.isr = target.clone();
     record.replicas = target;
     record.adding.clear();
@@ -130,6 +173,8 @@ pub struct Registration {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    pub peer: Option<(String, u16)>,
+    pub cores: u16,
 }
 
 /// A change to the metadata, as the log carries it.
@@ -269,6 +314,8 @@ impl Image {
                 match self.topics.get_mut(name).filter(|topic| topic.id == *id) {
                     Some(topic) => {
                         topic.configs = configs.clone();
+                        // Unclean election may just have been allowed.
+                        self.elect_leaders();
                         Outcome::Applied
                     }
                     None => Outcome::Stale,
@@ -296,6 +343,8 @@ impl Image {
             host: broker.host.clone(),
             port: broker.port,
             rack: broker.rack.clone(),
+            peer: broker.peer.clone(),
+            cores: broker.cores,
             fenced: false,
         };
         let restarted = self
@@ -338,17 +387,18 @@ impl Image {
         }
     }
 
+    /// Partition `partition` of topic `name`, if the topic still has id `id`.
+    fn partition_mut(&mut self, name: &str, id: [u8; 16], partition: u32) -> Option<&mut PartitionRecord> {
+        let topic = self.topics.get_mut(name).filter(|topic| topic.id == id)?;
+        topic.partitions.get_mut(partition as usize)
+    }
+
     /// Starts moving a partition to `target` (replacing a move under way: it starts from the
     /// same original replicas), or cancels the move under way. Its replicas are the target's
     /// then the original's others; it completes once every target replica is in sync. A
     /// move or cancel that would leave no in-sync replica is refused (`Stale`).
     fn reassign(&mut self, name: &str, id: [u8; 16], partition: u32, target: Option<&[i32]>) -> Outcome {
-        let current = self
-            .topics
-            .get_mut(name)
-            .filter(|topic| topic.id == id)
-            .and_then(|topic| topic.partitions.get_mut(partition as usize));
-        let Some(record) = current else { return Outcome::Stale };
+        let Some(record) = self.partition_mut(name, id, partition) else { return Outcome::Stale };
         let original = record.original_replicas();
         let (replicas, adding, removing) = match target {
             Some(target) => {
@@ -365,7 +415,17 @@ impl Image {
         if isr.is_empty() {
             return Outcome::Stale;
         }
+        let mut cores = record.cores.clone();
+        cores.retain(|broker, _| replicas.contains(broker));
+        let mut load = self.core_load();
+        for broker in &replicas {
+            if !cores.contains_key(broker) {
+                cores.insert(*broker, self.least_loaded_core(*broker, &mut load));
+            }
+        }
+        let Some(record) = self.partition_mut(name, id, partition) else { return Outcome::Stale };
         (record.replicas, record.isr, record.adding, record.removing) = (replicas, isr, adding, removing);
+        record.cores = cores;
         complete_move(record);
         self.elect_leaders();
         Outcome::Applied
@@ -392,7 +452,8 @@ impl Image {
     /// Gives every partition whose leader is gone (fenced, out of the in-sync replicas, or
     /// never set) the first live broker of its in-sync replicas, raising its leader epoch; without one it has no leader.
     /// The in-sync set keeps its last member, so only a broker holding every acknowledged
-    /// record can lead again (no unclean election).
+    /// record can lead again, unless the topic sets `unclean.leader.election.enable`: then,
+    /// with no live member, the first live replica leads with itself as the in-sync set.
     fn elect_leaders(&mut self) {
         let live = |id: &i32| self.brokers.get(id).is_some_and(|broker| !broker.fenced);
         let mut changes = Vec::new();
@@ -402,16 +463,33 @@ impl Image {
                 if sound && live(&partition.leader) {
                     continue;
                 }
-                let leader = partition.isr.iter().copied().find(|id| live(id)).unwrap_or(NO_LEADER);
-                if leader != partition.leader {
-                    changes.push((name.clone(), index, leader));
+                let clean = partition.isr.iter().copied().find(|id| live(id));
+                // Only if the topic allows it: a live replica outside the set, which may lack
+                // acknowledged records, leads alone.
+                let unclean = || {
+                    let allowed = topic.configs.get(UNCLEAN_ELECTION).is_some_and(|v| v == "true");
+                    partition.replicas.iter().copied().filter(|_| allowed).find(|id| live(id))
+                };
+                match (clean, clean.or_else(unclean)) {
+                    (Some(leader), _) if leader != partition.leader => {
+                        changes.push((name.clone(), index, leader, None))
+                    }
+                    (None, Some(leader)) => changes.push((name.clone(), index, leader, Some(vec![leader]))),
+                    (None, None) if partition.leader != NO_LEADER => {
+                        changes.push((name.clone(), index, NO_LEADER, None))
+                    }
+                    _ => {}
                 }
             }
         }
-        for (name, index, leader) in changes {
+        for (name, index, leader, isr) in changes {
             if let Some(partition) = self.topics.get_mut(&name).and_then(|t| t.partitions.get_mut(index)) {
                 partition.leader = leader;
                 partition.leader_epoch += 1;
+                if let Some(isr) = isr {
+                    tracing::warn!(topic = name, partition = index, leader, "unclean leader election");
+                    partition.isr = isr;
+                }
             }
         }
     }
@@ -443,6 +521,8 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 9092,
             rack: None,
+            peer: None,
+            cores: 1,
         })
     }
 

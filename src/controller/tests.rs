@@ -34,6 +34,8 @@ fn register(id: i32) -> Command {
         host: "127.0.0.1".into(),
         port: 9092,
         rack: None,
+        peer: None,
+        cores: 1,
     })
 }
 

@@ -174,14 +174,20 @@ fn replicas_per_partition(image: &Image, replication_factor: i16) -> Result<usiz
     Ok(factor as usize)
 }
 
+/// Each replica also gets the least loaded core of its broker.
 fn place(image: &Image, indexes: std::ops::Range<i32>, replicas: usize) -> Vec<PartitionRecord> {
     let live = rack_alternated(image);
     let start = (uuid::Uuid::new_v4().as_u128() % live.len().max(1) as u128) as usize;
+    let mut load = image.core_load();
     indexes
         .map(|index| {
             let replicas: Vec<i32> =
                 (0..replicas).map(|r| live[(start + index as usize + r) % live.len()]).collect();
-            PartitionRecord::new(replicas)
+            let mut record = PartitionRecord::new(replicas);
+            for broker in &record.replicas {
+                record.cores.insert(*broker, image.least_loaded_core(*broker, &mut load));
+            }
+            record
         })
         .collect()
 }
@@ -214,6 +220,8 @@ mod tests {
                 host: "h".into(),
                 port: 1,
                 rack: Some(rack.to_string()),
+                peer: None,
+                cores: 1,
             });
             image.apply(at as u64 + 1, &register);
         }
@@ -230,6 +238,8 @@ mod tests {
                 host: "h".into(),
                 port: 1,
                 rack: None,
+                peer: None,
+                cores: 1,
             });
             image.apply(at as u64 + 1, &register);
         }
@@ -299,6 +309,8 @@ mod tests {
             host: "h".into(),
             port: 1,
             rack: None,
+            peer: None,
+            cores: 1,
         });
         image.apply(17, &restart);
         assert_eq!(image.topics["t"].partitions[0].leader_epoch, epoch + 1);
@@ -311,8 +323,15 @@ mod replication_tests {
     use crate::controller::state::{Outcome, Registration};
 
     fn register(image: &mut Image, at: u64, id: i32, incarnation: u8) {
-        let registration =
-            Registration { id, incarnation: [incarnation; 16], host: "h".into(), port: 1, rack: None };
+        let registration = Registration {
+            id,
+            incarnation: [incarnation; 16],
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            peer: None,
+            cores: 1,
+        };
         image.apply(at, &Command::Register(registration));
     }
 
@@ -378,20 +397,38 @@ mod replication_tests {
         image.apply(18, &Command::Fence { id: other, epoch });
         let now = &image.topics["r"].partitions[0];
         assert_eq!((now.leader, now.isr.clone()), (crate::controller::state::NO_LEADER, vec![other]));
+        // Unless the topic allows unclean election: a live replica outside the set leads alone.
+        let configs = BTreeMap::from([("unclean.leader.election.enable".to_string(), "true".to_string())]);
+        let allow = plan(&image, TopicChange::AlterConfigs { name: "r".into(), configs }).expect("planned");
+        image.apply(19, &allow);
+        let now = &image.topics["r"].partitions[0];
+        assert_eq!((now.leader, now.isr.clone()), (leader, vec![leader]));
+    }
+}
+
+/// A broker registration for the tests: node `id` with `cores` cores.
+#[cfg(test)]
+fn test_broker(id: i32, cores: u16) -> crate::controller::state::Registration {
+    crate::controller::state::Registration {
+        id,
+        incarnation: [0; 16],
+        host: "h".into(),
+        port: 1,
+        rack: None,
+        peer: None,
+        cores,
     }
 }
 
 #[cfg(test)]
 mod move_tests {
     use super::*;
-    use crate::controller::state::{Outcome, Registration};
+    use crate::controller::state::Outcome;
 
     fn image_with_topic(brokers: i32, replication_factor: i16) -> Image {
         let mut image = Image::default();
         for id in 1..=brokers {
-            let registration =
-                Registration { id, incarnation: [0; 16], host: "h".into(), port: 1, rack: None };
-            image.apply(id as u64, &Command::Register(registration));
+            image.apply(id as u64, &Command::Register(test_broker(id, 1)));
         }
         let create = TopicChange::Create {
             name: "m".into(),
@@ -486,5 +523,71 @@ mod move_tests {
         );
         let now = &image.topics["m"].partitions[0];
         assert_eq!((now.replicas.clone(), now.leader, now.is_moving()), (reversed, placed.leader, false));
+    }
+}
+
+#[cfg(test)]
+mod core_tests {
+    use super::*;
+
+    #[test]
+    fn replicas_spread_over_their_brokers_cores_and_a_moved_one_gets_a_core_there() {
+        let mut image = Image::default();
+        for (id, cores) in [(1, 2), (2, 2), (3, 4)] {
+            image.apply(id as u64, &Command::Register(test_broker(id, cores)));
+        }
+        let create = TopicChange::Create {
+            name: "c".into(),
+            partitions: 4,
+            replication_factor: 2,
+            configs: BTreeMap::new(),
+        };
+        image.apply(10, &plan(&image, create).expect("created"));
+        let load = image.core_load();
+        // 8 replicas over 3 brokers: each core of brokers 1 and 2 holds one or two, none idles
+        // while another of its broker holds more than one more.
+        for broker in [1, 2] {
+            let counts: Vec<usize> =
+                (0..2).map(|core| load.get(&(broker, core)).copied().unwrap_or(0)).collect();
+            assert!(counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1, "{load:?}");
+        }
+        for partition in &image.topics["c"].partitions {
+            let placed: Vec<i32> = partition.cores.keys().copied().collect();
+            let mut replicas = partition.replicas.clone();
+            replicas.sort_unstable();
+            assert_eq!(placed, replicas, "every replica has a core");
+        }
+        // A partition not on broker 3 moves there: it gets one of broker 3's cores; the broker it
+        // left keeps none once the move completes.
+        let (index, record) = image.topics["c"]
+            .partitions
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !p.replicas.contains(&3))
+            .expect("one");
+        let (kept, left) = (record.replicas[0], record.replicas[1]);
+        let target = Some(vec![kept, 3]);
+        let change =
+            TopicChange::Reassign { name: "c".into(), partition: index as u32, target, resize: false };
+        image.apply(11, &plan(&image, change).expect("planned"));
+        assert!(image.topics["c"].partitions[index].cores.get(&3).is_some_and(|core| *core < 4));
+        let record = image.topics["c"].partitions[index].clone();
+        let grow = IsrChange {
+            name: "c".into(),
+            id: image.topics["c"].id,
+            partition: index as u32,
+            leader: record.leader,
+            leader_epoch: record.leader_epoch,
+            from: record.isr.clone(),
+            isr: [record.isr.clone(), vec![3]].concat(),
+        };
+        image.apply(12, &Command::AlterIsr(grow));
+        let moved = &image.topics["c"].partitions[index];
+        assert_eq!(moved.cores.keys().copied().collect::<Vec<_>>(), {
+            let mut ids = vec![kept, 3];
+            ids.sort_unstable();
+            ids
+        });
+        assert!(!moved.cores.contains_key(&left));
     }
 }

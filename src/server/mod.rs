@@ -40,6 +40,8 @@ pub struct Broker {
     pub idle_timeout: Duration,
     /// The admin HTTP listener's address.
     pub admin: SocketAddr,
+    /// The peer listener's address, if the broker has one.
+    pub peer: Option<SocketAddr>,
     /// Set once every core accepts Kafka connections (`/ready`).
     pub ready: std::sync::atomic::AtomicBool,
 }
@@ -67,21 +69,8 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
     let data_dir = config.data_dir.display().to_string();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_error(format!("create data directory {data_dir}")))?;
-    let cluster_id = cluster_id(&config.data_dir)?;
-    let (reservation, listen) =
-        io::reserve_address(config.listen).map_err(io_error(format!("bind {}", config.listen)))?;
-    let (admin_reservation, admin) = io::reserve_address(config.admin_listen)
-        .map_err(io_error(format!("bind the admin listener {}", config.admin_listen)))?;
-    let broker = Arc::new(Broker {
-        node_id: config.node_id,
-        cluster_id,
-        listen,
-        advertised: config.advertised(listen),
-        request_bytes_max: config.socket_request_max_bytes,
-        idle_timeout: config.connections_max_idle,
-        admin,
-        ready: std::sync::atomic::AtomicBool::new(false),
-    });
+    let (broker, reservations) = bind(&config, cluster_id(&config.data_dir)?)?;
+    let listen = broker.listen;
     let mut topics = TopicTable::load(&config.data_dir).map_err(|e| ServeError::Shard(e.to_string()))?;
     let internal = [
         (crate::group::OFFSETS_TOPIC, config.groups.offsets_topic_partitions),
@@ -97,7 +86,8 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
         signal_hook::flag::register(signal, stop.clone()).map_err(io_error("install signal handler"))?;
     }
     let cluster = if config.cluster.is_clustered() {
-        Some(crate::controller::start(&config, broker.advertised).map_err(ServeError::Shard)?)
+        let peer = broker.peer.map(|peer| advertised_peer(peer, broker.advertised));
+        Some(crate::controller::start(&config, broker.advertised, peer).map_err(ServeError::Shard)?)
     } else {
         None
     };
@@ -120,12 +110,13 @@ pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
             Err(_) => return Err(ServeError::Shard("a shard stopped while starting".into())),
         }
     }
-    drop(reservation);
-    drop(admin_reservation);
+    drop(reservations);
+    let admin = broker.admin;
+    let peer_line = broker.peer.map(|peer| format!(", peer listener {peer}")).unwrap_or_default();
     broker.ready.store(true, std::sync::atomic::Ordering::Release);
     let mut stdout = std::io::stdout().lock();
     let line = format!(
-        "ringmq ready: kafka listener {listen} (advertised {}), admin listener {admin}, {cores} cores, data in {data_dir}",
+        "ringmq ready: kafka listener {listen} (advertised {}){peer_line}, admin listener {admin}, {cores} cores, data in {data_dir}",
         broker.advertised
     );
     writeln!(stdout, "{line}").and_then(|()| stdout.flush()).map_err(io_error("write to stdout"))?;
@@ -190,6 +181,17 @@ async fn shard_main(start: ShardStart) {
             }
         }
     }
+    if let Some(address) = broker.peer {
+        match io::Listener::bind(address) {
+            Ok(peers) => {
+                io::spawn_detached(serve_peers(peers, broker.clone(), shard.clone(), stopping.clone()))
+            }
+            Err(error) => {
+                let _main_thread_reports_it = ready.send(Err(format!("peer listener on {address}: {error}")));
+                return;
+            }
+        }
+    }
     if let Some(joined) = cluster {
         shard.set_controller(joined.controller);
         io::spawn_detached(follow_cluster(shard.clone(), joined.views));
@@ -211,6 +213,56 @@ async fn shard_main(start: ShardStart) {
     drop(listener);
     futures_lite::future::or(connections.all_closed(), io::sleep(SHUTDOWN_DRAIN_MAX)).await;
     shard.close_logs().await;
+}
+
+/// Reserves the Kafka, admin and peer listeners' addresses (a port 0 becomes the one the
+/// system chose) until every shard listens on them: the broker as the shards know it, and
+/// the reservations.
+fn bind(
+    config: &BrokerConfig,
+    cluster_id: String,
+) -> Result<(Arc<Broker>, Vec<socket2::Socket>), ServeError> {
+    let (reservation, listen) =
+        io::reserve_address(config.listen).map_err(io_error(format!("bind {}", config.listen)))?;
+    let (admin_reservation, admin) = io::reserve_address(config.admin_listen)
+        .map_err(io_error(format!("bind the admin listener {}", config.admin_listen)))?;
+    let mut reservations = vec![reservation, admin_reservation];
+    let peer = match config.cluster.peer_listen {
+        Some(address) => {
+            let (reservation, bound) = io::reserve_address(address)
+                .map_err(io_error(format!("bind the peer listener {address}")))?;
+            reservations.push(reservation);
+            Some(bound)
+        }
+        None => None,
+    };
+    let broker = Arc::new(Broker {
+        node_id: config.node_id,
+        cluster_id,
+        listen,
+        advertised: config.advertised(listen),
+        request_bytes_max: config.socket_request_max_bytes,
+        idle_timeout: config.connections_max_idle,
+        admin,
+        peer,
+        ready: std::sync::atomic::AtomicBool::new(false),
+    });
+    Ok((broker, reservations))
+}
+
+/// Where other brokers are told to reach the peer listener bound at `peer`: its own address,
+/// or the advertised Kafka host when it listens on every interface.
+fn advertised_peer(peer: SocketAddr, advertised: SocketAddr) -> SocketAddr {
+    if peer.ip().is_unspecified() { SocketAddr::new(advertised.ip(), peer.port()) } else { peer }
+}
+
+/// Serves other brokers on the peer listener: the same Kafka protocol as clients speak.
+async fn serve_peers(listener: io::Listener, broker: Arc<Broker>, shard: Rc<Shard>, stopping: io::Latch) {
+    while let Some(stream) = next_connection(&listener, &stopping, "peer").await {
+        crate::metrics::count(|c| c.peer_connections_accepted += 1);
+        let (broker, shard, stopping) = (broker.clone(), shard.clone(), stopping.clone());
+        io::spawn_detached(connection::serve(stream, broker, shard, stopping));
+    }
 }
 
 type ClusterViews = tokio::sync::watch::Receiver<Option<crate::controller::ClusterView>>;

@@ -131,7 +131,7 @@ impl Shard {
     }
 
     /// The topic table entry for `record`: partitions with a replica on this broker get a
-    /// shard (the one they had, or the next in turn), the others none.
+    /// shard (the one they had, or the core the controller placed them on), the others none.
     fn meta_for(&self, name: &str, record: &TopicRecord, local: Option<&TopicMeta>) -> TopicMeta {
         let node = self.config.node_id;
         let owners = record
@@ -144,11 +144,16 @@ impl Shard {
                 }
                 match local.and_then(|local| local.owners.get(index)).filter(|owner| **owner != NOT_HOSTED) {
                     Some(owner) => *owner,
-                    None => {
-                        let next = self.next_owner.get();
-                        self.next_owner.set(next + 1);
-                        (next % self.shards) as u16
-                    }
+                    // Placed by a controller that knew another core count (this broker restarted
+                    // with fewer cores, say): wrapped onto the cores it has.
+                    None => match partition.cores.get(&node) {
+                        Some(core) => (usize::from(*core) % self.shards) as u16,
+                        None => {
+                            let next = self.next_owner.get();
+                            self.next_owner.set(next + 1);
+                            (next % self.shards) as u16
+                        }
+                    },
                 }
             })
             .collect();
@@ -344,11 +349,8 @@ impl Shard {
 
     /// The Kafka address of the broker leading `partition` of `topic`, if it is live.
     fn leader_address(&self, topic: &str, partition: i32) -> Option<SocketAddr> {
-        let view = self.cluster.borrow();
-        let image = &view.as_ref()?.image;
-        let leader = image.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?.leader;
-        let broker = image.brokers.get(&leader).filter(|broker| !broker.fenced)?;
-        Some(SocketAddr::new(broker.host.parse().ok()?, broker.port))
+        let leader = self.placed(topic, partition, |record, _| record.leader)?;
+        self.broker_address(leader)
     }
 }
 

@@ -475,10 +475,11 @@ impl Shard {
         });
     }
 
-    fn broker_address(&self, id: i32) -> Option<SocketAddr> {
+    /// Where this broker reaches broker `id` (its peer listener, if it has one), while it is
+    /// live.
+    pub(super) fn broker_address(&self, id: i32) -> Option<SocketAddr> {
         let view = self.cluster.borrow();
-        let broker = view.as_ref()?.image.brokers.get(&id).filter(|broker| !broker.fenced)?;
-        Some(SocketAddr::new(broker.host.parse().ok()?, broker.port))
+        view.as_ref()?.image.brokers.get(&id).filter(|broker| !broker.fenced)?.peer_address()
     }
 }
 

@@ -166,6 +166,10 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
     value.parse().map_err(|_| format!("{key}: `{value}` is not a valid number"))
 }
 
+/// Kafka's topic config letting a replica outside the in-sync set lead when none in it is
+/// left, losing what only they had.
+pub const UNCLEAN_ELECTION: &str = "unclean.leader.election.enable";
+
 /// The log settings of a topic: the broker's defaults with the topic's overrides.
 pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Result<LogConfig, String> {
     let mut log = config.topic_defaults.clone();
@@ -195,6 +199,9 @@ pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -
                     return Err(format!("{key}: must be at least 1"));
                 }
             }
+            // Read by the controller when no in-sync replica is left to lead.
+            UNCLEAN_ELECTION if value == "true" || value == "false" => {}
+            UNCLEAN_ELECTION => return Err(format!("{key}: `{value}` is neither true nor false")),
             other => return Err(format!("unsupported topic config `{other}`")),
         }
     }
@@ -241,6 +248,7 @@ pub fn describe(
         ("retention.ms", log.retention_ms.unwrap_or(-1).to_string()),
         ("segment.bytes", log.segment_bytes.to_string()),
         ("segment.ms", log.segment_age_max.map_or(UNBOUNDED, |d| d.as_millis() as i64).to_string()),
+        (UNCLEAN_ELECTION, overrides.get(UNCLEAN_ELECTION).cloned().unwrap_or_else(|| "false".into())),
     ];
     Ok(effective
         .into_iter()

@@ -120,7 +120,8 @@ incremental_fetches() {
 }
 check "kafka-python's consumers fetched through incremental fetch sessions" incremental_fetches
 
-# The same clients against a three-node cluster (every node a controller voter and a broker),
+# The same clients against a three-node cluster (every node a controller voter and a broker,
+# brokers talking to each other on peer listeners of their own),
 # bootstrapped from one node: topics spread over the brokers, groups and transactions
 # coordinated by the leaders of their internal partitions.
 free_port() { "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -130,7 +131,7 @@ cluster_dir=$(mktemp -d)
 for id in 1 2 3; do
     mkdir -p "$cluster_dir/$id"
     target/debug/ringmq serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$cluster_dir/$id" \
-        --cores 1 --node-id "$id" --controllers "$voters" --set broker_heartbeat_interval_ms=200 \
+        --cores 1 --node-id "$id" --controllers "$voters" --peer-listen 127.0.0.1:0 --set broker_heartbeat_interval_ms=200 \
         >"$cluster_dir/$id.out" 2>"$cluster_dir/$id.log" &
     nodes+=($!)
 done

@@ -100,8 +100,7 @@ pub struct GroupConfig {
     pub size_max: usize,
     /// Partitions of the internal `__consumer_offsets` topic (fixed once it exists).
     pub offsets_topic_partitions: i32,
-    /// Replicas of each `__consumer_offsets` partition in a cluster (at most the live brokers
-    /// when the topic is placed).
+    /// Replicas of each `__consumer_offsets` partition in a cluster.
     pub offsets_topic_replication: i16,
     /// How long the committed offsets of an empty group are kept.
     pub offsets_retention: Duration,
@@ -115,8 +114,7 @@ pub struct GroupConfig {
 pub struct TxnConfig {
     /// Partitions of the internal `__transaction_state` topic (fixed once it exists).
     pub state_topic_partitions: i32,
-    /// Replicas of each `__transaction_state` partition in a cluster (at most the live brokers
-    /// when the topic is placed).
+    /// Replicas of each `__transaction_state` partition in a cluster.
     pub state_topic_replication: i16,
     /// The longest transaction timeout a producer may ask for.
     pub timeout_max: Duration,
@@ -398,7 +396,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "offsets_topic_replication_factor",
         default: "3",
-        meaning: "replicas of each __consumer_offsets partition in a cluster, so groups survive the loss of a broker (at most the live brokers when the topic is first placed)",
+        meaning: "replicas of each __consumer_offsets partition in a cluster, so groups survive the loss of a broker; groups have no coordinator until that many brokers are live",
         apply: |c, v| {
             c.groups.offsets_topic_replication = parse(v)?;
             if c.groups.offsets_topic_replication < 1 {
@@ -410,7 +408,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "transaction_state_log_replication_factor",
         default: "3",
-        meaning: "replicas of each __transaction_state partition in a cluster, so transactions survive the loss of a broker (at most the live brokers when the topic is first placed)",
+        meaning: "replicas of each __transaction_state partition in a cluster, so transactions survive the loss of a broker; transactions have no coordinator until that many brokers are live",
         apply: |c, v| {
             c.transactions.state_topic_replication = parse(v)?;
             if c.transactions.state_topic_replication < 1 {

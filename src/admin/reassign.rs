@@ -198,7 +198,6 @@ pub fn list(address: SocketAddr, topic: Option<&str>) -> Result<(Value, Table), 
 
 /// `ringmq cluster decommission`: moves every replica `broker` holds to the live broker that
 /// holds the fewest replicas among those the partition is not on; with `wait`, until done.
-/// The internal topics stay (each broker keeps its own).
 pub fn decommission(
     address: SocketAddr,
     broker: i32,
@@ -213,7 +212,7 @@ pub fn decommission(
         }
     }
     let mut moves = Vec::new();
-    for topic in response.topics.iter().filter(|t| !t.is_internal) {
+    for topic in &response.topics {
         let topic_name = topic.name.as_ref().map_or(String::new(), |n| n.to_string());
         for p in topic.partitions.iter().filter(|p| p.replica_nodes.contains(&BrokerId(broker))) {
             let replicas: Vec<i32> = p.replica_nodes.iter().map(|id| id.0).collect();

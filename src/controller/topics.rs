@@ -135,9 +135,6 @@ fn check_move(
     resize: bool,
 ) -> Result<(), Refusal> {
     let invalid = |reason: String| Err(Refusal::InvalidReplicaAssignment(reason));
-    if crate::shard::topics::is_internal(name) {
-        return invalid(format!("`{name}` is internal: each broker keeps its own"));
-    }
     let Some(target) = target else {
         if record.is_moving() {
             return Ok(());

@@ -20,9 +20,9 @@ pub mod state;
 pub mod store;
 
 use crate::config::GroupConfig;
+use crate::log::Appended;
 use crate::log::{AppendError, Log};
-use crate::log::{Appended, Bound};
-use crate::types::TimestampMs;
+use crate::types::{LeaderEpoch, TimestampMs};
 use state::{Group, GroupState};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -81,17 +81,17 @@ pub const REPLICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Resolves once `appended` is durable here and, in a cluster, on every in-sync replica (the
 /// high watermark passed it): only then may the write be acknowledged, or a new leader could
 /// lack it.
-pub(crate) async fn replicated(log: Rc<Log>, appended: Appended) -> Result<(), WriteError> {
+pub(crate) async fn replicated(
+    log: Rc<Log>,
+    appended: Appended,
+    epoch: LeaderEpoch,
+) -> Result<(), WriteError> {
     appended.durable.await?;
-    let reached = async {
-        log.wait_for_records_at(appended.last_offset, Bound::HighWatermark).await;
-        true
-    };
-    let expired = async {
-        crate::io::sleep(REPLICATION_TIMEOUT).await;
-        false
-    };
-    if futures_lite::future::or(reached, expired).await { Ok(()) } else { Err(WriteError::NotReplicated) }
+    // In the epoch it was written in: a new leader's records may pass the high watermark
+    // after this one was truncated away.
+    log.await_committed(appended.last_offset, epoch, REPLICATION_TIMEOUT)
+        .await
+        .map_err(|_| WriteError::NotReplicated)
 }
 
 /// Offsets a producer committed in its open transaction, with its epoch.
@@ -148,8 +148,9 @@ impl Coordinator {
     ) -> Result<impl std::future::Future<Output = Result<(), WriteError>> + use<>, WriteError> {
         let log = self.log_for(group)?;
         let batch = store::encode(entries, TimestampMs::now().0).map_err(WriteError::Encode)?;
-        let appended = log.append(&batch, log.current_epoch())?;
-        Ok(replicated(log, appended))
+        let epoch = log.current_epoch();
+        let appended = log.append(&batch, epoch)?;
+        Ok(replicated(log, appended, epoch))
     }
 
     /// Whether this core coordinates `group` now: it leads the group's offsets partition and
@@ -180,6 +181,8 @@ impl Coordinator {
     /// groups it holds. Members of restored groups keep their session; those that do not
     /// heartbeat expire as usual.
     pub async fn load(self: &Rc<Self>, partition: i32, log: Rc<Log>) -> Result<usize, String> {
+        // Nothing left from an earlier time this core coordinated the partition.
+        self.unload(partition);
         let mut records = 0;
         for chunk in read_partition(&log).await? {
             for decoded in store::decode(&chunk)? {
@@ -390,17 +393,19 @@ impl Coordinator {
 /// replays when it takes the partition over. One `Bytes` per read, whole batches.
 pub async fn read_partition(log: &Log) -> Result<Vec<bytes::Bytes>, String> {
     let mut from = log.log_start_offset();
-    // Up to what is durable here, not the high watermark: a new leader's may lag behind what
-    // its log holds from the old leader (Kafka loads a coordinator's partition to its end).
-    let upper = log.durable_offset();
     let mut chunks = Vec::new();
-    while from < upper {
+    // To the log's end as it is when the last read returns (nothing is awaited after it), not
+    // the high watermark: a new leader's may lag behind what its log holds from the old
+    // leader (Kafka loads a coordinator's partition to its end).
+    while from < log.log_end_offset() {
         let read = log
             .read_for_replica(from, READ_BYTES_MAX)
             .await
             .map_err(|e| format!("read {}: {e}", log.dir().display()))?;
         if read.next_offset <= from {
-            break;
+            // Appended, not yet in the segment file.
+            log.wait_for_records_at(from, crate::log::Bound::Written).await;
+            continue;
         }
         chunks.push(match read.chunks.as_slice() {
             [one] => one.clone(),

@@ -447,10 +447,11 @@ impl Coordinator {
         let log = self.log_for(group_id)?;
         let batch = super::store::encode_transactional(&entries, producer_id, epoch, TimestampMs::now().0)
             .map_err(super::WriteError::Encode)?;
-        let appended = log.append_from(&batch, log.current_epoch(), Origin::Coordinator)?;
+        let leader_epoch = log.current_epoch();
+        let appended = log.append_from(&batch, leader_epoch, Origin::Coordinator)?;
         let key = (super::partition_for(group_id, self.partitions), producer_id);
         self.hold_pending(key.0, producer_id, epoch, entries.iter().cloned());
-        let result = super::replicated(log, appended).await;
+        let result = super::replicated(log, appended, leader_epoch).await;
         if result.is_err()
             && let Some((_, pending)) = self.pending.borrow_mut().get_mut(&key)
         {

@@ -122,6 +122,8 @@ pub enum LogError {
     Failed(StorageError),
     #[error("the log is closing")]
     Closed,
+    #[error("not on every in-sync replica in the epoch it was written in")]
+    NotCommitted,
 }
 
 /// Where an append went, and a future that resolves once it is durable under the policy.
@@ -585,6 +587,28 @@ impl Log {
         let mut state = self.shared.state.borrow_mut();
         let end = state.log_end;
         state.epochs.assign(epoch, end);
+    }
+
+    /// Waits (up to `timeout`) until the records up to `last`, appended in `epoch`, are below
+    /// the high watermark while this log is still in that epoch: on every in-sync replica, and
+    /// not replaced by a new leader's records. A broker alone (no high watermark) needs only
+    /// their durability.
+    pub async fn await_committed(
+        &self,
+        last: Offset,
+        epoch: LeaderEpoch,
+        timeout: std::time::Duration,
+    ) -> Result<(), LogError> {
+        let reached = async {
+            self.wait_for_records_at(last, Bound::HighWatermark).await;
+            true
+        };
+        let expired = async {
+            crate::io::sleep(timeout).await;
+            false
+        };
+        let committed = futures_lite::future::or(reached, expired).await && self.current_epoch() == epoch;
+        if committed { Ok(()) } else { Err(LogError::NotCommitted) }
     }
 
     /// The epoch a coordinator's batch is written in: the one this broker leads the partition

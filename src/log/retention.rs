@@ -93,18 +93,26 @@ impl Log {
     }
 }
 
+/// How long compaction waits for its copies to reach the in-sync replicas before giving up
+/// (and deleting nothing).
+const SUPERSEDE_REPLICATION_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Log {
     /// Compaction for the coordinators' internal partitions, which are append-only: appends
     /// `batches` (the live state, written again) and, once they are durable, deletes every
     /// record before them. With no batches, everything stable is deleted.
     pub async fn supersede_with(&self, batches: &[bytes::Bytes]) -> Result<(), LogError> {
         let start = self.log_end_offset();
+        let epoch = self.current_epoch();
         let mut last = None;
         for batch in batches {
-            last = Some(self.append_from(batch, self.current_epoch(), super::Origin::Coordinator)?.durable);
+            last = Some(self.append_from(batch, epoch, super::Origin::Coordinator)?);
         }
-        if let Some(durable) = last {
-            durable.await?;
+        if let Some(appended) = last {
+            appended.durable.await?;
+            // Followers move their log start with the leader's: the copies must be on every
+            // in-sync replica before what they replace goes.
+            self.await_committed(appended.last_offset, epoch, SUPERSEDE_REPLICATION_MAX).await?;
         }
         let from = if batches.is_empty() { self.stable_offset() } else { start };
         self.delete_records_before(from).await.map(|_| ())

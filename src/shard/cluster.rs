@@ -39,6 +39,9 @@ impl Shard {
         let image = view.image.clone();
         *self.cluster.borrow_mut() = Some(view);
         self.update_roles();
+        // At once, before anything is awaited: a coordinator must not write to a partition
+        // this broker now only follows.
+        self.follow_coordination();
         let applied = self.id != METADATA_SHARD || self.follow_image(&image).await;
         self.update_roles();
         self.follow_coordination();
@@ -261,13 +264,22 @@ impl Shard {
         let local = self.topic(topic)?;
         let mut image = self.cluster()?.image;
         if !image.topics.contains_key(topic) {
-            // Replicated, so groups and transactions survive a broker's loss.
-            let wanted = match topic {
+            // Replicated, so groups and transactions survive a broker's loss. As in Kafka, not
+            // placed (the coordinator is not available) until that many brokers are live.
+            let replication_factor = match topic {
                 crate::group::OFFSETS_TOPIC => self.config.groups.offsets_topic_replication,
                 _ => self.config.transactions.state_topic_replication,
             };
-            let live = image.live_brokers().count().clamp(1, i16::MAX as usize) as i16;
-            let replication_factor = wanted.min(live);
+            let live = image.live_brokers().count();
+            if usize::try_from(replication_factor).unwrap_or(0) > live {
+                tracing::warn!(
+                    topic,
+                    replication_factor,
+                    live,
+                    "too few live brokers to place an internal topic"
+                );
+                return None;
+            }
             let change = TopicChange::Create {
                 name: topic.to_string(),
                 partitions: local.partitions(),

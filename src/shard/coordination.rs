@@ -10,6 +10,10 @@ use crate::group::OFFSETS_TOPIC;
 use crate::io;
 use crate::txn::TRANSACTION_TOPIC;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How soon a coordinator partition whose read failed is read again.
+const LOAD_RETRY: Duration = Duration::from_secs(1);
 
 impl Shard {
     /// Has this core's coordinators take the internal partitions this broker now leads and give
@@ -25,9 +29,11 @@ impl Shard {
                     continue;
                 }
                 let leads = self.leads(topic, partition);
-                if !leads && self.is_loaded(topic, partition) {
+                let epoch = self.leader_epoch(topic, partition).0;
+                let read_in = self.replication.coordinated.borrow().get(&(topic, partition)).copied();
+                if self.is_loaded(topic, partition) && (!leads || read_in != Some(epoch)) {
                     self.unload(topic, partition);
-                    tracing::info!(topic, partition, "gave up a coordinator partition to its new leader");
+                    tracing::info!(topic, partition, "gave up a coordinator partition (new leader or epoch)");
                 }
                 let load = leads
                     && !self.is_loaded(topic, partition)
@@ -47,7 +53,8 @@ impl Shard {
         }
     }
 
-    fn unload(&self, topic: &str, partition: i32) {
+    fn unload(&self, topic: &'static str, partition: i32) {
+        self.replication.coordinated.borrow_mut().remove(&(topic, partition));
         match topic {
             OFFSETS_TOPIC => self.groups.unload(partition),
             _ => self.txns.unload(partition),
@@ -58,6 +65,7 @@ impl Shard {
     /// on meanwhile; transactions found prepared are completed. A failed read is tried again
     /// with the next view.
     async fn take_over(self: Rc<Self>, topic: &'static str, partition: i32) {
+        let epoch = self.leader_epoch(topic, partition).0;
         let loaded = match self.log(topic, partition) {
             None => Err("no log".to_string()),
             Some(log) if topic == OFFSETS_TOPIC => self.groups.load(partition, log).await,
@@ -71,11 +79,23 @@ impl Shard {
         };
         self.replication.loading.borrow_mut().remove(&(topic, partition));
         match loaded {
-            Ok(count) => tracing::info!(topic, partition, count, "took over a coordinator partition"),
-            Err(error) => tracing::error!(topic, partition, %error, "reading a coordinator partition failed"),
+            Ok(count) => {
+                self.replication.coordinated.borrow_mut().insert((topic, partition), epoch);
+                tracing::info!(topic, partition, count, epoch, "took over a coordinator partition");
+            }
+            Err(error) => {
+                tracing::error!(topic, partition, %error, "reading a coordinator partition failed; trying again");
+                let shard = self.clone();
+                io::spawn_detached(async move {
+                    io::sleep(LOAD_RETRY).await;
+                    shard.follow_coordination();
+                });
+            }
         }
-        if !self.leads(topic, partition) {
+        // Leadership (or its epoch) moved while reading: the next view's check reads it again.
+        if !self.leads(topic, partition) || self.leader_epoch(topic, partition).0 != epoch {
             self.unload(topic, partition);
+            self.follow_coordination();
         }
     }
 }

@@ -454,6 +454,10 @@ impl Shard {
             if !shard.leads(&topic, partition) {
                 return Err(MarkerError::Retry(format!("{topic}-{partition}: no longer led here")));
             }
+            // Its group coordinator must have read the pending offsets the marker settles.
+            if topic == group::OFFSETS_TOPIC && !shard.groups.is_loaded(partition) {
+                return Err(MarkerError::Retry(format!("{topic}-{partition}: still being read")));
+            }
             let leader_epoch = shard.leader_epoch(&topic, partition);
             let replicated = shard.replication_of(&topic, partition).is_some();
             let appended = match log.append_marker(producer_id, epoch, commits, 0, leader_epoch) {

@@ -73,6 +73,9 @@ pub(super) struct Replication {
     /// Internal partitions this core's coordinators are reading, to serve their groups or
     /// transactional ids.
     pub(super) loading: RefCell<BTreeSet<(&'static str, i32)>>,
+    /// The leader epoch each loaded internal partition was read in: one led again in another
+    /// epoch is read again.
+    pub(super) coordinated: RefCell<BTreeMap<(&'static str, i32), i32>>,
 }
 
 struct Led {

@@ -177,8 +177,9 @@ impl Coordinator {
             tracing::error!(id, reason, "cannot encode a transaction state");
             ResponseError::UnknownServerError
         })?;
-        let written = match log.append(&batch, log.current_epoch()) {
-            Ok(appended) => crate::group::replicated(log, appended).await,
+        let epoch = log.current_epoch();
+        let written = match log.append(&batch, epoch) {
+            Ok(appended) => crate::group::replicated(log, appended, epoch).await,
             Err(error) => Err(error.into()),
         };
         written.map_err(|error| {
@@ -440,6 +441,8 @@ impl Coordinator {
     /// Takes over `partition` of the transaction topic: reads it from its start and rebuilds
     /// the ids it holds. Returns the ids whose transaction was prepared but not completed.
     pub async fn load(&self, partition: i32, log: Rc<Log>) -> Result<Vec<String>, String> {
+        // Nothing left from an earlier time this core coordinated the partition.
+        self.unload(partition);
         let chunks = crate::group::read_partition(&log).await?;
         for chunk in &chunks {
             for entry in store::decode(chunk)? {

@@ -800,6 +800,9 @@ fn a_fourth_broker_takes_over_a_decommissioned_brokers_partitions_under_load() {
         .expect("run ringmq");
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && said.contains("InvalidReplicaAssignment"), "{said}");
+    // A group's offsets, in `__consumer_offsets` (three replicas, one on broker 1), move too.
+    let committed = [1, 2, 3, 4];
+    commit_offsets(&bootstrap.join(","), "movers", "moving", &committed);
 
     // A fourth broker joins; every replica on broker 1 moves to it while records flow.
     nodes.insert(4, node(4, &quorum, None));
@@ -817,7 +820,9 @@ fn a_fourth_broker_takes_over_a_decommissioned_brokers_partitions_under_load() {
     ]))
     .expect("json");
     let moves = moved["moves"].as_array().expect("moves");
-    assert_eq!(moves.len(), PARTITIONS as usize, "broker 1 held a replica of every partition: {moved}");
+    let of = |topic: &str| moves.iter().filter(|m| m["topic"] == topic).count();
+    assert_eq!(of("moving"), PARTITIONS as usize, "broker 1 held a replica of every partition: {moved}");
+    assert_eq!(of("__consumer_offsets"), 16, "and of every offsets partition: {moved}");
     for planned in moves {
         let target: Vec<i64> = serde_json::from_value(planned["replicas"].clone()).expect("replicas");
         assert!(target.contains(&4) && !target.contains(&1), "{planned}");
@@ -848,6 +853,11 @@ fn a_fourth_broker_takes_over_a_decommissioned_brokers_partitions_under_load() {
     // Every acknowledged record is at its offset, once.
     let stored = stored_once(&nodes[&2], "moving", PARTITIONS as usize, &written);
     assert_eq!(stored.len(), written.len());
+    assert_eq!(
+        committed_of(&nodes[&2], "movers", "moving", PARTITIONS),
+        committed,
+        "the group's offsets moved"
+    );
     // The new broker's copies are the old replicas' batch for batch (offsets, epochs, CRCs).
     for partition in 0..PARTITIONS {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -899,9 +909,35 @@ fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
     }
 }
 
+/// The offsets `group` committed for the partitions of `topic`, asked through `broker` until
+/// its coordinator answers them all.
+fn committed_of(broker: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address.to_string())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut asked = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        asked.add_partition(topic, partition);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = consumer.committed_offsets(asked.clone(), Duration::from_secs(5));
+        let offsets: Option<Vec<i64>> = committed
+            .ok()
+            .map(|list| list.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect());
+        match offsets {
+            Some(offsets) if offsets.iter().all(|offset| *offset >= 0) => return offsets,
+            _ => assert!(Instant::now() < deadline, "no committed offsets of {group}: {offsets:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_groups_committed_offsets_survive_the_loss_of_its_coordinator() {
-    use rdkafka::TopicPartitionList;
     let (_quorum, mut nodes, _) = cluster_with_topic("kept", 2, &["--replication-factor", "3"]);
     let everyone = nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",");
     let written = produce_once(&everyone, "kept", 0..200);
@@ -931,24 +967,12 @@ fn a_groups_committed_offsets_survive_the_loss_of_its_coordinator() {
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let mut asked = TopicPartitionList::new();
-    asked.add_partition("kept", 0);
-    asked.add_partition("kept", 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let committed = consumer.committed_offsets(asked.clone(), Duration::from_secs(5));
-        let offsets: Option<Vec<i64>> = committed
-            .ok()
-            .map(|list| list.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect());
-        if offsets.as_deref() == Some(ends.as_slice()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed offsets after the coordinator's loss: {offsets:?}, not {ends:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let survivor = nodes.values().next().expect("a survivor");
+    assert_eq!(
+        committed_of(survivor, "keepers", "kept", 2),
+        ends,
+        "committed offsets after the coordinator's loss"
+    );
     // A member resumes there: it reads only what was written since.
     produce_once(&survivors, "kept", 200..250);
     consumer.subscribe(&["kept"]).expect("subscribe");

@@ -878,24 +878,44 @@ fn a_fourth_broker_takes_over_a_decommissioned_brokers_partitions_under_load() {
     }
 }
 
-/// Kafka's partition of `__consumer_offsets` for `group` (Java's `String.hashCode`, made
-/// positive, modulo the partition count).
-fn offsets_partition(group: &str, partitions: i32) -> i32 {
+/// Kafka's partition of `__consumer_offsets` for a group, or of `__transaction_state` for a
+/// transactional id (Java's `String.hashCode` of `key`, made positive, modulo the partition
+/// count).
+fn offsets_partition(key: &str, partitions: i32) -> i32 {
     let hash =
-        group.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)));
+        key.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)));
     (if hash == i32::MIN { 0 } else { hash.abs() }) % partitions
+}
+
+/// A client of consumer group `group` that commits only when told to.
+fn group_client(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// The leader of the partition of internal `topic` that holds `key`, once `broker` shows it
+/// with three in-sync replicas: the key's coordinator.
+fn coordinator_of(broker: &Broker, topic: &str, key: &str) -> i32 {
+    let partition = offsets_partition(key, 16) as usize;
+    let placed = await_partitions(
+        broker,
+        topic,
+        |p| (p.leader(), p.isr().len()),
+        |all| all.get(partition).is_some_and(|(leader, isr)| *leader > 0 && *isr == 3),
+        Duration::from_secs(60),
+    );
+    placed[partition].0
 }
 
 /// Commits `offsets` (by partition of `topic`) for `group`, retrying while the coordinator is
 /// not found or still loading.
 fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
     use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = group_client(bootstrap, group);
     let mut positions = TopicPartitionList::new();
     for (partition, offset) in offsets.iter().enumerate() {
         positions
@@ -912,12 +932,7 @@ fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
 /// The offsets `group` committed for the partitions of `topic`, asked through `broker` until
 /// its coordinator answers them all.
 fn committed_of(broker: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address.to_string())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = group_client(&broker.address.to_string(), group);
     let mut asked = rdkafka::TopicPartitionList::new();
     for partition in 0..partitions {
         asked.add_partition(topic, partition);
@@ -948,25 +963,12 @@ fn a_groups_committed_offsets_survive_the_loss_of_its_coordinator() {
     commit_offsets(&everyone, "keepers", "kept", &ends);
 
     // The group's offsets partition has three in-sync replicas; its leader coordinates.
-    let partition = offsets_partition("keepers", 16) as usize;
-    let placed = await_partitions(
-        &nodes[&1],
-        "__consumer_offsets",
-        |p| (p.leader(), p.isr().len()),
-        |all| all.get(partition).is_some_and(|(leader, isr)| *leader > 0 && *isr == 3),
-        Duration::from_secs(60),
-    );
-    let coordinator = placed[partition].0;
+    let coordinator = coordinator_of(&nodes[&1], "__consumer_offsets", "keepers");
     drop(kill(nodes.remove(&coordinator).expect("the coordinator")));
 
     // Another broker takes the group over, with its offsets.
     let survivors = nodes.values().map(|broker| broker.address.to_string()).collect::<Vec<_>>().join(",");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &survivors)
-        .set("group.id", "keepers")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = group_client(&survivors, "keepers");
     let survivor = nodes.values().next().expect("a survivor");
     assert_eq!(
         committed_of(survivor, "keepers", "kept", 2),
@@ -1028,15 +1030,8 @@ fn an_open_transaction_is_aborted_by_the_next_producer_after_its_coordinator_die
     drop(first);
 
     // The id's transaction partition has three in-sync replicas; its leader coordinates. It dies.
-    let partition = offsets_partition("journal-writer", 16) as usize;
-    let placed = await_partitions(
-        &nodes[&1],
-        "__transaction_state",
-        |p| (p.leader(), p.isr().len()),
-        |all| all.get(partition).is_some_and(|(leader, isr)| *leader > 0 && *isr == 3),
-        Duration::from_secs(60),
-    );
-    drop(kill(nodes.remove(&placed[partition].0).expect("the coordinator")));
+    let coordinator = coordinator_of(&nodes[&1], "__transaction_state", "journal-writer");
+    drop(kill(nodes.remove(&coordinator).expect("the coordinator")));
 
     // The next producer with the id finds the new coordinator, which knows the open
     // transaction: it is aborted, and the producer's own transaction commits.

@@ -133,9 +133,19 @@ impl Image {
         load
     }
 
+    /// Gives each of `replicas` without a core in `cores` the least loaded core of its broker,
+    /// counted in `load` as taken.
+    pub fn give_cores(&self, replicas: &[i32], cores: &mut BTreeMap<i32, u16>, load: &mut CoreLoad) {
+        for broker in replicas {
+            if !cores.contains_key(broker) {
+                cores.insert(*broker, self.least_loaded_core(*broker, load));
+            }
+        }
+    }
+
     /// The core of `broker` holding the fewest replicas (the lowest of those tied), counted in
     /// `load` as taken.
-    pub fn least_loaded_core(&self, broker: i32, load: &mut CoreLoad) -> u16 {
+    fn least_loaded_core(&self, broker: i32, load: &mut CoreLoad) -> u16 {
         let cores = self.brokers.get(&broker).map_or(1, |b| b.cores.max(1));
         let core = (0..cores).min_by_key(|core| (load.get(&(broker, *core)).copied().unwrap_or(0), *core));
         let core = core.unwrap_or(0);
@@ -370,10 +380,7 @@ impl Image {
         let live = |broker: &i32| self.brokers.get(broker).is_some_and(|broker| !broker.fenced);
         let admissible = isr.contains(&leader) && isr.iter().all(live);
         let current = self
-            .topics
-            .get_mut(name)
-            .filter(|topic| topic.id == id)
-            .and_then(|topic| topic.partitions.get_mut(partition as usize))
+            .partition_mut(name, id, partition)
             .filter(|p| p.leader == leader && p.leader_epoch == leader_epoch && p.isr == *from);
         match current {
             Some(record) if admissible && isr.iter().all(|broker| record.replicas.contains(broker)) => {
@@ -417,12 +424,7 @@ impl Image {
         }
         let mut cores = record.cores.clone();
         cores.retain(|broker, _| replicas.contains(broker));
-        let mut load = self.core_load();
-        for broker in &replicas {
-            if !cores.contains_key(broker) {
-                cores.insert(*broker, self.least_loaded_core(*broker, &mut load));
-            }
-        }
+        self.give_cores(&replicas, &mut cores, &mut self.core_load());
         let Some(record) = self.partition_mut(name, id, partition) else { return Outcome::Stale };
         (record.replicas, record.isr, record.adding, record.removing) = (replicas, isr, adding, removing);
         record.cores = cores;

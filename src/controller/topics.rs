@@ -181,9 +181,7 @@ fn place(image: &Image, indexes: std::ops::Range<i32>, replicas: usize) -> Vec<P
             let replicas: Vec<i32> =
                 (0..replicas).map(|r| live[(start + index as usize + r) % live.len()]).collect();
             let mut record = PartitionRecord::new(replicas);
-            for broker in &record.replicas {
-                record.cores.insert(*broker, image.least_loaded_core(*broker, &mut load));
-            }
+            image.give_cores(&record.replicas, &mut record.cores, &mut load);
             record
         })
         .collect()

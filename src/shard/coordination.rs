@@ -61,9 +61,9 @@ impl Shard {
         }
     }
 
-    /// Reads `partition` of the internal `topic` and serves its keys, unless leadership moved
-    /// on meanwhile; transactions found prepared are completed. A failed read is tried again
-    /// with the next view.
+    /// Reads `partition` of the internal `topic` and serves its keys, unless leadership (or its
+    /// epoch) moved on meanwhile; transactions found prepared are completed. A failed read is
+    /// tried again after `LOAD_RETRY`.
     async fn take_over(self: Rc<Self>, topic: &'static str, partition: i32) {
         let epoch = self.leader_epoch(topic, partition).0;
         let loaded = match self.log(topic, partition) {

@@ -516,6 +516,24 @@ impl Shard {
         answer.await.ok()
     }
 
+    /// `run_on`, if `ready` holds on that shard when the task's turn comes (a coordinator has
+    /// read the partition of the task's key); `None` otherwise, as when it cannot be reached.
+    pub async fn run_on_when<T, R, F, Fut>(self: &Rc<Self>, shard: usize, ready: R, task: F) -> Option<T>
+    where
+        T: Send + 'static,
+        R: FnOnce(&Shard) -> bool + Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        let ran = self.run_on(shard, move |shard| async move {
+            match ready(&shard) {
+                true => Some(task(shard).await),
+                false => None,
+            }
+        });
+        ran.await.flatten()
+    }
+
     /// A producer id never handed out before (InitProducerId), from shard 0's allocator;
     /// `None` if it cannot reserve one.
     pub async fn allocate_producer_id(self: &Rc<Self>) -> Option<i64> {

@@ -40,13 +40,7 @@ where
     let owner = shard.group_shard(group)?;
     let group = group.to_string();
     // Served only once the core has read the group's offsets partition.
-    let served = shard.run_on(owner, move |shard| async move {
-        match shard.groups().serves(&group) {
-            true => Some(task(shard).await),
-            false => None,
-        }
-    });
-    served.await.flatten()
+    shard.run_on_when(owner, move |shard| shard.groups().serves(&group), task).await
 }
 
 pub async fn find_coordinator(

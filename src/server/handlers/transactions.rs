@@ -27,13 +27,7 @@ where
     let owner = shard.txn_shard(transactional_id)?;
     let id = transactional_id.to_string();
     // Served only once the core has read the id's transaction partition.
-    let served = shard.run_on(owner, move |shard| async move {
-        match shard.txns().serves(&id) {
-            true => Some(task(shard).await),
-            false => None,
-        }
-    });
-    served.await.flatten()
+    shard.run_on_when(owner, move |shard| shard.txns().serves(&id), task).await
 }
 
 /// PRODUCER_FENCED exists from these request versions on (KIP-588); older clients are told

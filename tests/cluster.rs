@@ -12,13 +12,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A port free on loopback now, for a controller address every node must know up front.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
-
 fn voters(ids: &[i32]) -> String {
-    ids.iter().map(|id| format!("{id}@127.0.0.1:{}", free_port())).collect::<Vec<_>>().join(",")
+    ids.iter().map(|id| format!("{id}@127.0.0.1:{}", common::reserved_port())).collect::<Vec<_>>().join(",")
 }
 
 /// A node killed (SIGKILL): its Kafka address and data directory, to restart it on.
@@ -42,7 +37,11 @@ fn node_with_session(id: i32, voters: &str, killed: Option<Killed>, session_ms: 
 fn node_with(id: i32, voters: &str, killed: Option<Killed>, session_ms: u64, extra: &[&str]) -> Broker {
     let id = id.to_string();
     let session = format!("broker_session_timeout_ms={session_ms}");
-    let listen = killed.as_ref().map(|(address, _)| address.to_string());
+    // Restarts come back where they were: outside the ephemeral range, so nothing else took it.
+    let listen = match &killed {
+        Some((address, _)) => address.to_string(),
+        None => format!("127.0.0.1:{}", common::reserved_port()),
+    };
     let mut args = vec![
         "--cores",
         "1",
@@ -54,10 +53,9 @@ fn node_with(id: i32, voters: &str, killed: Option<Killed>, session_ms: u64, ext
         "broker_heartbeat_interval_ms=100",
         "--set",
         &session,
+        "--listen",
+        &listen,
     ];
-    if let Some(listen) = &listen {
-        args.extend(["--listen", listen.as_str()]);
-    }
     args.extend(extra);
     match killed {
         Some((_, data)) => Broker::start_in(data, &args),

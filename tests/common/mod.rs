@@ -17,6 +17,31 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A loopback port for an address that must be named before anything binds it (a controller
+/// quorum's voters, a broker to be restarted where it was). Taken below the kernel's ephemeral
+/// range (`ip_local_port_range` starts at 32768), so that no port-0 listener or outgoing
+/// connection of a test running alongside can take it between here and the bind, and checked
+/// free now. Each test binary starts at its own place in 20000..32000 (by pid) and counts on.
+pub fn reserved_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = u16::try_from(FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
+}
+
 /// A broker process on an ephemeral port with its own data directory; killed on drop.
 pub struct Broker {
     child: Child,

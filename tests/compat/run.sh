@@ -124,8 +124,27 @@ check "kafka-python's consumers fetched through incremental fetch sessions" incr
 # brokers talking to each other on peer listeners of their own),
 # bootstrapped from one node: topics spread over the brokers, groups and transactions
 # coordinated by the leaders of their internal partitions.
-free_port() { "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-voters="1@127.0.0.1:$(free_port),2@127.0.0.1:$(free_port),3@127.0.0.1:$(free_port)"
+# The voters' ports are named before any node binds them, so they are taken below the kernel's
+# ephemeral range (from 32768), where no node's port-0 listener or outgoing connection can
+# take one first; each is checked free now.
+free_ports() {
+    "$venv/bin/python" - "$1" <<'PY'
+import random, socket, sys
+ports = []
+for port in random.sample(range(20000, 32000), 200):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    ports.append(port)
+    if len(ports) == int(sys.argv[1]):
+        break
+print(" ".join(map(str, ports)))
+PY
+}
+read -r port1 port2 port3 < <(free_ports 3)
+voters="1@127.0.0.1:$port1,2@127.0.0.1:$port2,3@127.0.0.1:$port3"
 nodes=()
 cluster_dir=$(mktemp -d)
 for id in 1 2 3; do

@@ -87,6 +87,29 @@ fn produce_and_consume_report_what_the_broker_stored() {
         records,
         "the consumer reads every stored record: {consumed}"
     );
+    // --rewind reads each partition again from its start once it reaches its end: a budget of
+    // three times what is stored is met by reading everything three times (the last fetch
+    // may begin a fourth round), which a reader stopping at the end never does.
+    let budget = 3.0 * records;
+    let reread = bench_with(
+        &[
+            "consume",
+            "--bootstrap",
+            &address,
+            "--topic",
+            "counted",
+            "--rewind",
+            "--records",
+            &budget.to_string(),
+        ],
+        &COUNTING,
+    );
+    let reread_records = number(&reread, &["records"]);
+    assert!(
+        (budget..budget + records).contains(&reread_records),
+        "three rounds of every stored record: {reread}"
+    );
+    assert_eq!(number(&reread, &["errors"]), 0.0);
 
     // Requests holding a batch for each of 3 partitions, as a Kafka client's do: 163 records
     // of 100 bytes fill a 16 KiB batch, so every request carries 489.

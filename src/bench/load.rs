@@ -242,13 +242,19 @@ pub fn consume(
     offsets: Vec<i64>,
     e2e: bool,
 ) -> Result<Measured, String> {
+    let ends = if settings.rewind { Some(start_offsets(settings, false)?) } else { None };
     let mut threads = Vec::new();
     for connection in 0..settings.connections {
-        let mine: Vec<(i32, i64)> = offsets
+        let mine: Vec<Position> = offsets
             .iter()
             .enumerate()
             .filter(|(p, _)| p % settings.connections == connection)
-            .map(|(p, &offset)| (p as i32, offset))
+            .map(|(p, &offset)| Position {
+                partition: p as i32,
+                next: offset,
+                start: offset,
+                end: ends.as_ref().and_then(|ends| ends.get(p).copied()).filter(|&end| end > offset),
+            })
             .collect();
         let (settings, counters) = (settings.clone(), counters.clone());
         threads.push(std::thread::spawn(move || consume_connection(&settings, &counters, mine, e2e)));
@@ -260,22 +266,34 @@ pub fn consume(
     Ok(measured)
 }
 
+/// Where a consumer connection reads a partition next; with `--rewind`, the range it reads
+/// again and again.
+struct Position {
+    partition: i32,
+    next: i64,
+    start: i64,
+    end: Option<i64>,
+}
+
 fn consume_connection(
     settings: &LoadSettings,
     counters: &Counters,
-    mut positions: Vec<(i32, i64)>,
+    mut positions: Vec<Position>,
     e2e: bool,
 ) -> Result<Measured, String> {
     pin(settings.cpu);
     let (mut writer, mut reader) = wire::connect(settings.bootstrap)?;
     let mut measured = Measured::new();
-    let (deadline, warm_end) = (settings.consume_deadline(), settings.warm_end());
+    // e2e consumers drain what the producers sent before the deadline; others stop there, as
+    // what they read after it would count against the measured time.
+    let deadline = if e2e { settings.consume_deadline() } else { settings.deadline() };
+    let warm_end = settings.warm_end();
     let topic = TopicName(StrBytes::from_string(settings.topic.clone()));
     while Instant::now() < deadline && !settings.consumed_enough(counters) && !positions.is_empty() {
-        let partitions = positions.iter().map(|&(partition, offset)| {
+        let partitions = positions.iter().map(|position| {
             FetchPartition::default()
-                .with_partition(partition)
-                .with_fetch_offset(offset)
+                .with_partition(position.partition)
+                .with_fetch_offset(position.next)
                 .with_partition_max_bytes(8 << 20)
         });
         let request = FetchRequest::default()
@@ -299,10 +317,11 @@ fn consume_connection(
             }
             let Some(data) = &partition.records else { continue };
             let wire::Extent { records: count, next, .. } = wire::batch_extent(data);
-            if let Some(slot) = positions.iter_mut().find(|(p, _)| *p == partition.partition_index)
+            if let Some(position) = positions.iter_mut().find(|p| p.partition == partition.partition_index)
                 && let Some(next) = next
             {
-                slot.1 = next;
+                position.next =
+                    if position.end.is_some_and(|end| next >= end) { position.start } else { next };
             }
             records += count;
             bytes += data.len() as u64;

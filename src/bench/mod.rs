@@ -99,6 +99,11 @@ pub struct LoadArgs {
     /// rather than the O_DIRECT read one.
     #[arg(long)]
     pub tail: bool,
+    /// Consume: a partition read to the end it had at the start is read again from where it
+    /// started, until the duration ends. A steady read of the same (cached) records, as many
+    /// consumers of one tail do, rather than a run as short as one fetch.
+    #[arg(long)]
+    pub rewind: bool,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +178,8 @@ pub struct LoadSettings {
     pub duration: Duration,
     pub records: Option<u64>,
     pub cpu: Option<usize>,
+    /// Consumers start each partition again once they reach its end (`--rewind`).
+    pub rewind: bool,
     /// Set when the producers of an e2e run are done: consumers drain, then stop.
     pub producers_done: AtomicBool,
 }
@@ -338,6 +345,7 @@ fn settings(args: &LoadArgs) -> Result<LoadSettings, String> {
         duration: args.duration,
         records: args.records,
         cpu: args.cpu,
+        rewind: args.rewind,
         producers_done: AtomicBool::new(false),
     })
 }
@@ -446,6 +454,7 @@ pub(crate) mod tests {
             duration: Duration::from_secs(1),
             records: None,
             cpu: None,
+            rewind: false,
             producers_done: AtomicBool::new(false),
         }
     }

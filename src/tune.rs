@@ -86,14 +86,14 @@ const FILE_TUNERS: &[FileTuner] = &[
         path: "proc/sys/net/core/rmem_max",
         wanted: "16777216",
         good: |v| v.parse::<u64>().is_ok_and(|n| n >= 16 << 20),
-        why: "large socket receive buffers for produce bursts",
+        why: "the ceiling of a receive buffer a socket sets itself (SO_RCVBUF: librdkafka's socket.receive.buffer.bytes)",
     },
     FileTuner {
         tuner: "wmem-max",
         path: "proc/sys/net/core/wmem_max",
         wanted: "16777216",
         good: |v| v.parse::<u64>().is_ok_and(|n| n >= 16 << 20),
-        why: "large socket send buffers: fetch answers go out in few sendmsg calls",
+        why: "the ceiling of a send buffer a socket sets itself (SO_SNDBUF: librdkafka's socket.send.buffer.bytes)",
     },
     FileTuner {
         tuner: "transparent-hugepages",

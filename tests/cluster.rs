@@ -1121,3 +1121,79 @@ fn brokers_replicate_over_their_peer_listeners() {
         assert_eq!(peers(*follower), 0.0, "broker {follower} leads nothing, yet peers connected to it");
     }
 }
+
+/// `ringmq cluster info --json` asked of `broker` until `done` holds of it (30 s at most).
+fn cluster_info_until(broker: &Broker, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = cluster_info(broker);
+        if done(&info) {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "{what}: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn listed(info: &Value, key: &str) -> Vec<String> {
+    info[key]
+        .as_array()
+        .expect(key)
+        .iter()
+        .map(|p| p.as_str().expect("topic/partition").to_string())
+        .collect()
+}
+
+#[test]
+fn cluster_info_lists_what_a_dead_broker_left_leaderless_or_under_replicated() {
+    // "single": one replica per partition, one partition per broker; "safe": three replicas.
+    let (quorum, mut nodes, single) = cluster_with_topic("single", 3, &[]);
+    let bootstrap = nodes[&1].address.to_string();
+    ringmq(&[
+        "topic",
+        "create",
+        "safe",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "3",
+        "--bootstrap",
+        &bootstrap,
+    ]);
+    for broker in nodes.values() {
+        await_leaders(broker, "safe", |leaders| leaders.len() == 3 && leaders.iter().all(|l| *l > 0));
+    }
+    let healthy = cluster_info_until(&nodes[&1], "every partition led and in sync", |info| {
+        listed(info, "leaderless").is_empty() && listed(info, "under_replicated").is_empty()
+    });
+    assert_eq!(healthy["brokers"].as_array().map(Vec::len), Some(3));
+    // No group or transaction used the internal topics, so the controller placed none: no broker
+    // lists them (each used to show them led by itself alone).
+    assert_eq!(healthy["topics"], 2, "only the two topics made here: {healthy}");
+
+    let lost = 3; // not broker 1, which the checks ask
+    let killed = kill(nodes.remove(&lost).expect("a node"));
+    let on_lost = single.iter().position(|leader| *leader == lost).expect("a partition on it");
+    let orphan = format!("single/{on_lost}");
+    let info = cluster_info_until(&nodes[&1], "the dead broker's partitions listed", |info| {
+        let under = listed(info, "under_replicated");
+        listed(info, "leaderless") == [orphan.clone()] && (0..3).all(|p| under.contains(&format!("safe/{p}")))
+    });
+    assert!(
+        !listed(&info, "under_replicated").iter().any(|p| p.starts_with("single/")),
+        "one replica of one is in sync, even with no leader: {info}"
+    );
+    let table = ringmq(&["cluster", "info", "--bootstrap", &bootstrap]);
+    assert!(table.contains(&format!("partitions without a leader: {orphan}")), "{table}");
+    // The survivors lead every "safe" partition now, each short of a replica.
+    let gauge = |broker: &Broker, name: &str| common::scrape(broker).get(name).copied().unwrap_or(-1.0);
+    let under: f64 = nodes.values().map(|broker| gauge(broker, "ringmq_under_replicated_partitions")).sum();
+    assert!(under >= 3.0, "under-replicated partitions led by the survivors: {under}");
+    assert!(nodes.values().all(|broker| gauge(broker, "ringmq_cluster_offline_partitions") >= 1.0));
+
+    // Back again, the broker leads its partition and catches up: nothing is listed.
+    nodes.insert(lost, node(lost, &quorum, Some(killed)));
+    cluster_info_until(&nodes[&1], "a healthy cluster again", |info| {
+        listed(info, "leaderless").is_empty() && listed(info, "under_replicated").is_empty()
+    });
+}

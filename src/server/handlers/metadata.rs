@@ -33,7 +33,7 @@ pub async fn handle(
     // v0 asks for every topic with an empty list; later versions with a null one.
     let requested = request.topics.filter(|topics| version > 0 || !topics.is_empty());
     let topics = match requested {
-        None => shard.all_topics().iter().map(|topic| describe(broker, shard, topic)).collect(),
+        None => shard.all_topics().iter().filter_map(|topic| describe(broker, shard, topic)).collect(),
         Some(requested) => {
             let auto_create = request.allow_auto_topic_creation || version < 4;
             let mut topics = Vec::with_capacity(requested.len());
@@ -43,8 +43,8 @@ pub async fn handle(
                     Some(name) => shard.topic_in_cluster(name).await,
                     None => shard.topic_by_id(wanted.topic_id),
                 };
-                topics.push(match found {
-                    Some(topic) => describe(broker, shard, &topic),
+                topics.push(match found.and_then(|topic| describe(broker, shard, &topic)) {
+                    Some(described) => described,
                     None => MetadataResponseTopic::default()
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                         .with_name(wanted.name)
@@ -111,21 +111,26 @@ pub fn cluster(broker: &Broker, shard: &Shard) -> Cluster {
 
 /// A topic as Metadata shows it: in a cluster, each partition's leader, replicas and in-sync
 /// replicas as the controller placed them (the internal topics, which each broker made with an
-/// id of its own, once placed); otherwise this broker leads every partition.
-fn describe(broker: &Broker, shard: &Shard, topic: &TopicMeta) -> MetadataResponseTopic {
+/// id of its own, once placed); otherwise this broker leads every partition. `None` for an
+/// internal topic the controller has not placed yet (no group or transaction used it, or too
+/// few brokers are live): in a cluster it exists nowhere yet, as in Kafka, and this broker
+/// does not lead it alone.
+fn describe(broker: &Broker, shard: &Shard, topic: &TopicMeta) -> Option<MetadataResponseTopic> {
     let placed = shard.cluster().and_then(|view| view.image.topics.get(&topic.name).cloned());
     let internal = topics::is_internal(&topic.name);
     let partitions = match placed.filter(|record| record.id == *topic.id.as_bytes() || internal) {
         Some(record) => {
             record.partitions.iter().enumerate().map(|(index, p)| placed_partition(index, p)).collect()
         }
+        None if internal && shard.config().cluster.is_clustered() => return None,
         None => led_here(broker, topic),
     };
-    MetadataResponseTopic::default()
+    let described = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
         .with_topic_id(topic.id)
         .with_is_internal(topics::is_internal(&topic.name))
-        .with_partitions(partitions)
+        .with_partitions(partitions);
+    Some(described)
 }
 
 fn placed_partition(index: usize, partition: &PartitionRecord) -> MetadataResponsePartition {

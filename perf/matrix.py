@@ -45,9 +45,14 @@ class Broker:
         Broker.live.append(self)
 
     def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
-        Broker.live.remove(self)
+        try:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        finally:
+            Broker.live.remove(self)
 
     @staticmethod
     def stop_all():
@@ -86,8 +91,10 @@ def main():
     try:
         rows.update(run_rows(options, out, data, seconds))
     finally:
-        Broker.stop_all()
-        shutil.rmtree(data, ignore_errors=True)
+        try:
+            Broker.stop_all()
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
     # Produce and e2e latencies are per request and per record; a consume row's are per fetch
     # (often one fetch), so they stay out of the plot.
     hgrms = [os.path.join(out, f"{name}.hgrm") for name in rows if not name.startswith("consume")]

@@ -54,17 +54,18 @@ def tcp_max(path, wanted_max):
 
 
 def tuners(data_dir):
-    """name -> (file, value as `ringmq tune --apply` sets it, workloads it should move).
-    tcp-wmem and tcp-rmem are candidates, not `ringmq tune` tuners: measured to see whether they
-    should be (tuning/README.md has what they did)."""
+    """name -> a function giving (file, value as `ringmq tune --apply` sets it, workloads it
+    should move), called only for the tuners measured. tcp-wmem and tcp-rmem are candidates, not
+    `ringmq tune` tuners: measured to see whether they should be (tuning/README.md has what they
+    did)."""
     return {
-        "disk-scheduler": (scheduler_file(data_dir), "none", ["produce-acks-all-fsync", "produce-acks1"]),
-        "transparent-hugepages": ("/sys/kernel/mm/transparent_hugepage/enabled", "always",
-                                  ["produce-acks1", "consume-tail"]),
-        "tcp-wmem": ("/proc/sys/net/ipv4/tcp_wmem", tcp_max("/proc/sys/net/ipv4/tcp_wmem", 16 << 20),
-                     ["consume-tail"]),
-        "tcp-rmem": ("/proc/sys/net/ipv4/tcp_rmem", tcp_max("/proc/sys/net/ipv4/tcp_rmem", 16 << 20),
-                     ["produce-acks1"]),
+        "disk-scheduler": lambda: (scheduler_file(data_dir), "none", ["produce-acks-all-fsync", "produce-acks1"]),
+        "transparent-hugepages": lambda: ("/sys/kernel/mm/transparent_hugepage/enabled", "always",
+                                          ["produce-acks1", "consume-tail"]),
+        "tcp-wmem": lambda: ("/proc/sys/net/ipv4/tcp_wmem", tcp_max("/proc/sys/net/ipv4/tcp_wmem", 16 << 20),
+                             ["consume-tail"]),
+        "tcp-rmem": lambda: ("/proc/sys/net/ipv4/tcp_rmem", tcp_max("/proc/sys/net/ipv4/tcp_rmem", 16 << 20),
+                             ["produce-acks1"]),
     }
 
 
@@ -121,8 +122,10 @@ def measure(name, path, wanted, workloads, options, out):
                           f"ratio {report.get('baseline_ratio') or 0:.2f} p99 {report['latency_us']['p99']:.0f} µs "
                           f"steal {report.get('cpu_steal_percent') or 0:.0f}%", flush=True)
     finally:
-        matrix.Broker.stop_all()
-        write(path, before)
+        try:
+            matrix.Broker.stop_all()
+        finally:
+            write(path, before)
     return runs
 
 
@@ -139,11 +142,13 @@ def table(runs):
             values = [field(r["report"]) for r in side[s]]
             return statistics.median(values) if values else 0
 
+        if not side["before"] or not side["after"]:
+            continue  # a run failed before both sides were measured: no comparison to show
         mb = [median(s, lambda r: r["mb_per_s"]) for s in ("before", "after")]
         ratio = [median(s, lambda r: r.get("baseline_ratio") or 0) for s in ("before", "after")]
         p99 = [median(s, lambda r: r["latency_us"]["p99"]) for s in ("before", "after")]
         lines.append(f"| {tuner} | {workload} | {side['before'][0]['value']} | {side['after'][0]['value']} | "
-                     f"{mb[0]:.0f} → {mb[1]:.0f} ({mb[1] / mb[0]:.2f}x) | {ratio[0]:.2f} → {ratio[1]:.2f} | "
+                     f"{mb[0]:.0f} → {mb[1]:.0f} ({mb[1] / max(mb[0], 1e-9):.2f}x) | {ratio[0]:.2f} → {ratio[1]:.2f} | "
                      f"{p99[0]:.0f} → {p99[1]:.0f} | {len(side['before'])} |")
     return "\n".join(lines) + "\n"
 
@@ -165,9 +170,10 @@ def main():
         matrix.ROOT, "perf", "results", f"{datetime.date.today()}-{platform.node()}")
     os.makedirs(out, exist_ok=True)
     runs = []
-    for name, (path, wanted, workloads) in tuners(options.data_dir).items():
+    for name, tuner in tuners(options.data_dir).items():
         if options.tuner and name not in options.tuner:
             continue
+        path, wanted, workloads = tuner()
         runs += measure(name, path, wanted, workloads, options, out)
     for scratch in ("tuner-fill", "tuner-run"):
         for suffix in (".json", ".hgrm"):

@@ -321,6 +321,9 @@ fn prepare_topic(bootstrap: SocketAddr, args: &LoadArgs) -> Result<i32, String> 
 }
 
 fn settings(args: &LoadArgs) -> Result<LoadSettings, String> {
+    if args.rewind && args.from == "latest" {
+        return Err("--rewind reads from where a partition started to its end: not with --from latest".into());
+    }
     let bootstrap = wire::resolve(&args.bootstrap)?;
     let partitions = prepare_topic(bootstrap, args)?;
     if args.record_size == 0 || args.batch_bytes == 0 || args.connections == 0 {

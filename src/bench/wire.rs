@@ -32,6 +32,8 @@ pub struct Reader {
     /// The last response's body: its allocation is read into again once every slice of it
     /// the caller kept is dropped, as a client's allocator hands back memory it freed.
     last: Option<Bytes>,
+    /// Answers read into a buffer used before (the tests' witness that reuse happens).
+    reused: u64,
 }
 
 /// Opens a connection (Nagle off: requests go out as they are written).
@@ -40,7 +42,7 @@ pub fn connect(address: SocketAddr) -> Result<(Writer, Reader), String> {
         .map_err(|e| format!("connect {address}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-    let reader = Reader { stream: stream.try_clone().map_err(|e| e.to_string())?, last: None };
+    let reader = Reader { stream: stream.try_clone().map_err(|e| e.to_string())?, last: None, reused: 0 };
     Ok((Writer { stream, next_correlation: 1 }, reader))
 }
 
@@ -101,7 +103,10 @@ impl Reader {
         // allocations over 32 MiB anew each time): reading consume-tail's 45 MB fetches into new
         // buffers cost the generator more than the broker's sending them.
         let mut body = match self.last.take().map(Bytes::try_into_mut) {
-            Some(Ok(reused)) => Vec::from(reused),
+            Some(Ok(reused)) => {
+                self.reused += 1;
+                Vec::from(reused)
+            }
             _ => Vec::new(),
         };
         body.clear();
@@ -199,10 +204,12 @@ mod tests {
         let held = reader.last.clone();
         let second: (i32, ApiVersionsResponse) = reader.receive(ApiKey::ApiVersions, 0).expect("second");
         assert_ne!(body(&reader), first_body, "a buffer still held is not read into");
+        assert_eq!(reader.reused, 0);
         drop(held);
         let second_body = body(&reader);
         let third: (i32, ApiVersionsResponse) = reader.receive(ApiKey::ApiVersions, 0).expect("third");
-        assert_eq!(body(&reader), second_body, "a free buffer is read into again");
+        assert_eq!(reader.reused, 1, "a free buffer is read into again");
+        assert_eq!(body(&reader), second_body, "the same allocation");
         assert_eq!((first.0, second.0, third.0), (1, 2, 3));
         server.join().expect("server");
     }

@@ -149,6 +149,11 @@ where
     value.trim().parse::<T>().map_err(|e| format!("`{value}`: {e}"))
 }
 
+/// An optional address: empty means none.
+fn optional_address(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.is_empty() { Ok(None) } else { address(value).map(Some) }
+}
+
 fn address(value: &str) -> Result<SocketAddr, String> {
     value
         .to_socket_addrs()
@@ -190,7 +195,7 @@ pub const SETTINGS: &[Setting] = &[
         default: "",
         meaning: "HOST:PORT clients are told to connect to; empty means the listen address",
         apply: |c, v| {
-            c.advertised_listener = if v.is_empty() { None } else { Some(address(v)?) };
+            c.advertised_listener = optional_address(v)?;
             Ok(())
         },
     },
@@ -239,7 +244,7 @@ pub const SETTINGS: &[Setting] = &[
         default: "",
         meaning: "a listener for other brokers' replica fetches and transaction markers, apart from the clients' (flag --peer-listen); empty means they use the Kafka listener",
         apply: |c, v| {
-            c.cluster.peer_listen = if v.is_empty() { None } else { Some(address(v)?) };
+            c.cluster.peer_listen = optional_address(v)?;
             Ok(())
         },
     },
@@ -248,7 +253,7 @@ pub const SETTINGS: &[Setting] = &[
         default: "",
         meaning: "where this node's controller listens (flag --controller-listen); empty means its address in controller_quorum_voters",
         apply: |c, v| {
-            c.cluster.controller_listen = if v.is_empty() { None } else { Some(address(v)?) };
+            c.cluster.controller_listen = optional_address(v)?;
             Ok(())
         },
     },

@@ -1122,17 +1122,25 @@ fn brokers_replicate_over_their_peer_listeners() {
     }
 }
 
-/// `ringmq cluster info --json` asked of `broker` until `done` holds of it (30 s at most).
-fn cluster_info_until(broker: &Broker, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+/// Polls `check` every 100 ms until it gives a value; fails after 30 s with `what` and what
+/// `check` last said.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let info = cluster_info(broker);
-        if done(&info) {
-            return info;
+        match check() {
+            Ok(value) => return value,
+            Err(state) => assert!(Instant::now() < deadline, "{what}: {state}"),
         }
-        assert!(Instant::now() < deadline, "{what}: {info}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `ringmq cluster info --json` asked of `broker` until `done` holds of it (30 s at most).
+fn cluster_info_until(broker: &Broker, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    eventually(what, || {
+        let info = cluster_info(broker);
+        if done(&info) { Ok(info) } else { Err(info.to_string()) }
+    })
 }
 
 fn listed(info: &Value, key: &str) -> Vec<String> {
@@ -1188,18 +1196,16 @@ fn cluster_info_lists_what_a_dead_broker_left_leaderless_or_under_replicated() {
     // The survivors lead every "safe" partition now, each short of a replica.
     // Each survivor's gauges move once it has applied the image that fenced broker 3.
     let gauge = |broker: &Broker, name: &str| common::scrape(broker).get(name).copied().unwrap_or(-1.0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("the survivors' gauges", || {
         let under: f64 =
             nodes.values().map(|broker| gauge(broker, "ringmq_under_replicated_partitions")).sum();
         let offline: Vec<f64> =
             nodes.values().map(|broker| gauge(broker, "ringmq_cluster_offline_partitions")).collect();
-        if under >= 3.0 && offline.iter().all(|count| *count >= 1.0) {
-            break;
+        match under >= 3.0 && offline.iter().all(|count| *count >= 1.0) {
+            true => Ok(()),
+            false => Err(format!("under-replicated led by survivors {under}, offline {offline:?}")),
         }
-        assert!(Instant::now() < deadline, "under-replicated led by survivors {under}, offline {offline:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 
     // Back again, the broker leads its partition and catches up: nothing is listed.
     nodes.insert(lost, node(lost, &quorum, Some(killed)));

@@ -80,13 +80,24 @@ pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Tas
     glommio::spawn_local(future)
 }
 
-/// Runs a blocking function on this executor's helper thread and awaits its result.
+/// Runs a blocking function on this executor's helper threads and awaits its result.
+///
+/// glommio's `spawn_blocking` future, if dropped before the function returns, never drops the
+/// function's result (it is left in a `MaybeUninit`): a cold read whose fetch went away would
+/// leak its buffer. So the call runs in a detached task that always takes the result, and the
+/// caller waits for it on a oneshot; a caller that went away leaves it to be dropped there.
 pub async fn spawn_blocking<F, R>(func: F) -> R
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    glommio::executor().spawn_blocking(func).await
+    let (answer, answered) = futures_channel::oneshot::channel();
+    glommio::spawn_local(async move {
+        let result = glommio::executor().spawn_blocking(func).await;
+        let _nobody_waits = answer.send(result);
+    })
+    .detach();
+    answered.await.expect("a detached blocking call always answers")
 }
 
 pub async fn sleep(duration: Duration) {
@@ -160,5 +171,48 @@ impl Latch {
             Poll::Pending
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its drops.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_blocking_call_whose_caller_went_away_still_drops_its_result() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        block_on(async {
+            let (started, start) = std::sync::mpsc::channel::<()>();
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let counted = drops.clone();
+            let mut call = Box::pin(spawn_blocking(move || {
+                let _ = started.send(());
+                let _ = released.recv();
+                Counted(counted)
+            }));
+            // The call is on its helper thread when its caller drops it.
+            while futures_lite::future::poll_once(call.as_mut()).await.is_none() && start.try_recv().is_err()
+            {
+                futures_lite::future::yield_now().await;
+            }
+            drop(call);
+            let _ = release.send(());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while drops.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the result was dropped, not leaked");
     }
 }

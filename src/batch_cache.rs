@@ -76,6 +76,11 @@ impl BatchCache {
         }
     }
 
+    /// Whether `from` is in the cache or after it (a read from there would not go to disk).
+    pub fn covers(&self, from: Offset) -> bool {
+        self.batches.front().is_some_and(|oldest| oldest.base <= from)
+    }
+
     /// The cached batches from the one holding `from`, or `None` if `from` is older than the
     /// cache. Stops before `upper`, and at `bytes_max` unless that would return nothing while
     /// `min_one` is set.

@@ -39,6 +39,12 @@ pub const SCAN_READ_BYTES: usize = 1 << 20;
 /// Largest single read a fetch issues against a segment file.
 pub const READ_BYTES_MAX: usize = 64 << 20;
 
+/// Bytes of cold-read read-ahead one core holds at most (`log::read_ahead`).
+pub const READ_AHEAD_BYTES_MAX: u64 = 128 << 20;
+
+/// Bytes of dropped read buffers one thread keeps to read into again (`io::AlignedBuf`).
+pub const POOLED_BUFFER_BYTES_MAX: usize = 128 << 20;
+
 /// Appends that may wait for durability at once on one partition. Beyond this the log answers
 /// with back-pressure instead of queueing without bound.
 pub const APPEND_WAITERS_MAX: usize = 64 * 1024;
@@ -51,3 +57,4 @@ const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(READ_BYTES_MAX >= BATCH_BYTES_MAX);
+const _: () = assert!(READ_AHEAD_BYTES_MAX >= READ_BYTES_MAX as u64);

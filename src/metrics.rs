@@ -66,6 +66,11 @@ pub struct Counters {
     pub disk_read_bytes: u64,
     pub disk_writes_in_flight: u64,
     pub disk_reads_in_flight: u64,
+    /// Cold-read read-ahead (`log::read_ahead`): started, taken by the read it was for, and
+    /// dropped for room before any read took it.
+    pub read_ahead_started: u64,
+    pub read_ahead_used: u64,
+    pub read_ahead_dropped: u64,
     pub fsync: Histogram,
 }
 
@@ -262,7 +267,7 @@ pub fn render(cores: &[CoreSnapshot], cluster: &ClusterGauges) -> String {
 type CoreMetric = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
 
 /// The per-core counters and gauges read straight from `Counters`.
-const PER_CORE: [CoreMetric; 13] = [
+const PER_CORE: [CoreMetric; 16] = [
     ("ringmq_network_received_bytes_total", "counter", "Bytes of Kafka requests received.", |c| {
         c.received_bytes
     }),
@@ -302,6 +307,18 @@ const PER_CORE: [CoreMetric; 13] = [
     ("ringmq_disk_written_bytes_total", "counter", "Bytes written to segments.", |c| c.disk_written_bytes),
     ("ringmq_disk_reads_total", "counter", "O_DIRECT segment reads.", |c| c.disk_reads),
     ("ringmq_disk_read_bytes_total", "counter", "Bytes read from segments.", |c| c.disk_read_bytes),
+    ("ringmq_read_ahead_started_total", "counter", "Cold-read read-aheads started.", |c| {
+        c.read_ahead_started
+    }),
+    ("ringmq_read_ahead_used_total", "counter", "Read-aheads a later read took instead of reading.", |c| {
+        c.read_ahead_used
+    }),
+    (
+        "ringmq_read_ahead_dropped_total",
+        "counter",
+        "Read-aheads dropped for room before any read took them.",
+        |c| c.read_ahead_dropped,
+    ),
 ];
 
 /// The per-core counters: network, connections, Fetch, disk.

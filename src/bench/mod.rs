@@ -407,11 +407,14 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
         }
         report::Workload::E2e => e2e(&settings, &counters),
     };
+    // Taken before the progress thread is joined: it wakes once a second, and the wait for it
+    // is no part of the run.
+    let ended = Instant::now();
     done.store(true, Ordering::Relaxed);
     if let Some(ticker) = ticker {
         let _ = ticker.join();
     }
-    let elapsed = settings.deadline().min(Instant::now()).saturating_duration_since(settings.warm_end());
+    let elapsed = settings.deadline().min(ended).saturating_duration_since(settings.warm_end());
     let mut summary = report::Summary::new(workload, &args, measured?, elapsed, baseline);
     summary.cpu_steal_percent = report::steal_percent(steal_before, report::cpu_times());
     report::finish(&summary, &args)

@@ -117,13 +117,25 @@ impl ReadFile {
             c.disk_reads += 1;
             c.disk_reads_in_flight += 1;
         });
-        let read =
-            spawn_blocking(move || AlignedBuf::read_at(&file, position, len).map(Bytes::from_owner)).await;
+        // The buffer is taken and, on failure, dropped here, so it comes from and goes back to
+        // this core's pool (`AlignedBuf::for_read`), not a helper thread's.
+        let mut buf = AlignedBuf::for_read(len);
+        let (buf, read) = spawn_blocking(move || {
+            let read = buf.read_at(&file, position, len);
+            (buf, read)
+        })
+        .await;
+        let read = read.map(|()| Bytes::from_owner(buf));
         crate::metrics::count(|c| {
             c.disk_reads_in_flight -= 1;
             c.disk_read_bytes += read.as_ref().map_or(0, |bytes| bytes.len() as u64);
         });
         read
+    }
+
+    /// Whether both handles are the same open file (not merely the same path).
+    pub fn same_file(&self, other: &ReadFile) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
     }
 
     pub fn file_size_bytes(&self) -> io::Result<u64> {

@@ -17,6 +17,7 @@ mod config;
 mod epochs;
 mod index;
 pub mod producers;
+mod read_ahead;
 mod reader;
 mod recovery;
 mod retention;

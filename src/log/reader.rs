@@ -5,8 +5,9 @@
 //! Every batch read from a file is checked (length, magic, CRC32C) before it is returned:
 //! the log never serves bytes it cannot vouch for.
 
+use super::read_ahead;
 use super::segment::Segment;
-use super::{Log, ReadError, StorageError};
+use super::{Log, LogState, ReadError, StorageError};
 use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::constants::{BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, READ_BYTES_MAX, SCAN_READ_BYTES};
 use crate::io::ReadFile;
@@ -58,11 +59,13 @@ pub(super) struct BatchReader {
     limit: u64,
     buf: Bytes,
     buf_start: u64,
+    /// The log's truncation count, when a read-ahead (`read_ahead`) may stand in for a read.
+    read_ahead: Option<u64>,
 }
 
 impl BatchReader {
     pub fn new(file: ReadFile, segment: Offset, limit: u64) -> BatchReader {
-        BatchReader { file, segment, limit, buf: Bytes::new(), buf_start: 0 }
+        BatchReader { file, segment, limit, buf: Bytes::new(), buf_start: 0, read_ahead: None }
     }
 
     fn corrupt(&self, position: u64, reason: BatchError) -> ReadError {
@@ -106,6 +109,13 @@ impl BatchReader {
         if self.buf_start <= position && position + len as u64 <= buffered_end {
             return Ok(());
         }
+        if let Some(truncations) = self.read_ahead
+            && let Some((start, buf)) = read_ahead::take(&self.file, truncations, position, len as u64).await
+        {
+            self.buf = buf;
+            self.buf_start = start;
+            return Ok(());
+        }
         let start = position - position % IO_ALIGNMENT_BYTES as u64;
         let end = (position + len.max(read_ahead.min(READ_BYTES_MAX)) as u64).min(self.limit);
         let read_len = (end - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64) as usize;
@@ -135,6 +145,12 @@ pub struct TimestampLookup {
 enum Planned {
     Done(ReadBatches),
     Segment { view: SegmentView, upper: Offset, truncations: u64 },
+}
+
+/// Bytes a read from a segment asks the disk for at once: what the fetch may return and a
+/// little more, so the batch that crosses `bytes_max` is usually whole in the same read.
+fn read_len(limits: ReadLimits) -> usize {
+    limits.bytes_max.saturating_add(SCAN_READ_BYTES / 16).min(READ_BYTES_MAX)
 }
 
 /// A segment's read handle and extent, taken so the read can await without borrowing state.
@@ -181,8 +197,13 @@ impl Log {
                 Planned::Done(read) => return Ok(read),
                 Planned::Segment { view, upper, truncations } => (view, upper, truncations),
             };
-            let result = read_segment(view, from, upper, limits).await;
+            let result = read_segment(view, from, upper, limits, truncations).await;
             if self.shared.state.borrow().truncations == truncations {
+                if let Ok(read) = &result
+                    && read.batches > 0
+                {
+                    self.read_ahead_from(read.next_offset, limits, bound);
+                }
                 return result;
             }
         }
@@ -198,10 +219,7 @@ impl Log {
                 log_end: state.log_end,
             });
         }
-        // While a truncation runs, only batches wholly below its offset are certain to stay.
-        let cutting = state.truncating.unwrap_or(Offset(i64::MAX));
-        let ceiling = if bound == super::Bound::Written { state.written } else { state.visible() };
-        let upper = limits.upper.min(ceiling).min(cutting);
+        let upper = state.read_upper(limits, bound);
         if from >= upper {
             return Ok(Planned::Done(ReadBatches::empty(from)));
         }
@@ -216,11 +234,26 @@ impl Log {
             }
             return Ok(Planned::Done(read));
         }
-        let Some(segment) = state.segments.iter().find(|segment| segment.end > from) else {
+        let Some(view) = state.segment_view(from) else {
             return Ok(Planned::Done(ReadBatches::empty(from)));
         };
-        let start = segment.index.position_for(segment.relative(from.max(segment.base)));
-        Ok(Planned::Segment { view: SegmentView::new(segment, start), upper, truncations: state.truncations })
+        Ok(Planned::Segment { view, upper, truncations: state.truncations })
+    }
+
+    /// After a read from disk that ended at `from`: starts reading what the next read from
+    /// there will read, unless that read would be answered from the cache or find nothing.
+    fn read_ahead_from(&self, from: Offset, limits: ReadLimits, bound: super::Bound) {
+        let state = self.shared.state.borrow();
+        if from >= state.read_upper(limits, bound) || state.cache.covers(from) {
+            return;
+        }
+        let Some(view) = state.segment_view(from) else { return };
+        read_ahead::start(read_ahead::Range {
+            file: &view.reader,
+            truncations: state.truncations,
+            position: view.start_position,
+            end: (view.start_position + read_len(limits) as u64).min(view.size_bytes),
+        });
     }
 
     /// The first record carrying the log's largest timestamp (ListOffsets' MAX_TIMESTAMP,
@@ -298,16 +331,36 @@ fn first_record_at(
         .map(|record| TimestampLookup { offset: Offset(record.offset), timestamp: record.timestamp })
 }
 
+impl LogState {
+    /// The offset reads stop before: the high watermark (or what is written, for a follower),
+    /// the caller's bound, and while a truncation runs, the offset it cuts to (only batches
+    /// wholly below it are certain to stay).
+    fn read_upper(&self, limits: ReadLimits, bound: super::Bound) -> Offset {
+        let cutting = self.truncating.unwrap_or(Offset(i64::MAX));
+        let ceiling = if bound == super::Bound::Written { self.written } else { self.visible() };
+        limits.upper.min(ceiling).min(cutting)
+    }
+
+    /// The segment holding `from`, and where in it the scan for `from` starts.
+    fn segment_view(&self, from: Offset) -> Option<SegmentView> {
+        let segment = self.segments.iter().find(|segment| segment.end > from)?;
+        let start = segment.index.position_for(segment.relative(from.max(segment.base)));
+        Some(SegmentView::new(segment, start))
+    }
+}
+
 async fn read_segment(
     view: SegmentView,
     from: Offset,
     upper: Offset,
     limits: ReadLimits,
+    truncations: u64,
 ) -> Result<ReadBatches, ReadError> {
     let mut read = ReadBatches::empty(from);
     let mut batches = BatchReader::new(view.reader, view.base, view.size_bytes);
+    batches.read_ahead = Some(truncations);
     let mut position = view.start_position;
-    let read_ahead = limits.bytes_max.saturating_add(SCAN_READ_BYTES / 16);
+    let read_ahead = read_len(limits);
     while let Some((header, bytes)) = batches.batch_at(position, read_ahead).await? {
         position += bytes.len() as u64;
         if header.last_offset() < from.0 {

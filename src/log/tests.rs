@@ -336,6 +336,53 @@ fn delete_records_moves_the_log_start_durably() {
     });
 }
 
+/// What `append(log, seed, 2, 500)` stores at `base`.
+fn stored(seed: u64, base: i64) -> Vec<u8> {
+    let batch = encode_batch(seed, 2, 500, 1_000 + seed as i64);
+    let mut stored = batch::rewrite_header(&batch, base, 3, None).to_vec();
+    stored.extend_from_slice(&batch[batch::HEADER_BYTES..]);
+    stored
+}
+
+#[test]
+fn a_cold_read_reads_ahead_for_the_next_and_a_truncation_voids_what_it_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { cache_bytes_max: 0, ..config() };
+    block_on(async {
+        let log = Log::open(dir.path(), config).await.expect("open");
+        for seed in 0..40 {
+            append(&log, seed, 2, 500).await.expect("append");
+        }
+        let expected = |seeds: std::ops::Range<u64>, base: i64| -> Vec<u8> {
+            seeds.enumerate().flat_map(|(i, seed)| stored(seed, base + 2 * i as i64)).collect()
+        };
+        let limits = ReadLimits { bytes_max: 3000, ..everything() };
+        let used = || crate::metrics::counters().read_ahead_used;
+
+        let first = log.read(Offset(0), limits).await.expect("read");
+        assert!(!first.from_cache, "nothing is cached");
+        assert_eq!((first.batches, first.next_offset), (2, Offset(4)), "two batches of ~1.1 KB fit");
+        let taken = used();
+        let second = log.read(first.next_offset, limits).await.expect("read");
+        assert_eq!(used(), taken + 1, "the second read takes what the first read ahead");
+        assert!(second.to_vec() == expected(2..4, 4), "the batches at 4..8");
+
+        // The second read has read ahead from offset 8. Cut the log there and append other
+        // batches in its place: the bytes read ahead are no longer the file's.
+        log.truncate_to(second.next_offset).await.expect("truncate");
+        for seed in 100..110 {
+            append(&log, seed, 2, 500).await.expect("append");
+        }
+        let third = log.read(second.next_offset, limits).await.expect("read");
+        assert!(third.to_vec() == expected(100..102, 8), "the new batches, not those read ahead");
+        assert_eq!(used(), taken + 1, "nothing read ahead before the truncation was used");
+        let fourth = log.read(third.next_offset, limits).await.expect("read");
+        assert_eq!(used(), taken + 2, "reads after the truncation read ahead again");
+        assert!(fourth.to_vec() == expected(102..104, 12), "the new batches at 12..16");
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn truncate_cuts_at_a_batch_boundary_and_appends_continue() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -67,7 +67,7 @@ pub struct Counters {
     pub disk_writes_in_flight: u64,
     pub disk_reads_in_flight: u64,
     /// Cold-read read-ahead (`log::read_ahead`): started, taken by the read it was for, and
-    /// dropped for room before any read took it.
+    /// dropped before any read took it (for room, or its segment or generation is gone).
     pub read_ahead_started: u64,
     pub read_ahead_used: u64,
     pub read_ahead_dropped: u64,
@@ -316,7 +316,7 @@ const PER_CORE: [CoreMetric; 16] = [
     (
         "ringmq_read_ahead_dropped_total",
         "counter",
-        "Read-aheads dropped for room before any read took them.",
+        "Read-aheads dropped unused (no room, their segment deleted, their log truncated).",
         |c| c.read_ahead_dropped,
     ),
 ];

@@ -38,6 +38,9 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity: usize,
     len: usize,
+    /// Made by `zeroed`: every byte is initialised. A read buffer (`for_read`) holds only what
+    /// its reads wrote, so it never hands out its spare capacity.
+    zeroed: bool,
 }
 
 // SAFETY: `AlignedBuf` uniquely owns its allocation (like `Vec<u8>`); nothing else aliases it.
@@ -53,14 +56,14 @@ impl AlignedBuf {
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
-        AlignedBuf { ptr, capacity, len: 0 }
+        AlignedBuf { ptr, capacity, len: 0, zeroed: true }
     }
 
     /// An empty buffer for a read of up to `len` bytes: a pooled allocation of this thread's
     /// if one fits (at most a quarter larger), else a new one. Its bytes are not initialised;
     /// only what `read_at` reads into it is ever exposed. (A zeroed 8 MiB buffer costs a
     /// memset as long as a tenth of the read.)
-    pub fn for_read(len: usize) -> AlignedBuf {
+    pub(super) fn for_read(len: usize) -> AlignedBuf {
         let capacity = len.max(1).next_multiple_of(IO_ALIGNMENT_BYTES);
         let pooled = POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
@@ -69,20 +72,20 @@ impl AlignedBuf {
             let at = pool.free.iter().position(fits)?;
             let (ptr, have) = pool.free.swap_remove(at);
             pool.bytes -= have;
-            Some(AlignedBuf { ptr, capacity: have, len: 0 })
+            Some(AlignedBuf { ptr, capacity: have, len: 0, zeroed: false })
         });
         pooled.unwrap_or_else(|| {
             let layout = Self::layout(capacity);
             // SAFETY: the layout has a non-zero size.
             let raw = unsafe { alloc::alloc(layout) };
             let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
-            AlignedBuf { ptr, capacity, len: 0 }
+            AlignedBuf { ptr, capacity, len: 0, zeroed: false }
         })
     }
 
     /// Reads up to `len` bytes (at most its capacity) of `file` at the aligned `position` into
     /// the buffer, replacing what it held; fewer at the end of the file.
-    pub fn read_at(&mut self, file: &std::fs::File, position: u64, len: usize) -> std::io::Result<()> {
+    pub(super) fn read_at(&mut self, file: &std::fs::File, position: u64, len: usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let len = len.min(self.capacity);
         self.len = 0;
@@ -123,13 +126,16 @@ impl AlignedBuf {
 
     /// The whole capacity, for a read to fill.
     pub fn spare_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the allocation is `capacity` bytes, zero-initialised, and uniquely borrowed.
+        assert!(self.zeroed, "only a zeroed buffer hands out its spare capacity");
+        // SAFETY: the allocation is `capacity` bytes, zero-initialised (checked above), and
+        // uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
     }
 
     /// Marks the first `len` bytes as holding data.
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.capacity, "AlignedBuf::set_len beyond capacity");
+        assert!(self.zeroed, "a read buffer's length is what its reads wrote");
         self.len = len;
     }
 }

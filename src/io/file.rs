@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 fn to_io(err: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(err)
@@ -113,10 +113,7 @@ impl ReadFile {
     pub async fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
         assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT read position");
         let file = self.file.clone();
-        crate::metrics::count(|c| {
-            c.disk_reads += 1;
-            c.disk_reads_in_flight += 1;
-        });
+        let _in_flight = ReadInFlight::start();
         // The buffer is taken and, on failure, dropped here, so it comes from and goes back to
         // this core's pool (`AlignedBuf::for_read`), not a helper thread's.
         let mut buf = AlignedBuf::for_read(len);
@@ -126,20 +123,51 @@ impl ReadFile {
         })
         .await;
         let read = read.map(|()| Bytes::from_owner(buf));
-        crate::metrics::count(|c| {
-            c.disk_reads_in_flight -= 1;
-            c.disk_read_bytes += read.as_ref().map_or(0, |bytes| bytes.len() as u64);
-        });
+        crate::metrics::count(|c| c.disk_read_bytes += read.as_ref().map_or(0, |bytes| bytes.len() as u64));
         read
     }
 
-    /// Whether both handles are the same open file (not merely the same path).
-    pub fn same_file(&self, other: &ReadFile) -> bool {
-        Arc::ptr_eq(&self.file, &other.file)
+    /// A handle that names this file without keeping it open.
+    pub fn id(&self) -> ReadFileId {
+        ReadFileId(Arc::downgrade(&self.file))
     }
 
     pub fn file_size_bytes(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+}
+
+/// Names a `ReadFile` without keeping it open: the file closes when its last `ReadFile` goes.
+/// While the id lives, no other file can take its identity.
+pub struct ReadFileId(Weak<File>);
+
+impl ReadFileId {
+    pub fn is(&self, file: &ReadFile) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&file.file))
+    }
+
+    /// Whether every `ReadFile` of it is gone (the segment was deleted or its log closed).
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
+/// Counts a segment read in flight until it ends, or until its caller drops it.
+struct ReadInFlight;
+
+impl ReadInFlight {
+    fn start() -> ReadInFlight {
+        crate::metrics::count(|c| {
+            c.disk_reads += 1;
+            c.disk_reads_in_flight += 1;
+        });
+        ReadInFlight
+    }
+}
+
+impl Drop for ReadInFlight {
+    fn drop(&mut self) {
+        crate::metrics::count(|c| c.disk_reads_in_flight -= 1);
     }
 }
 

@@ -13,7 +13,8 @@ mod runtime;
 
 pub use aligned::AlignedBuf;
 pub use file::{
-    ReadFile, WriteBuf, WriteFile, read_small_file, remove_dir_all, remove_file, sync_dir, write_file_atomic,
+    ReadFile, ReadFileId, WriteBuf, WriteFile, read_small_file, remove_dir_all, remove_file, sync_dir,
+    write_file_atomic,
 };
 pub use mesh::{Inbox, Mesh, MeshBuilder, mesh};
 pub use net::{Listener, Stream, reserve_address};

@@ -6,31 +6,43 @@
 //! one stopped, as many bytes as it read), and the next read takes that buffer when it is the
 //! one it needs.
 //!
-//! One registry per core, bounded by `READ_AHEAD_BYTES_MAX`; the oldest read-ahead is dropped
-//! first, so one left by a consumer that went away lasts only until newer ones need the room.
+//! One registry per core, bounded by `READ_AHEAD_BYTES_MAX`. When it is full, a read-ahead
+//! nobody took within `UNUSED_MAX` (its consumer went away, or moved elsewhere) makes room;
+//! if none is that old, no new one starts, so many readers on one core cannot evict each
+//! other's read-aheads before they are used. Read-aheads of a deleted segment, or of a log
+//! generation since truncated, go at the next start. An entry names its file without keeping it
+//! open, so a segment deleted by retention frees its disk space.
+//!
 //! A buffer serves only reads of the same file in the same log generation (truncations
 //! counted), and only its bytes below the segment's size when it was started: those are whole
 //! written batches that no later write changes.
 
 use crate::constants::{IO_ALIGNMENT_BYTES, READ_AHEAD_BYTES_MAX};
-use crate::io::{ReadFile, Task, spawn_local};
+use crate::io::{ReadFile, ReadFileId, Task, spawn_local};
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::time::{Duration, Instant};
+
+/// How long a read-ahead keeps its room when the registry is full and nobody takes it.
+const UNUSED_MAX: Duration = Duration::from_secs(1);
 
 /// A range of a segment file `[start, end)` being read (or read and not yet taken).
 struct Pending {
-    file: ReadFile,
+    file: ReadFileId,
     truncations: u64,
     start: u64,
     end: u64,
+    /// The bytes it holds against the registry's bound: the aligned length it reads.
+    bytes: u64,
+    started: Instant,
     read: Task<io::Result<Bytes>>,
 }
 
 impl Pending {
     fn covers(&self, file: &ReadFile, truncations: u64, position: u64, len: u64) -> bool {
-        self.file.same_file(file)
+        self.file.is(file)
             && self.truncations == truncations
             && self.start <= position
             && position + len <= self.end
@@ -55,36 +67,59 @@ pub(super) struct Range<'a> {
     pub end: u64,
 }
 
-/// Starts reading `range` on this core's blocking threads, unless a read-ahead already covers
-/// its start or it is empty. Drops the oldest read-ahead while the new one would not fit.
+/// Starts reading `range` on this core's blocking threads, unless it is empty or a read-ahead
+/// already covers its start. Room comes from read-aheads nobody took within `UNUSED_MAX`; if
+/// that is not enough, nothing starts.
 pub(super) fn start(range: Range<'_>) {
     let start = range.position - range.position % IO_ALIGNMENT_BYTES as u64;
     if range.end <= range.position || range.end - start > READ_AHEAD_BYTES_MAX {
         return;
     }
+    let len = (range.end - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64);
     READ_AHEADS.with(|registry| {
         let mut registry = registry.borrow_mut();
+        registry.drop_where(|p| {
+            p.file.is_closed() || (p.file.is(range.file) && p.truncations != range.truncations)
+        });
         if registry.pending.iter().any(|p| p.covers(range.file, range.truncations, range.position, 1)) {
             return;
         }
-        while registry.bytes + (range.end - start) > READ_AHEAD_BYTES_MAX {
-            let Some(oldest) = registry.pending.pop_front() else { break };
-            registry.bytes -= oldest.end - oldest.start;
-            crate::metrics::count(|c| c.read_ahead_dropped += 1);
+        while registry.bytes + len > READ_AHEAD_BYTES_MAX {
+            if registry.pending.front().is_none_or(|oldest| oldest.started.elapsed() < UNUSED_MAX) {
+                return;
+            }
+            registry.drop_where(|p| p.started.elapsed() >= UNUSED_MAX);
         }
         let file = range.file.clone();
-        let len = (range.end - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64) as usize;
-        let read = spawn_local(async move { file.read_at(start, len).await });
-        registry.bytes += range.end - start;
+        let read = spawn_local(async move { file.read_at(start, len as usize).await });
+        registry.bytes += len;
         registry.pending.push_back(Pending {
-            file: range.file.clone(),
+            file: range.file.id(),
             truncations: range.truncations,
             start,
             end: range.end,
+            bytes: len,
+            started: Instant::now(),
             read,
         });
         crate::metrics::count(|c| c.read_ahead_started += 1);
     });
+}
+
+impl Registry {
+    /// Drops the read-aheads `unwanted` picks (a read still running finishes on its own).
+    fn drop_where(&mut self, unwanted: impl Fn(&Pending) -> bool) {
+        let before = self.pending.len();
+        let mut freed = 0;
+        self.pending.retain(|p| {
+            let keep = !unwanted(p);
+            freed += if keep { 0 } else { p.bytes };
+            keep
+        });
+        self.bytes -= freed;
+        let dropped = (before - self.pending.len()) as u64;
+        crate::metrics::count(|c| c.read_ahead_dropped += dropped);
+    }
 }
 
 /// The read-ahead buffer of `file` holding `[position, position + len)`, taken out of the
@@ -95,7 +130,7 @@ pub(super) async fn take(file: &ReadFile, truncations: u64, position: u64, len: 
         let mut registry = registry.borrow_mut();
         let at = registry.pending.iter().position(|p| p.covers(file, truncations, position, len))?;
         let pending = registry.pending.remove(at)?;
-        registry.bytes -= pending.end - pending.start;
+        registry.bytes -= pending.bytes;
         Some(pending)
     })?;
     let bytes = pending.read.await.ok()?;

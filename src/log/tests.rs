@@ -384,6 +384,37 @@ fn a_cold_read_reads_ahead_for_the_next_and_a_truncation_voids_what_it_read() {
 }
 
 #[test]
+fn a_read_ahead_does_not_keep_a_deleted_segment_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config =
+        LogConfig { cache_bytes_max: 0, retention_bytes: Some(64 << 10), retention_ms: None, ..config() };
+    block_on(async {
+        let log = Log::open(dir.path(), config).await.expect("open");
+        for seed in 0..200 {
+            append(&log, seed, 2, 500).await.expect("append");
+        }
+        let started = crate::metrics::counters().read_ahead_started;
+        log.read(Offset(0), ReadLimits { bytes_max: 3000, ..everything() }).await.expect("read");
+        assert_eq!(crate::metrics::counters().read_ahead_started, started + 1, "the read read ahead");
+
+        let first = segment::log_path(dir.path(), Offset(0)).to_string_lossy().into_owned();
+        let outcome = log.enforce_retention(TimestampMs::now()).await.expect("retention");
+        assert!(outcome.log_start > Offset(8), "retention deleted the segment read ahead in");
+        let open = || {
+            let fds = std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten();
+            fds.filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|target| target.to_string_lossy().starts_with(&first))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while open() && std::time::Instant::now() < deadline {
+            crate::io::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!open(), "the deleted segment is closed, its disk space free");
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn truncate_cuts_at_a_batch_boundary_and_appends_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
     block_on(async {

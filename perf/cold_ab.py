@@ -12,38 +12,16 @@ Usage: perf/cold_ab.py BEFORE AFTER [--pairs N] [--records N] [--data DIR]
 import argparse
 import json
 import os
-import signal
 import subprocess
+import sys
 
-
-def start(binary, data):
-    process = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--listen", "127.0.0.1:0", "--admin-listen",
-                                "127.0.0.1:0", "--data-dir", data, "--cores", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = process.stdout.readline()
-    if "ready" not in line:
-        process.kill()
-        raise SystemExit(f"{binary} did not start: {line!r}")
-    return process, line.split("listener ")[1].split()[0]
-
-
-def stop(process):
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from matrix import Broker  # noqa: E402  (perf/matrix.py)
 
 
 def cpu_ticks(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def steal():
-    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return fields[7], sum(fields)
 
 
 def bench(binary, *args):
@@ -62,33 +40,31 @@ def main():
     parser.add_argument("--data", default="/tmp/ringmq-cold-ab")
     options = parser.parse_args()
     if not os.path.exists(options.data):
-        process, address = start(options.before, options.data)
+        broker = Broker(options.data, binary=options.before)
         try:
-            report = bench(options.before, "produce", "--bootstrap", address, "--topic", "cold", "--partitions", "8",
+            report = bench(options.before, "produce", "--bootstrap", broker.address, "--topic", "cold", "--partitions", "8",
                            "--record-size", "1024", "--batch-bytes", "16384", "--connections", "8",
                            "--in-flight", "1", "--batches-per-request", "8", "--duration", "15s", "--no-baseline")
             print(f"produced {report['records_per_s'] * report['seconds']:.0f} records")
         finally:
-            stop(process)
+            broker.stop()
     tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
     for pair in range(options.pairs):
         builds = [("before", options.before), ("after", options.after)]
         for name, binary in builds if pair % 2 == 0 else reversed(builds):
-            process, address = start(binary, options.data)
+            broker = Broker(options.data, binary=binary)
             try:
-                steal0, total0 = steal()
-                ticks0 = cpu_ticks(process.pid)
-                report = bench(options.before, "consume", "--bootstrap", address, "--topic", "cold", "--records",
+                ticks0 = cpu_ticks(broker.process.pid)
+                report = bench(options.before, "consume", "--bootstrap", broker.address, "--topic", "cold", "--records",
                                str(options.records), "--duration", "60s", "--warmup", "0s", "--baseline-dir",
                                options.data)
-                ticks1 = cpu_ticks(process.pid)
-                steal1, total1 = steal()
+                ticks1 = cpu_ticks(broker.process.pid)
             finally:
-                stop(process)
+                broker.stop()
             megabytes = report["mb_per_s"] * report["seconds"]
             print(f"pair {pair} {name}: {report['mb_per_s']:.0f} MB/s, ratio {report.get('baseline_ratio', 0):.2f}, "
                   f"fetch p50 {report['latency_us']['p50'] / 1000:.1f} ms, "
-                  f"steal {100 * (steal1 - steal0) / max(1, total1 - total0):.0f}%, "
+                  f"steal {report.get('cpu_steal_percent') or 0:.0f}%, "
                   f"broker CPU {(ticks1 - ticks0) * tick_ms / megabytes:.2f} ms/MB", flush=True)
 
 

@@ -28,12 +28,13 @@ RINGMQ = os.path.join(ROOT, "target", "release", "ringmq")
 
 
 class Broker:
-    """A ringmq broker pinned to core 0 on a fresh (or given) data directory."""
+    """A ringmq broker (this build, or `binary`) pinned to core 0 on a fresh (or given) data
+    directory."""
 
     live = []  # started and not yet stopped: stopped by stop_all when a run fails midway
 
-    def __init__(self, data, fsync=False):
-        args = ["taskset", "-c", "0", RINGMQ, "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+    def __init__(self, data, fsync=False, binary=RINGMQ):
+        args = ["taskset", "-c", "0", binary, "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                 "--data-dir", data, "--cores", "1"]
         if fsync:
             args += ["--set", "log_flush_policy=fsync"]

@@ -91,8 +91,7 @@ impl BatchCache {
         bytes_max: usize,
         min_one: bool,
     ) -> Option<Vec<&StoredBatch>> {
-        let covered = self.batches.front().is_some_and(|oldest| oldest.base <= from);
-        if !covered {
+        if !self.covers(from) {
             self.misses += 1;
             return None;
         }

@@ -9,7 +9,7 @@
 use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
 use super::producers::Snapshot;
 use super::reader::BatchReader;
-use super::segment::{self, Segment};
+use super::segment::{self, Segment, align_down};
 use super::{AppendError, Command, FlushPolicy, LogError, LogState, Shared, StorageError};
 use crate::batch_cache::StoredBatch;
 use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, UNSYNCED_BYTES_MAX, WRITE_BYTES_MAX};
@@ -23,10 +23,6 @@ pub(super) struct Appender {
     pub writer: WriteFile,
     /// The bytes of the segment's last, partial block (`size_bytes % IO_ALIGNMENT_BYTES`).
     pub tail: Vec<u8>,
-}
-
-fn align_down(value: u64) -> u64 {
-    value - value % IO_ALIGNMENT_BYTES as u64
 }
 
 pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {

@@ -17,7 +17,8 @@
 //! counted), and only its bytes below the segment's size when it was started: those are whole
 //! written batches that no later write changes.
 
-use crate::constants::{IO_ALIGNMENT_BYTES, READ_AHEAD_BYTES_MAX};
+use super::reader::DiskRange;
+use crate::constants::READ_AHEAD_BYTES_MAX;
 use crate::io::{ReadFile, ReadFileId, Task, spawn_local};
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -59,23 +60,22 @@ thread_local! {
     static READ_AHEADS: RefCell<Registry> = RefCell::default();
 }
 
-/// A range to read ahead: of `file`, from `position` to `end` (at most the segment's size now).
+/// A range to read ahead: what a read of `file` from `position` will ask the disk for.
 pub(super) struct Range<'a> {
     pub file: &'a ReadFile,
     pub truncations: u64,
     pub position: u64,
-    pub end: u64,
+    pub disk: DiskRange,
 }
 
 /// Starts reading `range` on this core's blocking threads, unless it is empty or a read-ahead
 /// already covers its start. Room comes from read-aheads nobody took within `UNUSED_MAX`; if
 /// that is not enough, nothing starts.
 pub(super) fn start(range: Range<'_>) {
-    let start = range.position - range.position % IO_ALIGNMENT_BYTES as u64;
-    if range.end <= range.position || range.end - start > READ_AHEAD_BYTES_MAX {
+    let DiskRange { start, len, end } = range.disk;
+    if end <= range.position || end - start > READ_AHEAD_BYTES_MAX {
         return;
     }
-    let len = (range.end - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64);
     READ_AHEADS.with(|registry| {
         let mut registry = registry.borrow_mut();
         registry.drop_where(|p| {
@@ -97,7 +97,7 @@ pub(super) fn start(range: Range<'_>) {
             file: range.file.id(),
             truncations: range.truncations,
             start,
-            end: range.end,
+            end,
             bytes: len,
             started: Instant::now(),
             read,

@@ -6,7 +6,7 @@
 //! the log never serves bytes it cannot vouch for.
 
 use super::read_ahead;
-use super::segment::Segment;
+use super::segment::{self, Segment};
 use super::{Log, LogState, ReadError, StorageError};
 use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::constants::{BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, READ_BYTES_MAX, SCAN_READ_BYTES};
@@ -116,12 +116,11 @@ impl BatchReader {
             self.buf_start = start;
             return Ok(());
         }
-        let start = position - position % IO_ALIGNMENT_BYTES as u64;
-        let end = (position + len.max(read_ahead.min(READ_BYTES_MAX)) as u64).min(self.limit);
-        let read_len = (end - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64) as usize;
+        let DiskRange { start, len: read_len, .. } =
+            DiskRange::new(position, len.max(read_ahead.min(READ_BYTES_MAX)), self.limit);
         self.buf = self
             .file
-            .read_at(start, read_len)
+            .read_at(start, read_len as usize)
             .await
             .map_err(|e| ReadError::Storage(StorageError::new("read segment", e)))?;
         self.buf_start = start;
@@ -145,6 +144,24 @@ pub struct TimestampLookup {
 enum Planned {
     Done(ReadBatches),
     Segment { view: SegmentView, upper: Offset, truncations: u64 },
+}
+
+/// What a read of `want` bytes from file position `position` asks the disk for, in a segment
+/// whose first `limit` bytes are written: whole blocks from the one holding `position`, up to
+/// `end`, the last byte it may interpret. `BatchReader` reads it, and `read_ahead` reads ahead
+/// the very same range for the read to come.
+pub(super) struct DiskRange {
+    pub start: u64,
+    pub len: u64,
+    pub end: u64,
+}
+
+impl DiskRange {
+    fn new(position: u64, want: usize, limit: u64) -> DiskRange {
+        let start = segment::align_down(position);
+        let end = (position + want as u64).min(limit);
+        DiskRange { start, len: end.saturating_sub(start).next_multiple_of(IO_ALIGNMENT_BYTES as u64), end }
+    }
 }
 
 /// Bytes a read from a segment asks the disk for at once: what the fetch may return and a
@@ -252,7 +269,7 @@ impl Log {
             file: &view.reader,
             truncations: state.truncations,
             position: view.start_position,
-            end: (view.start_position + read_len(limits) as u64).min(view.size_bytes),
+            disk: DiskRange::new(view.start_position, read_len(limits), view.size_bytes),
         });
     }
 

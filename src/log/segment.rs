@@ -1,4 +1,5 @@
 use super::index::{OffsetIndex, TimeIndex};
+use crate::constants::IO_ALIGNMENT_BYTES;
 use crate::io::ReadFile;
 use crate::types::Offset;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,11 @@ pub struct Segment {
     /// When the first batch went in (for `segment.ms`); set on load for recovered segments.
     pub first_append_at: Option<Instant>,
     pub reader: ReadFile,
+}
+
+/// The start of the O_DIRECT block holding file position `value`.
+pub fn align_down(value: u64) -> u64 {
+    value - value % IO_ALIGNMENT_BYTES as u64
 }
 
 pub fn log_path(dir: &Path, base: Offset) -> PathBuf {

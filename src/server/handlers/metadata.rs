@@ -128,7 +128,7 @@ fn describe(broker: &Broker, shard: &Shard, topic: &TopicMeta) -> Option<Metadat
     let described = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
         .with_topic_id(topic.id)
-        .with_is_internal(topics::is_internal(&topic.name))
+        .with_is_internal(internal)
         .with_partitions(partitions);
     Some(described)
 }

@@ -65,6 +65,8 @@ pub struct Counters {
     pub disk_reads: u64,
     pub disk_read_bytes: u64,
     pub disk_writes_in_flight: u64,
+    /// Bytes of zeros written ahead of segment writes (`io::WriteFile`).
+    pub disk_zero_filled_bytes: u64,
     pub disk_reads_in_flight: u64,
     /// Cold-read read-ahead (`log::read_ahead`): started, taken by the read it was for, and
     /// dropped before any read took it (for room, or its segment or generation is gone).
@@ -267,7 +269,7 @@ pub fn render(cores: &[CoreSnapshot], cluster: &ClusterGauges) -> String {
 type CoreMetric = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
 
 /// The per-core counters and gauges read straight from `Counters`.
-const PER_CORE: [CoreMetric; 16] = [
+const PER_CORE: [CoreMetric; 17] = [
     ("ringmq_network_received_bytes_total", "counter", "Bytes of Kafka requests received.", |c| {
         c.received_bytes
     }),
@@ -305,6 +307,12 @@ const PER_CORE: [CoreMetric; 16] = [
         c.disk_writes
     }),
     ("ringmq_disk_written_bytes_total", "counter", "Bytes written to segments.", |c| c.disk_written_bytes),
+    (
+        "ringmq_disk_zero_filled_bytes_total",
+        "counter",
+        "Bytes of zeros written ahead of segment writes, so that those overwrite allocated blocks.",
+        |c| c.disk_zero_filled_bytes,
+    ),
     ("ringmq_disk_reads_total", "counter", "O_DIRECT segment reads.", |c| c.disk_reads),
     ("ringmq_disk_read_bytes_total", "counter", "Bytes read from segments.", |c| c.disk_read_bytes),
     ("ringmq_read_ahead_started_total", "counter", "Cold-read read-aheads started.", |c| {

@@ -15,6 +15,28 @@ fn dump(dir: &std::path::Path) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A segment a broker still has open (or had, when it crashed) ends in the zeros it writes
+/// ahead: not damage.
+#[test]
+fn dump_of_an_open_segment_reports_the_zeros_ahead_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), LogConfig::default()).await.expect("open");
+        for seed in 0..10 {
+            log.append(&encode_batch(seed, 3, 900, 1), LeaderEpoch(2))
+                .expect("append")
+                .durable
+                .await
+                .expect("durable");
+        }
+        drop(log); // left open, as by a crash
+    });
+    let (ok, out) = dump(dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("(10 batches, 30 records"), "{out}");
+    assert!(out.contains("bytes of zeros written ahead after the last batch"), "{out}");
+}
+
 #[test]
 fn dump_lists_every_batch_and_reports_a_torn_tail_without_touching_it() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -93,6 +93,12 @@ fn dump_segment(base: i64, path: &Path, summary: bool) -> Result<bool, String> {
         "{}: offsets {base}..{next_offset} ({batches} batches, {records} records, {position} valid of {file_bytes} bytes)",
         path.display()
     );
+    if problem.is_some() && only_zeros(path, position, file_bytes)? {
+        // An open segment of a running (or crashed) broker: the space it zeroes ahead of its
+        // writes (`io::WriteFile`), which closing or recovery cuts off.
+        println!("  {} bytes of zeros written ahead after the last batch", file_bytes - position);
+        return Ok(false);
+    }
     if let Some(reason) = &problem {
         println!(
             "  invalid tail at byte {position}: {reason}; recovery would truncate {} bytes",
@@ -100,6 +106,24 @@ fn dump_segment(base: i64, path: &Path, summary: bool) -> Result<bool, String> {
         );
     }
     Ok(problem.is_some())
+}
+
+/// Whether bytes `[from, to)` of the file are all zeros.
+fn only_zeros(path: &Path, from: u64, to: u64) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let len = (to - at).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..len], at)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if chunk[..len].iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        at += len as u64;
+    }
+    Ok(true)
 }
 
 /// Reads the next whole batch, checking its length before allocating for it.

@@ -1,11 +1,15 @@
+use super::runtime::spawn_blocking_detached;
 use super::{AlignedBuf, fault, spawn_blocking};
-use crate::constants::IO_ALIGNMENT_BYTES;
+use crate::constants::{IO_ALIGNMENT_BYTES, ZERO_AHEAD_BYTES_MAX, ZERO_AHEAD_BYTES_MIN};
 use bytes::Bytes;
+use std::cell::{Cell, OnceCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 
 fn to_io(err: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(err)
@@ -29,9 +33,24 @@ impl WriteBuf {
 }
 
 /// A segment file opened for O_DIRECT writes through io_uring. Lives on the core that owns the
-/// partition; writes must be aligned in position and length.
+/// partition; writes must be aligned in position and length, and come from one task.
+///
+/// Asked to (`zero_ahead`), it keeps the blocks after the last write allocated and zeroed, a
+/// helper thread filling them while the writes go on: on ext4 an io_uring write that grows the
+/// file or lands in unwritten blocks goes to a kernel worker thread, one into written blocks
+/// completes inline. So the file may be longer than what was written, with zeros after it;
+/// `truncate` cuts them off.
 pub struct WriteFile {
     file: glommio::io::DmaFile,
+    /// The same file (a duplicate descriptor, made at the first fill) for the helper thread
+    /// that zero-fills: it can only ever reach this file, whatever happens to the path.
+    filler: OnceCell<Arc<File>>,
+    /// Where the next fill starts: every block before it holds written data or an earlier
+    /// fill's zeros, so a fill never overwrites data.
+    fill_from: Cell<u64>,
+    /// Where the last write ended.
+    written_end: Cell<u64>,
+    filling: Cell<Option<ZeroFill>>,
 }
 
 impl WriteFile {
@@ -47,7 +66,14 @@ impl WriteFile {
             .dma_open(path)
             .await
             .map_err(to_io)?;
-        Ok(WriteFile { file })
+        let size = file.file_size().await.map_err(to_io)?;
+        Ok(WriteFile {
+            file,
+            filler: OnceCell::new(),
+            fill_from: Cell::new(size.next_multiple_of(IO_ALIGNMENT_BYTES as u64)),
+            written_end: Cell::new(size),
+            filling: Cell::new(None),
+        })
     }
 
     /// An aligned buffer of `len` bytes rounded up to whole blocks. Its contents are
@@ -59,6 +85,8 @@ impl WriteFile {
     /// Writes the whole buffer at `position`; a short write is an error.
     pub async fn write_at(&self, buf: WriteBuf, position: u64) -> io::Result<()> {
         assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT write position");
+        let end = position + buf.len() as u64;
+        self.finish_fill_before(end).await;
         fault::on_write()?;
         let expected = buf.len();
         crate::metrics::count(|c| {
@@ -74,7 +102,59 @@ impl WriteFile {
         if written != expected {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short O_DIRECT write"));
         }
+        self.fill_from.set(self.fill_from.get().max(end));
+        self.written_end.set(end);
         Ok(())
+    }
+
+    /// Starts zeroing the blocks after the last write, if fewer than the next fill's size are
+    /// ready and none is under way, never past `limit` (the largest the file should grow).
+    pub fn zero_ahead(&self, limit: u64) {
+        let Some(running) = self.filling.take() else {
+            let from = self.fill_from.get();
+            let len = from.clamp(ZERO_AHEAD_BYTES_MIN, ZERO_AHEAD_BYTES_MAX);
+            let limit = limit.next_multiple_of(IO_ALIGNMENT_BYTES as u64);
+            if self.written_end.get() + len > from && from < limit {
+                let end = (from + len).min(limit);
+                match self.filler() {
+                    Ok(filler) => {
+                        crate::metrics::count(|c| c.disk_zero_filled_bytes += end - from);
+                        self.filling.set(Some(ZeroFill::start(filler, from, end)));
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot zero a segment ahead"),
+                }
+            }
+            return;
+        };
+        self.filling.set(Some(running));
+    }
+
+    fn filler(&self) -> io::Result<Arc<File>> {
+        if let Some(filler) = self.filler.get() {
+            return Ok(filler.clone());
+        }
+        // SAFETY: the descriptor is `self.file`'s, open for as long as `self` lives.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.file.as_raw_fd()) };
+        let filler = Arc::new(File::from(fd.try_clone_to_owned()?));
+        Ok(self.filler.get_or_init(|| filler).clone())
+    }
+
+    /// Waits for a fill under way that starts before `end`: a write there must come after it.
+    async fn finish_fill_before(&self, end: u64) {
+        match self.filling.take() {
+            Some(fill) if fill.start < end => {
+                let (start, fill_end) = (fill.start, fill.end);
+                match fill.finish().await {
+                    Ok(()) => self.fill_from.set(self.fill_from.get().max(fill_end)),
+                    // Not the write's failure: it goes on into blocks the fill may not have
+                    // reached, which only costs it the inline completion.
+                    Err(error) => {
+                        tracing::debug!(%error, start, end = fill_end, "zeroing a segment ahead failed")
+                    }
+                }
+            }
+            other => self.filling.set(other),
+        }
     }
 
     pub async fn fdatasync(&self) -> io::Result<()> {
@@ -85,13 +165,95 @@ impl WriteFile {
         synced
     }
 
+    /// Cuts the file to `len` bytes, zeros ahead included.
     pub async fn truncate(&self, len: u64) -> io::Result<()> {
-        self.file.truncate(len).await.map_err(to_io)
+        self.finish_fill_before(u64::MAX).await;
+        self.file.truncate(len).await.map_err(to_io)?;
+        self.fill_from.set(len.next_multiple_of(IO_ALIGNMENT_BYTES as u64));
+        self.written_end.set(len);
+        Ok(())
     }
 
     pub async fn close(self) -> io::Result<()> {
+        self.finish_fill_before(u64::MAX).await;
         self.file.close().await.map_err(to_io)
     }
+}
+
+/// A zero fill of `[start, end)` of a segment file on a blocking helper thread.
+struct ZeroFill {
+    start: u64,
+    end: u64,
+    stage: Arc<AtomicU8>,
+    done: flume::Receiver<io::Result<()>>,
+}
+
+const FILL_QUEUED: u8 = 0;
+const FILL_RUNNING: u8 = 1;
+const FILL_ABANDONED: u8 = 2;
+
+/// One MiB of zeros to write from, aligned for O_DIRECT.
+static ZEROS: LazyLock<AlignedBuf> = LazyLock::new(|| {
+    let mut zeros = AlignedBuf::zeroed(1 << 20);
+    zeros.set_len(1 << 20);
+    zeros
+});
+
+impl ZeroFill {
+    fn start(file: Arc<File>, start: u64, end: u64) -> ZeroFill {
+        let (done_tx, done) = flume::bounded(1);
+        let stage = Arc::new(AtomicU8::new(FILL_QUEUED));
+        let running = stage.clone();
+        spawn_blocking_detached(move || {
+            if running
+                .compare_exchange(FILL_QUEUED, FILL_RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _nobody_waits = done_tx.send(zero_fill(&file, start, end));
+            }
+        });
+        ZeroFill { start, end, stage, done }
+    }
+
+    async fn finish(self) -> io::Result<()> {
+        match self.done.recv_async().await {
+            Ok(result) => result,
+            Err(flume::RecvError::Disconnected) => Err(io::Error::other("zero fill abandoned")),
+        }
+    }
+}
+
+impl Drop for ZeroFill {
+    /// A fill that outlived its writer could zero what the file's next writer wrote there:
+    /// one not yet begun never will; one running is waited for (a few MiB of writing).
+    fn drop(&mut self) {
+        let abandoned =
+            self.stage.compare_exchange(FILL_QUEUED, FILL_ABANDONED, Ordering::AcqRel, Ordering::Acquire);
+        if abandoned.is_err() {
+            let _finished = self.done.recv();
+        }
+    }
+}
+
+/// Allocates `[start, end)` of `file`, growing it (one short exclusive hold of the inode, so
+/// the writes that follow stay inside the file), then writes zeros over it.
+fn zero_fill(file: &File, start: u64, end: u64) -> io::Result<()> {
+    let len = end - start;
+    // SAFETY: fallocate on an open descriptor; it reads and writes no memory of ours.
+    let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, start as libc::off_t, len as libc::off_t) };
+    if allocated != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(error);
+        }
+    }
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(ZEROS.as_ref().len() as u64);
+        file.write_all_at(&ZEROS.as_ref()[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// A segment file opened for O_DIRECT reads. `Send` and cheap to clone, so a read runs on a
@@ -232,4 +394,92 @@ pub async fn remove_dir_all(path: &Path) -> io::Result<()> {
         _ => sync_dir_blocking(&path),
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::block_on;
+
+    /// A write of zeros at `position` with RWF_NOWAIT: refused (EAGAIN) where the kernel would
+    /// have to block, as io_uring's first, inline attempt is.
+    fn write_without_waiting(path: &Path, position: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)?;
+        let block = &ZEROS.as_ref()[..IO_ALIGNMENT_BYTES];
+        let iov = libc::iovec { iov_base: block.as_ptr() as *mut libc::c_void, iov_len: block.len() };
+        // SAFETY: one iovec over a live, aligned buffer the kernel only reads.
+        let written =
+            unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, position as libc::off_t, libc::RWF_NOWAIT) };
+        if written < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Appends in the flusher's pattern: each write rewrites the last partial block and adds
+    /// the new bytes, then asks for zeros ahead. The fills run alongside the writes.
+    #[test]
+    fn fills_ahead_never_touch_written_data_and_truncate_cuts_them_off() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("segment");
+        let limit = 3 << 20;
+        let model: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8 + 1).collect();
+        let logical = block_on(async {
+            let file = WriteFile::open(&path, true).await.expect("open");
+            let mut size = 0usize;
+            for step in 0..400usize {
+                let add = 1000 + (step * 7919) % 9000;
+                let start = size - size % IO_ALIGNMENT_BYTES;
+                let end = (size + add).min(model.len());
+                let mut buf = file.alloc(end - start);
+                let bytes = buf.as_mut_slice();
+                bytes[..end - start].copy_from_slice(&model[start..end]);
+                bytes[end - start..].fill(0);
+                file.write_at(buf, start as u64).await.expect("write");
+                file.zero_ahead(limit);
+                size = end;
+            }
+            file.close().await.expect("close");
+            size
+        });
+        let data = std::fs::read(&path).expect("read");
+        assert!(logical > 1 << 20, "the writes went past several fills");
+        assert_eq!(&data[..logical], &model[..logical], "every written byte survives the fills");
+        assert!(data.len() > logical.next_multiple_of(IO_ALIGNMENT_BYTES), "zeros ahead: {}", data.len());
+        assert!(data.len() as u64 <= limit, "no fill past the limit: {}", data.len());
+        assert!(data[logical..].iter().all(|&byte| byte == 0), "only zeros after the data");
+
+        block_on(async {
+            let file = WriteFile::open(&path, false).await.expect("reopen");
+            file.truncate(logical as u64).await.expect("truncate");
+            file.close().await.expect("close");
+        });
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), logical as u64);
+    }
+
+    /// What the zeros are for: a write into them need not wait, where one past the end of the
+    /// file must (on ext4 and XFS).
+    #[test]
+    fn writes_into_zeroed_blocks_complete_without_waiting() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("segment");
+        block_on(async {
+            let file = WriteFile::open(&path, true).await.expect("open");
+            for round in 0..3u64 {
+                let buf = file.alloc(IO_ALIGNMENT_BYTES);
+                file.write_at(buf, round * IO_ALIGNMENT_BYTES as u64).await.expect("write");
+                file.zero_ahead(64 << 20);
+            }
+            // The third write waited for the fill the first started.
+            let size = std::fs::metadata(&path).expect("stat").len();
+            assert!(size >= ZERO_AHEAD_BYTES_MIN, "zeroed ahead: {size}");
+            let past_end = write_without_waiting(&path, size + (64 << 20));
+            if past_end.as_ref().err().and_then(io::Error::raw_os_error) != Some(libc::EAGAIN) {
+                eprintln!("this filesystem appends without waiting ({past_end:?}): nothing to show");
+            } else {
+                write_without_waiting(&path, 3 * IO_ALIGNMENT_BYTES as u64)
+                    .expect("a write into zeroed blocks");
+                write_without_waiting(&path, size - IO_ALIGNMENT_BYTES as u64)
+                    .expect("the last zeroed block");
+            }
+            file.close().await.expect("close");
+        });
+    }
 }

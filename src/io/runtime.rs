@@ -100,6 +100,11 @@ where
     answered.await.expect("a detached blocking call always answers")
 }
 
+/// Runs a blocking function on this executor's helper threads, not waiting for it.
+pub fn spawn_blocking_detached(func: impl FnOnce() + Send + 'static) {
+    glommio::spawn_local(async move { glommio::executor().spawn_blocking(func).await }).detach();
+}
+
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
 }

@@ -183,6 +183,7 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     appender.tail = next_tail;
 
     let mut state = shared.state.borrow_mut();
+    appender.writer.zero_ahead(state.config.segment_bytes);
     let index_interval = state.config.index_interval_bytes;
     for batch in &batches {
         state.active_mut().record_batch(

@@ -24,7 +24,7 @@ use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{LogConfig, LogError, LogState, ReadError, StorageError};
 use crate::batch_cache::BatchCache;
-use crate::constants::SCAN_READ_BYTES;
+use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, ZERO_AHEAD_BYTES_MAX};
 use crate::io::{self, ReadFile, WriteFile};
 use crate::types::{Offset, TimestampMs};
 use std::collections::VecDeque;
@@ -196,14 +196,18 @@ async fn open_segment(
     {
         return Ok(segment);
     }
-    let segment = scan(base, reader, file_size, index_interval_bytes).await?;
+    let segment = scan(base, reader.clone(), file_size, index_interval_bytes).await?;
     if segment.size_bytes < file_size {
-        tracing::warn!(
-            segment = %path.display(),
-            valid_bytes = segment.size_bytes,
-            file_bytes = file_size,
-            "truncating invalid or torn tail"
-        );
+        if zeroed_ahead(&reader, segment.size_bytes, file_size).await? {
+            tracing::debug!(segment = %path.display(), bytes = file_size - segment.size_bytes, "cutting the zeros written ahead");
+        } else {
+            tracing::warn!(
+                segment = %path.display(),
+                valid_bytes = segment.size_bytes,
+                file_bytes = file_size,
+                "truncating invalid or torn tail"
+            );
+        }
         let writer = WriteFile::open(&path, false).await.map_err(storage("open segment"))?;
         writer.truncate(segment.size_bytes).await.map_err(storage("truncate torn tail"))?;
         writer.fdatasync().await.map_err(storage("fdatasync segment"))?;
@@ -218,6 +222,19 @@ async fn open_segment(
             .map_err(storage("write time index"))?;
     }
     Ok(segment)
+}
+
+/// Whether the file's bytes `[from, to)` are zeros no longer than a writer zeroes ahead of its
+/// writes (`io::WriteFile`): what an open segment leaves past its last batch, not damage.
+async fn zeroed_ahead(reader: &ReadFile, from: u64, to: u64) -> Result<bool, LogError> {
+    if to - from > 2 * ZERO_AHEAD_BYTES_MAX + IO_ALIGNMENT_BYTES as u64 {
+        return Ok(false);
+    }
+    let start = segment::align_down(from);
+    let len = (to - start).next_multiple_of(IO_ALIGNMENT_BYTES as u64) as usize;
+    let bytes = reader.read_at(start, len).await.map_err(storage("read segment"))?;
+    let skip = ((from - start) as usize).min(bytes.len());
+    Ok(bytes.len() as u64 == to - start && bytes[skip..].iter().all(|&byte| byte == 0))
 }
 
 /// The segment described by its index files, if both exist and fit a segment of `file_size`

@@ -437,6 +437,44 @@ fn truncate_cuts_at_a_batch_boundary_and_appends_continue() {
     });
 }
 
+/// The active segment is zeroed ahead of its writes; recovery after a crash cuts the zeros
+/// off like any tail past the last batch, and a clean close leaves the file at its size.
+#[test]
+fn zeros_written_ahead_are_cut_by_recovery_and_by_closing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base_path = dir.path().join(format!("{:020}.log", 0));
+    let config = LogConfig { segment_bytes: 8 << 20, ..config() };
+    let kept = block_on(async {
+        let log = Log::open(dir.path(), config.clone()).await.expect("open");
+        for seed in 0..40 {
+            append(&log, seed, 2, 100).await.expect("append");
+        }
+        let kept = read_all(&log).await;
+        drop(log); // crash: no checkpoint
+        kept
+    });
+    let valid = kept.iter().map(|(_, bytes)| bytes.len()).sum::<usize>();
+    let data = std::fs::read(&base_path).expect("read segment");
+    assert!(data.len() >= valid + (128 << 10), "zeroed ahead: {} bytes for {valid}", data.len());
+    assert!(data[valid..].iter().all(|&byte| byte == 0));
+    block_on(async {
+        let log = Log::open(dir.path(), config.clone()).await.expect("recover");
+        assert_eq!(log.log_end_offset(), Offset(80));
+        assert_eq!(read_all(&log).await, kept);
+        assert_eq!(std::fs::metadata(&base_path).expect("stat").len() as usize, valid, "zeros cut");
+        append(&log, 40, 2, 100).await.expect("append after recovery");
+        log.close().await.expect("close");
+    });
+    let closed = std::fs::metadata(&base_path).expect("stat").len() as usize;
+    block_on(async {
+        let log = Log::open(dir.path(), config).await.expect("reopen");
+        let all = read_all(&log).await;
+        assert_eq!(all.len(), 41);
+        assert_eq!(closed, all.iter().map(|(_, bytes)| bytes.len()).sum::<usize>(), "closed at its size");
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn recovery_truncates_a_torn_tail_and_garbage_after_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -73,4 +73,15 @@ fn dump_lists_every_batch_and_reports_a_torn_tail_without_touching_it() {
     assert!(!ok, "garbage is reported as a failure");
     assert!(out.contains("recovery would truncate 100 bytes"), "{out}");
     assert_eq!(std::fs::read(&segment).expect("read").len(), bytes.len(), "dump never modifies");
+
+    // Zeros end only an open segment: after a sealed one they are damage.
+    std::fs::write(&segment, &bytes[..bytes.len() - 100]).expect("mend");
+    let first = dir.path().join(format!("{:020}.log", 0));
+    assert_ne!(first, segment, "several segments");
+    let mut sealed = std::fs::read(&first).expect("read");
+    sealed.extend_from_slice(&[0; 4096]);
+    std::fs::write(&first, &sealed).expect("append zeros");
+    let (ok, out) = dump(dir.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains("recovery would truncate 4096 bytes"), "{out}");
 }

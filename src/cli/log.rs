@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 use ringmq::batch::{self, BatchError, LOG_OVERHEAD_BYTES};
-use ringmq::constants::BATCH_BYTES_MAX;
+use ringmq::constants::{BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, ZERO_AHEAD_BYTES_MAX};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -42,8 +42,9 @@ fn dump(dir: &Path, summary: bool) -> Result<(), String> {
         return Err(format!("{} holds no segment files", dir.display()));
     }
     let mut invalid = false;
-    for (base, path) in segments {
-        invalid |= dump_segment(base, &path, summary)?;
+    let last = segments.len() - 1;
+    for (i, (base, path)) in segments.into_iter().enumerate() {
+        invalid |= dump_segment(base, &path, summary, i == last)?;
     }
     if invalid {
         return Err("invalid data found (see above)".into());
@@ -51,8 +52,9 @@ fn dump(dir: &Path, summary: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Prints one segment; returns whether it ends in invalid bytes.
-fn dump_segment(base: i64, path: &Path, summary: bool) -> Result<bool, String> {
+/// Prints one segment; returns whether it ends in invalid bytes. The last may end in the zeros
+/// a broker writes ahead while it has the segment open.
+fn dump_segment(base: i64, path: &Path, summary: bool, last: bool) -> Result<bool, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let file_bytes = file.metadata().map_err(|e| e.to_string())?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -93,7 +95,8 @@ fn dump_segment(base: i64, path: &Path, summary: bool) -> Result<bool, String> {
         "{}: offsets {base}..{next_offset} ({batches} batches, {records} records, {position} valid of {file_bytes} bytes)",
         path.display()
     );
-    if problem.is_some() && only_zeros(path, position, file_bytes)? {
+    let zeroed_ahead = last && file_bytes - position <= 2 * ZERO_AHEAD_BYTES_MAX + IO_ALIGNMENT_BYTES as u64;
+    if problem.is_some() && zeroed_ahead && only_zeros(path, position, file_bytes)? {
         // An open segment of a running (or crashed) broker: the space it zeroes ahead of its
         // writes (`io::WriteFile`), which closing or recovery cuts off.
         println!("  {} bytes of zeros written ahead after the last batch", file_bytes - position);

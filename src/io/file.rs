@@ -117,10 +117,7 @@ impl WriteFile {
             if self.written_end.get() + len > from && from < limit {
                 let end = (from + len).min(limit);
                 match self.filler() {
-                    Ok(filler) => {
-                        crate::metrics::count(|c| c.disk_zero_filled_bytes += end - from);
-                        self.filling.set(Some(ZeroFill::start(filler, from, end)));
-                    }
+                    Ok(filler) => self.filling.set(Some(ZeroFill::start(filler, from, end))),
                     Err(error) => tracing::debug!(%error, "cannot zero a segment ahead"),
                 }
             }
@@ -139,21 +136,36 @@ impl WriteFile {
         Ok(self.filler.get_or_init(|| filler).clone())
     }
 
-    /// Waits for a fill under way that starts before `end`: a write there must come after it.
+    /// Settles a fill that starts before `end`, so a write there comes after it: one still
+    /// queued behind other blocking work is called off (the write then costs a kernel worker's
+    /// round trip, not a wait), one running is waited for.
     async fn finish_fill_before(&self, end: u64) {
-        match self.filling.take() {
-            Some(fill) if fill.start < end => {
-                let (start, fill_end) = (fill.start, fill.end);
-                match fill.finish().await {
-                    Ok(()) => self.fill_from.set(self.fill_from.get().max(fill_end)),
-                    // Not the write's failure: it goes on into blocks the fill may not have
-                    // reached, which only costs it the inline completion.
-                    Err(error) => {
-                        tracing::debug!(%error, start, end = fill_end, "zeroing a segment ahead failed")
-                    }
-                }
+        let Some(fill) = self.filling.take() else { return };
+        if fill.start >= end {
+            self.filling.set(Some(fill));
+        } else if !fill.abandon() {
+            self.finish(fill).await;
+        }
+    }
+
+    async fn finish(&self, fill: ZeroFill) {
+        let (start, end) = (fill.start, fill.end);
+        match fill.finish().await {
+            Ok(()) => {
+                crate::metrics::count(|c| c.disk_zero_filled_bytes += end - start);
+                self.fill_from.set(self.fill_from.get().max(end));
             }
-            other => self.filling.set(other),
+            // Not the write's failure: it goes on into blocks the fill may not have reached,
+            // which only costs it the inline completion.
+            Err(error) => tracing::debug!(%error, start, end, "zeroing a segment ahead failed"),
+        }
+    }
+
+    /// Waits for the fill under way, if any, to end.
+    #[cfg(test)]
+    async fn fill_done(&self) {
+        if let Some(fill) = self.filling.take() {
+            self.finish(fill).await;
         }
     }
 
@@ -185,7 +197,8 @@ struct ZeroFill {
     start: u64,
     end: u64,
     stage: Arc<AtomicU8>,
-    done: flume::Receiver<io::Result<()>>,
+    /// Taken once the result is in.
+    done: Option<flume::Receiver<io::Result<()>>>,
 }
 
 const FILL_QUEUED: u8 = 0;
@@ -212,11 +225,19 @@ impl ZeroFill {
                 let _nobody_waits = done_tx.send(zero_fill(&file, start, end));
             }
         });
-        ZeroFill { start, end, stage, done }
+        ZeroFill { start, end, stage, done: Some(done) }
     }
 
-    async fn finish(self) -> io::Result<()> {
-        match self.done.recv_async().await {
+    /// Calls the fill off if its helper thread has not begun it; whether it did.
+    fn abandon(&self) -> bool {
+        let stage =
+            self.stage.compare_exchange(FILL_QUEUED, FILL_ABANDONED, Ordering::AcqRel, Ordering::Acquire);
+        matches!(stage, Ok(_) | Err(FILL_ABANDONED))
+    }
+
+    async fn finish(mut self) -> io::Result<()> {
+        let Some(done) = self.done.take() else { return Ok(()) };
+        match done.recv_async().await {
             Ok(result) => result,
             Err(flume::RecvError::Disconnected) => Err(io::Error::other("zero fill abandoned")),
         }
@@ -225,12 +246,13 @@ impl ZeroFill {
 
 impl Drop for ZeroFill {
     /// A fill that outlived its writer could zero what the file's next writer wrote there:
-    /// one not yet begun never will; one running is waited for (a few MiB of writing).
+    /// one not yet begun never will; one running is waited for (a few MiB of writing). The
+    /// wait needs only the helper thread, never this executor, which runs the queued ones.
     fn drop(&mut self) {
-        let abandoned =
-            self.stage.compare_exchange(FILL_QUEUED, FILL_ABANDONED, Ordering::AcqRel, Ordering::Acquire);
-        if abandoned.is_err() {
-            let _finished = self.done.recv();
+        if let Some(done) = self.done.take()
+            && !self.abandon()
+        {
+            let _finished = done.recv();
         }
     }
 }
@@ -436,6 +458,7 @@ mod tests {
                 file.zero_ahead(limit);
                 size = end;
             }
+            file.fill_done().await;
             file.close().await.expect("close");
             size
         });
@@ -462,20 +485,17 @@ mod tests {
         let path = dir.path().join("segment");
         block_on(async {
             let file = WriteFile::open(&path, true).await.expect("open");
-            for round in 0..3u64 {
-                let buf = file.alloc(IO_ALIGNMENT_BYTES);
-                file.write_at(buf, round * IO_ALIGNMENT_BYTES as u64).await.expect("write");
-                file.zero_ahead(64 << 20);
-            }
-            // The third write waited for the fill the first started.
+            let buf = file.alloc(IO_ALIGNMENT_BYTES);
+            file.write_at(buf, 0).await.expect("write");
+            file.zero_ahead(64 << 20);
+            file.fill_done().await;
             let size = std::fs::metadata(&path).expect("stat").len();
             assert!(size >= ZERO_AHEAD_BYTES_MIN, "zeroed ahead: {size}");
             let past_end = write_without_waiting(&path, size + (64 << 20));
             if past_end.as_ref().err().and_then(io::Error::raw_os_error) != Some(libc::EAGAIN) {
                 eprintln!("this filesystem appends without waiting ({past_end:?}): nothing to show");
             } else {
-                write_without_waiting(&path, 3 * IO_ALIGNMENT_BYTES as u64)
-                    .expect("a write into zeroed blocks");
+                write_without_waiting(&path, IO_ALIGNMENT_BYTES as u64).expect("a write into zeroed blocks");
                 write_without_waiting(&path, size - IO_ALIGNMENT_BYTES as u64)
                     .expect("the last zeroed block");
             }

@@ -309,8 +309,11 @@ async fn open_new_segment(path: &std::path::Path) -> Result<(WriteFile, ReadFile
 }
 
 async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
-    if let Some(error) = shared.state.borrow().failed.clone() {
-        // A clean-shutdown checkpoint would vouch for data of unknown durability.
+    let failed = shared.state.borrow().failed.clone();
+    if let Some(error) = failed {
+        // A clean-shutdown checkpoint would vouch for data of unknown durability. Closed all
+        // the same: a zero fill under way is waited for here, not by blocking in a drop.
+        let _already_failed = appender.writer.close().await;
         return Err(LogError::Failed(error));
     }
     seal_active(shared, &appender).await.map_err(LogError::Storage)?;

@@ -199,7 +199,7 @@ async fn open_segment(
     let segment = scan(base, reader.clone(), file_size, index_interval_bytes).await?;
     if segment.size_bytes < file_size {
         if zeroed_ahead(&reader, segment.size_bytes, file_size).await? {
-            tracing::debug!(segment = %path.display(), bytes = file_size - segment.size_bytes, "cutting the zeros written ahead");
+            tracing::info!(segment = %path.display(), bytes = file_size - segment.size_bytes, "cutting the zeros written ahead");
         } else {
             tracing::warn!(
                 segment = %path.display(),

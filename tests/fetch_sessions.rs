@@ -50,6 +50,8 @@ struct Client {
     stream: TcpStream,
     version: i16,
     id: uuid::Uuid,
+    /// The whole response's limit.
+    max_bytes: i32,
 }
 
 /// What one answer said: (top-level error, session id, [(partition, record bytes, high watermark)]).
@@ -87,7 +89,7 @@ impl Client {
             .with_replica_id(kafka_protocol::messages::BrokerId(-1))
             .with_max_wait_ms(0)
             .with_min_bytes(0)
-            .with_max_bytes(50 << 20)
+            .with_max_bytes(self.max_bytes)
             .with_session_id(session.0)
             .with_session_epoch(session.1)
             .with_topics(topics)
@@ -127,7 +129,7 @@ fn incremental_fetches_name_only_what_changed() {
     let mut stream = broker.connect();
     let id = topic_id(&mut stream);
     for version in [7, 12, 13, 16] {
-        let mut client = Client { stream: broker.connect(), version, id };
+        let mut client = Client { stream: broker.connect(), version, id, max_bytes: 50 << 20 };
 
         // A full fetch opens a session and names every partition.
         let opened = client.fetch((0, 0), &[(0, 0), (1, 0), (2, 0)], &[]);
@@ -184,6 +186,35 @@ fn incremental_fetches_name_only_what_changed() {
     }
 }
 
+/// A response is filled to its `max_bytes` as Kafka fills it: the first partition with records
+/// has them whatever their size, each next one the whole batches that still fit.
+#[test]
+fn a_response_is_filled_to_its_max_bytes_with_whole_batches() {
+    let broker = Broker::start(&["--cores", "2", "--set", "num_partitions=2"]);
+    produce(&broker, 0, 10);
+    for _ in 0..6 {
+        produce(&broker, 1, 1); // one batch each: every call waits for its delivery
+    }
+    let mut stream = broker.connect();
+    let id = topic_id(&mut stream);
+    let mut client = Client { stream, version: 12, id, max_bytes: 50 << 20 };
+    let sessionless = (0, -1);
+    let all = client.fetch(sessionless, &[(0, 0), (1, 0)], &[]);
+    let (first, second) = (all.2[0].1, all.2[1].1);
+    assert!(first > 0 && second > 0, "{all:?}");
+
+    client.max_bytes = (first + second / 2) as i32;
+    let limited = client.fetch(sessionless, &[(0, 0), (1, 0)], &[]);
+    assert_eq!(limited.2[0].1, first, "the first partition whole: {limited:?}");
+    let partial = limited.2[1].1;
+    assert!(partial > 0 && partial <= second / 2, "whole batches that fit: {limited:?} of {all:?}");
+    assert_eq!(partial % (second / 6), 0, "equal batches, none cut: {limited:?} of {all:?}");
+
+    client.max_bytes = 1;
+    let tiny = client.fetch(sessionless, &[(0, 0), (1, 0)], &[]);
+    assert_eq!((tiny.2[0].1, tiny.2[1].1), (first, 0), "the first partition even past the limit");
+}
+
 #[test]
 fn sessions_can_be_turned_off() {
     let broker = Broker::start(&[
@@ -197,7 +228,7 @@ fn sessions_can_be_turned_off() {
     produce(&broker, 0, 5);
     let mut stream = broker.connect();
     let id = topic_id(&mut stream);
-    let mut client = Client { stream, version: 12, id };
+    let mut client = Client { stream, version: 12, id, max_bytes: 50 << 20 };
     let full = client.fetch((0, 0), &[(0, 0)], &[]);
     assert_eq!((full.0, full.1, named(&full)), (0, 0, vec![0]), "a full fetch, without a session");
 }

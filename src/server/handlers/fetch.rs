@@ -4,6 +4,7 @@
 //! Which partitions a request reads, and which its answer names, depend on its fetch session
 //! (`fetch_session`, KIP-227).
 
+use crate::batch::LOG_OVERHEAD_BYTES;
 use crate::io;
 use crate::log::Bound;
 use crate::server::fetch_response::{self, Head, PartitionResult, TopicResult};
@@ -160,8 +161,9 @@ fn waiting_positions(wanted: &[Wanted<'_>]) -> Vec<(TopicMeta, i32, Offset)> {
         .collect()
 }
 
-/// The response's topics, keeping the request's order; records past `bytes_max` (the whole
-/// response's limit) are left out, except that the first partition with records always has them.
+/// The response's topics, keeping the request's order, filled as Kafka fills them: the first
+/// partition with records has them whatever their size, each next one the whole batches that
+/// still fit under `bytes_max` (the whole response's limit).
 fn results(wanted: Vec<Wanted<'_>>, fetched: Vec<Vec<Fetched>>, bytes_max: usize) -> Vec<TopicResult> {
     let mut bytes = 0usize;
     wanted
@@ -173,11 +175,15 @@ fn results(wanted: Vec<Wanted<'_>>, fetched: Vec<Vec<Fetched>>, bytes_max: usize
                 .iter()
                 .zip(fetched)
                 .map(|((partition, _), fetched)| {
-                    let fits = bytes == 0 || bytes + fetched.bytes <= bytes_max;
-                    let records = if fits { fetched.chunks } else { Vec::new() };
-                    if fits && fetched.bytes > 0 {
-                        bytes += fetched.bytes;
-                        count_fetched(&topic.name, fetched.bytes as u64);
+                    let room = if bytes == 0 { usize::MAX } else { bytes_max.saturating_sub(bytes) };
+                    let (records, taken) = match fetched.bytes <= room {
+                        true => (fetched.chunks, fetched.bytes),
+                        false => whole_batches_within(fetched.chunks, room),
+                    };
+                    let fits = taken > 0 || fetched.bytes == 0;
+                    if taken > 0 {
+                        bytes += taken;
+                        count_fetched(&topic.name, taken as u64);
                     }
                     PartitionResult {
                         partition: partition.partition,
@@ -199,10 +205,118 @@ fn results(wanted: Vec<Wanted<'_>>, fetched: Vec<Vec<Fetched>>, bytes_max: usize
         .collect()
 }
 
+/// The leading whole batches of `chunks` (batches in order, a batch possibly split over
+/// several chunks, as the cache keeps header and body apart) that fit in `room` bytes, and
+/// their size.
+fn whole_batches_within(chunks: Vec<Bytes>, room: usize) -> (Vec<Bytes>, usize) {
+    let stream: usize = chunks.iter().map(Bytes::len).sum();
+    // Where each batch ends in the chunks' concatenation, up to the last one that fits.
+    let mut cursor = Cursor { chunks: &chunks, chunk: 0, start: 0 };
+    let mut cut = 0usize;
+    while cut + LOG_OVERHEAD_BYTES <= stream {
+        let mut length = [0u8; 4];
+        for (i, byte) in length.iter_mut().enumerate() {
+            *byte = cursor.byte_at(cut + 8 + i);
+        }
+        let Ok(length) = usize::try_from(i32::from_be_bytes(length)) else { break };
+        let end = cut + LOG_OVERHEAD_BYTES + length;
+        if end > stream || end > room {
+            break;
+        }
+        cut = end;
+    }
+    let mut kept = Vec::new();
+    let mut at = 0usize;
+    for chunk in chunks {
+        if at >= cut {
+            break;
+        }
+        let take = chunk.len().min(cut - at);
+        at += take;
+        kept.push(chunk.slice(..take));
+    }
+    (kept, cut)
+}
+
+/// Reads bytes of the chunks' concatenation at rising positions, in one pass.
+struct Cursor<'a> {
+    chunks: &'a [Bytes],
+    /// The chunk last read from, and where it starts in the concatenation.
+    chunk: usize,
+    start: usize,
+}
+
+impl Cursor<'_> {
+    /// Byte `index` (at or past the previous one's chunk) of the concatenation, which holds it.
+    fn byte_at(&mut self, index: usize) -> u8 {
+        while let Some(chunk) = self.chunks.get(self.chunk) {
+            if index < self.start + chunk.len() {
+                return chunk[index - self.start];
+            }
+            self.start += chunk.len();
+            self.chunk += 1;
+        }
+        0
+    }
+}
+
 /// Counts record bytes a Fetch answer sends, per topic and per core.
 fn count_fetched(topic: &str, bytes: u64) {
     crate::metrics::count(|c| {
         c.fetch_record_bytes += bytes;
         c.topic_mut(topic).fetched_bytes += bytes;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::encode_batch;
+
+    /// Three batches as the cache returns them (each header and body apart) and as a disk
+    /// read does (one chunk).
+    fn batches() -> (Vec<Bytes>, Vec<usize>) {
+        let encoded: Vec<Bytes> = (0..3).map(|seed| encode_batch(seed, 2, 300, 1)).collect();
+        let sizes = encoded.iter().map(Bytes::len).collect();
+        let mut split = Vec::new();
+        for batch in &encoded[..2] {
+            split.push(batch.slice(..61));
+            split.push(batch.slice(61..));
+        }
+        split.push(encoded[2].clone());
+        (split, sizes)
+    }
+
+    #[test]
+    fn only_whole_batches_that_fit_are_taken() {
+        let (chunks, sizes) = batches();
+        let all: usize = sizes.iter().sum();
+        let concatenated: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        for (room, expected) in [
+            (0, 0),
+            (sizes[0] - 1, 0),
+            (sizes[0], sizes[0]),
+            (sizes[0] + sizes[1] - 1, sizes[0]),
+            (sizes[0] + sizes[1], sizes[0] + sizes[1]),
+            (all - 1, sizes[0] + sizes[1]),
+            (all, all),
+            (usize::MAX, all),
+        ] {
+            let (kept, taken) = whole_batches_within(chunks.clone(), room);
+            assert_eq!(taken, expected, "room {room}");
+            let bytes: Vec<u8> = kept.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(bytes, concatenated[..expected], "room {room}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_length_ends_the_walk_without_panicking() {
+        let (mut chunks, sizes) = batches();
+        let mut body = chunks[2].to_vec();
+        body[8..12].copy_from_slice(&(-5i32).to_be_bytes()); // the second batch's length
+        chunks[2] = Bytes::from(body);
+        assert_eq!(whole_batches_within(chunks.clone(), usize::MAX).1, sizes[0]);
+        let truncated = vec![chunks[0].slice(..10)];
+        assert_eq!(whole_batches_within(truncated, usize::MAX).1, 0);
+    }
 }

@@ -11,7 +11,6 @@ min(O_DIRECT write, loopback), latency percentiles, steal, and the broker's CPU 
 Usage: perf/produce_ab.py BEFORE AFTER [--pairs N] [--seconds N] [--rate RECORDS_PER_S]
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,18 +18,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matrix import Broker  # noqa: E402  (perf/matrix.py)
-from cold_ab import cpu_ticks  # noqa: E402
+from cold_ab import bench, cpu_ticks  # noqa: E402
 
 COMMON = ["--partitions", "8", "--record-size", "1024", "--batch-bytes", "16384", "--connections", "8",
           "--in-flight", "1", "--batches-per-request", "8"]
-
-
-def bench(generator, data, *args):
-    result = subprocess.run([generator, "bench", "produce", *args, *COMMON, "--cpu", "1", "--json",
-                             "--baseline-dir", data], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(result.stderr)
-    return json.loads(result.stdout)
 
 
 def row(name, binary, generator, seconds, fsync, *args):
@@ -38,8 +29,8 @@ def row(name, binary, generator, seconds, fsync, *args):
     broker = Broker(data, fsync=fsync, binary=binary)
     try:
         ticks0 = cpu_ticks(broker.process.pid)
-        report = bench(generator, data, "--bootstrap", broker.address, "--topic", "ab", "--duration", f"{seconds}s",
-                       *args)
+        report = bench(generator, "produce", "--bootstrap", broker.address, "--topic", "ab", "--duration",
+                       f"{seconds}s", *args, *COMMON, "--baseline-dir", data)
         ticks = cpu_ticks(broker.process.pid) - ticks0
     finally:
         broker.stop()

@@ -15,7 +15,7 @@ pub const LOG_OVERHEAD_BYTES: usize = 12;
 pub const BATCH_LENGTH_MIN: usize = HEADER_BYTES - LOG_OVERHEAD_BYTES;
 
 const BASE_OFFSET_AT: usize = 0;
-const BATCH_LENGTH_AT: usize = 8;
+pub const BATCH_LENGTH_AT: usize = 8;
 const LEADER_EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;

@@ -43,6 +43,10 @@ pub const SCAN_READ_BYTES: usize = 1 << 20;
 /// thread on ext4 (measured on this VM: every segment write was, before segments were zeroed).
 pub const ZERO_AHEAD_BYTES_MIN: u64 = 256 << 10;
 pub const ZERO_AHEAD_BYTES_MAX: u64 = 4 << 20;
+/// The most zeros a segment file holds past its last batch: the rest of the last fill, a
+/// fill started before the writes reached it, the last block's padding. Recovery and `log
+/// dump` take a longer run of zeros for damage.
+pub const ZEROED_AHEAD_BYTES_MAX: u64 = 2 * ZERO_AHEAD_BYTES_MAX + IO_ALIGNMENT_BYTES as u64;
 
 /// Largest single read a fetch issues against a segment file.
 pub const READ_BYTES_MAX: usize = 64 << 20;

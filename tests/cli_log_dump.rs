@@ -15,6 +15,17 @@ fn dump(dir: &std::path::Path) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Appends `batches` batches of three 900-byte records in leader epoch 2, each acknowledged.
+async fn append(log: &Log, batches: u64) {
+    for seed in 0..batches {
+        log.append(&encode_batch(seed, 3, 900, 1), LeaderEpoch(2))
+            .expect("append")
+            .durable
+            .await
+            .expect("durable");
+    }
+}
+
 /// A segment a broker still has open (or had, when it crashed) ends in the zeros it writes
 /// ahead: not damage.
 #[test]
@@ -22,13 +33,7 @@ fn dump_of_an_open_segment_reports_the_zeros_ahead_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     block_on(async {
         let log = Log::open(dir.path(), LogConfig::default()).await.expect("open");
-        for seed in 0..10 {
-            log.append(&encode_batch(seed, 3, 900, 1), LeaderEpoch(2))
-                .expect("append")
-                .durable
-                .await
-                .expect("durable");
-        }
+        append(&log, 10).await;
         drop(log); // left open, as by a crash
     });
     let (ok, out) = dump(dir.path());
@@ -44,13 +49,7 @@ fn dump_lists_every_batch_and_reports_a_torn_tail_without_touching_it() {
         let log = Log::open(dir.path(), LogConfig { segment_bytes: 64 << 10, ..LogConfig::default() })
             .await
             .expect("open");
-        for seed in 0..40 {
-            log.append(&encode_batch(seed, 3, 900, 1), LeaderEpoch(2))
-                .expect("append")
-                .durable
-                .await
-                .expect("durable");
-        }
+        append(&log, 40).await;
         log.close().await.expect("close");
     });
     let (ok, out) = dump(dir.path());

@@ -83,15 +83,17 @@ fn encode_frame(
     correlation: i32,
     request: &impl Encodable,
 ) -> Result<(), String> {
-    let body = request.compute_size(version).map_err(|e| format!("size {api:?} v{version}: {e}"))?;
-    frame.reserve(body + 256);
-    frame.put_i32(0);
     let header = RequestHeader::default()
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(correlation)
         .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-    header.encode(frame, api.request_header_version(version)).map_err(|e| e.to_string())?;
+    let header_version = api.request_header_version(version);
+    let head = header.compute_size(header_version).map_err(|e| e.to_string())?;
+    let body = request.compute_size(version).map_err(|e| format!("size {api:?} v{version}: {e}"))?;
+    frame.reserve(4 + head + body);
+    frame.put_i32(0);
+    header.encode(frame, header_version).map_err(|e| e.to_string())?;
     request.encode(frame, version).map_err(|e| format!("encode {api:?} v{version}: {e}"))?;
     let size = (frame.len() - 4) as i32;
     frame[..4].copy_from_slice(&size.to_be_bytes());

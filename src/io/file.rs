@@ -110,20 +110,21 @@ impl WriteFile {
     /// Starts zeroing the blocks after the last write, if fewer than the next fill's size are
     /// ready and none is under way, never past `limit` (the largest the file should grow).
     pub fn zero_ahead(&self, limit: u64) {
-        let Some(running) = self.filling.take() else {
-            let from = self.fill_from.get();
-            let len = from.clamp(ZERO_AHEAD_BYTES_MIN, ZERO_AHEAD_BYTES_MAX);
-            let limit = limit.next_multiple_of(IO_ALIGNMENT_BYTES as u64);
-            if self.written_end.get() + len > from && from < limit {
-                let end = (from + len).min(limit);
-                match self.filler() {
-                    Ok(filler) => self.filling.set(Some(ZeroFill::start(filler, from, end))),
-                    Err(error) => tracing::debug!(%error, "cannot zero a segment ahead"),
-                }
-            }
+        if let Some(running) = self.filling.take() {
+            self.filling.set(Some(running));
             return;
-        };
-        self.filling.set(Some(running));
+        }
+        let from = self.fill_from.get();
+        let len = from.clamp(ZERO_AHEAD_BYTES_MIN, ZERO_AHEAD_BYTES_MAX);
+        let limit = limit.next_multiple_of(IO_ALIGNMENT_BYTES as u64);
+        if self.written_end.get() + len <= from || from >= limit {
+            return;
+        }
+        let end = (from + len).min(limit);
+        match self.filler() {
+            Ok(filler) => self.filling.set(Some(ZeroFill::start(filler, from, end))),
+            Err(error) => tracing::debug!(%error, "cannot zero a segment ahead"),
+        }
     }
 
     fn filler(&self) -> io::Result<Arc<File>> {

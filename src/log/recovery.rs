@@ -24,7 +24,7 @@ use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{LogConfig, LogError, LogState, ReadError, StorageError};
 use crate::batch_cache::BatchCache;
-use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, ZERO_AHEAD_BYTES_MAX};
+use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, ZEROED_AHEAD_BYTES_MAX};
 use crate::io::{self, ReadFile, WriteFile};
 use crate::types::{Offset, TimestampMs};
 use std::collections::VecDeque;
@@ -227,7 +227,7 @@ async fn open_segment(
 /// Whether the file's bytes `[from, to)` are zeros no longer than a writer zeroes ahead of its
 /// writes (`io::WriteFile`): what an open segment leaves past its last batch, not damage.
 async fn zeroed_ahead(reader: &ReadFile, from: u64, to: u64) -> Result<bool, LogError> {
-    if to - from > 2 * ZERO_AHEAD_BYTES_MAX + IO_ALIGNMENT_BYTES as u64 {
+    if to - from > ZEROED_AHEAD_BYTES_MAX {
         return Ok(false);
     }
     let start = segment::align_down(from);

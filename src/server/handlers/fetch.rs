@@ -4,7 +4,7 @@
 //! Which partitions a request reads, and which its answer names, depend on its fetch session
 //! (`fetch_session`, KIP-227).
 
-use crate::batch::LOG_OVERHEAD_BYTES;
+use crate::batch::{BATCH_LENGTH_AT, LOG_OVERHEAD_BYTES};
 use crate::io;
 use crate::log::Bound;
 use crate::server::fetch_response::{self, Head, PartitionResult, TopicResult};
@@ -216,7 +216,7 @@ fn whole_batches_within(chunks: Vec<Bytes>, room: usize) -> (Vec<Bytes>, usize) 
     while cut + LOG_OVERHEAD_BYTES <= stream {
         let mut length = [0u8; 4];
         for (i, byte) in length.iter_mut().enumerate() {
-            *byte = cursor.byte_at(cut + 8 + i);
+            *byte = cursor.byte_at(cut + BATCH_LENGTH_AT + i);
         }
         let Ok(length) = usize::try_from(i32::from_be_bytes(length)) else { break };
         let end = cut + LOG_OVERHEAD_BYTES + length;

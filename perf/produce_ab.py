@@ -3,12 +3,13 @@
 
 Each pair starts each build on a fresh data directory, pinned to core 0, and runs the matrix's
 produce rows against it with `ringmq bench produce` on core 1 (8 partitions, 1 KiB records,
-16 KiB batches, 8 connections with one request of 8 batches in flight each): acks=1 as fast as
+16 KiB batches, 8 connections each with `--in-flight` requests of 8 batches at once, 1 by
+default): acks=1 as fast as
 acknowledged, then acks=1 at a fixed rate (open loop), then acks=all under the fsync flush
 policy. The baselines are measured in the same run. Prints MB/s, the ratio to
 min(O_DIRECT write, loopback), latency percentiles, steal, and the broker's CPU time per MB.
 
-Usage: perf/produce_ab.py BEFORE AFTER [--pairs N] [--seconds N] [--rate RECORDS_PER_S]
+Usage: perf/produce_ab.py BEFORE AFTER [--pairs N] [--seconds N] [--rate RECORDS_PER_S] [--in-flight N]
 """
 import argparse
 import os
@@ -21,16 +22,16 @@ from matrix import Broker  # noqa: E402  (perf/matrix.py)
 from cold_ab import bench, cpu_ticks  # noqa: E402
 
 COMMON = ["--partitions", "8", "--record-size", "1024", "--batch-bytes", "16384", "--connections", "8",
-          "--in-flight", "1", "--batches-per-request", "8"]
+          "--batches-per-request", "8"]
 
 
-def row(name, binary, generator, seconds, fsync, *args):
+def row(name, binary, generator, seconds, fsync, in_flight, *args):
     data = tempfile.mkdtemp(prefix="ringmq-ab-")
     broker = Broker(data, fsync=fsync, binary=binary)
     try:
         ticks0 = cpu_ticks(broker.process.pid)
         report = bench(generator, "produce", "--bootstrap", broker.address, "--topic", "ab", "--duration",
-                       f"{seconds}s", *args, *COMMON, "--baseline-dir", data)
+                       f"{seconds}s", *args, *COMMON, "--in-flight", str(in_flight), "--baseline-dir", data)
         ticks = cpu_ticks(broker.process.pid) - ticks0
     finally:
         broker.stop()
@@ -54,6 +55,7 @@ def main():
     parser.add_argument("--rate", type=float, default=200_000, help="records/s of the fixed-rate row")
     parser.add_argument("--generator", help="the ringmq that runs the benchmark (default: AFTER)")
     parser.add_argument("--rows", default="max,rate,fsync")
+    parser.add_argument("--in-flight", type=int, default=1, help="requests each connection has in flight")
     options = parser.parse_args()
     generator = options.generator or options.after
     rows = options.rows.split(",")
@@ -62,11 +64,12 @@ def main():
         for name, binary in builds if pair % 2 == 0 else reversed(builds):
             print(f"pair {pair + 1}, {name}:", flush=True)
             if "max" in rows:
-                row("max", binary, generator, options.seconds, False, "--acks", "1")
+                row("max", binary, generator, options.seconds, False, options.in_flight, "--acks", "1")
             if "rate" in rows:
-                row("rate", binary, generator, options.seconds, False, "--acks", "1", "--rate", str(options.rate))
+                row("rate", binary, generator, options.seconds, False, options.in_flight, "--acks", "1", "--rate",
+                    str(options.rate))
             if "fsync" in rows:
-                row("fsync", binary, generator, options.seconds, True, "--acks", "-1")
+                row("fsync", binary, generator, options.seconds, True, options.in_flight, "--acks", "-1")
 
 
 if __name__ == "__main__":

@@ -670,3 +670,51 @@ fn offset_for_leader_epoch_answers_where_an_epoch_ended() {
     assert_eq!(common::end_offset_for_epoch(&broker, "epochs", 9, -1, 0).0, UNKNOWN_TOPIC_OR_PARTITION);
     assert_eq!(common::end_offset_for_epoch(&broker, "nothing", 0, -1, 0).0, UNKNOWN_TOPIC_OR_PARTITION);
 }
+
+/// What the broker has appended to `topic`, by its metrics.
+fn appended_records(broker: &Broker, topic: &str) -> f64 {
+    let label = format!("topic=\"{topic}\"");
+    let samples = common::scrape(broker);
+    let series = samples.iter().filter(|(series, _)| {
+        series.starts_with("ringmq_topic_produced_records_total{") && series.contains(&label)
+    });
+    series.map(|(_, value)| value).sum()
+}
+
+#[test]
+fn pipelined_produces_land_in_the_order_sent_on_every_core_and_none_is_lost_at_close() {
+    const REQUESTS: i32 = 40;
+    // Four partitions over two cores: the connection's core appends some and hands the others
+    // to their owner.
+    let broker = Broker::start(&["--cores", "2"]);
+    let topic = NewTopic::new("ordered", 4, TopicReplication::Fixed(1));
+    block_on(admin(&broker).create_topics([&topic], &AdminOptions::new())).expect("create");
+    let values: Vec<String> = (0..REQUESTS).map(|i| format!("r{i}")).collect();
+    let request = |acks, i: i32, partitions: std::ops::Range<i32>| {
+        let records: Vec<(i32, &str)> = partitions.map(|p| (p, values[i as usize].as_str())).collect();
+        common::produce_frame("ordered", acks, i, &records)
+    };
+
+    // Every request sent before any answer is read: answers in request order, and request i
+    // at offset i of every partition.
+    let mut stream = broker.connect();
+    let frames: Vec<u8> = (0..REQUESTS).flat_map(|i| request(1, i, 0..4).to_vec()).collect();
+    stream.write_all(&frames).expect("send");
+    for i in 0..REQUESTS {
+        let expected: Vec<(i32, i16, i64)> = (0..4).map(|p| (p, 0, i64::from(i))).collect();
+        assert_eq!(common::produce_answer(&mut stream), (i, expected));
+    }
+
+    // acks=0 requests, and the client closes at once: each is appended all the same.
+    let mut stream = broker.connect();
+    let frames: Vec<u8> = (0..REQUESTS).flat_map(|i| request(0, i, 0..4).to_vec()).collect();
+    stream.write_all(&frames).expect("send");
+    drop(stream);
+    let all = f64::from(2 * 4 * REQUESTS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while appended_records(&broker, "ordered") < all {
+        assert!(std::time::Instant::now() < deadline, "acks=0 produces were lost at close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(appended_records(&broker, "ordered"), all);
+}

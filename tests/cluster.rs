@@ -1213,3 +1213,77 @@ fn cluster_info_lists_what_a_dead_broker_left_leaderless_or_under_replicated() {
         listed(info, "leaderless").is_empty() && listed(info, "under_replicated").is_empty()
     });
 }
+
+#[test]
+fn a_connection_pipelines_produces_behind_one_waiting_for_its_replicas() {
+    use std::io::Write;
+    // Followers stay in the in-sync replicas and in the cluster for a minute without
+    // answering, so an acks=all produce waits that long unless they come back.
+    let quorum = voters(&[1, 2, 3]);
+    let patient = ["--set", "replica_lag_time_max_ms=60000"];
+    let nodes: BTreeMap<i32, Broker> =
+        (1..=3).map(|id| (id, node_with(id, &quorum, None, 60_000, &patient))).collect();
+    let (controller, _) = agreed(&nodes.values().collect::<Vec<_>>(), &listing(&nodes));
+    let bootstrap = nodes[&1].address.to_string();
+    ringmq(&[
+        "topic",
+        "create",
+        "piped",
+        "--partitions",
+        "6",
+        "--replication-factor",
+        "3",
+        "--bootstrap",
+        &bootstrap,
+    ]);
+    await_isrs(&nodes[&1], "piped", |isrs| isrs.len() == 6 && isrs.iter().all(|isr| isr.len() == 3));
+    let leaders =
+        await_leaders(&nodes[&1], "piped", |leaders| leaders.len() == 6 && leaders.iter().all(|l| *l > 0));
+    // Two partitions with one leader, and a follower of both that is not the controller (its
+    // freeze leaves the controller alone).
+    let (p, q) = (0..6)
+        .flat_map(|p| (p + 1..6).map(move |q| (p, q)))
+        .find(|(p, q)| leaders[*p] == leaders[*q])
+        .expect("two partitions share a leader");
+    let (p, q, leader) = (p as i32, q as i32, leaders[p]);
+    let frozen = (1..=3).find(|id| *id != leader && i64::from(*id) != controller).expect("a follower");
+    let (leader, frozen) = (&nodes[&leader], &nodes[&frozen]);
+
+    frozen.signal(libc::SIGSTOP);
+    let mut stream = leader.connect();
+    // One connection: acks=all to both partitions (it waits for the frozen follower), then
+    // acks=1 to the second partition, twice.
+    stream
+        .write_all(&common::produce_frame("piped", -1, 1, &[(p, "p-first"), (q, "q-first")]))
+        .expect("send");
+    stream.write_all(&common::produce_frame("piped", 1, 2, &[(q, "q-second")])).expect("send");
+    stream.write_all(&common::produce_frame("piped", 1, 3, &[(q, "q-third")])).expect("send");
+    // The later produces are read and appended while the first still waits: before pipelining
+    // they waited in the socket until the first was answered.
+    let appended = || {
+        let samples = common::scrape(leader);
+        let piped = samples.iter().filter(|(series, _)| {
+            series.starts_with("ringmq_topic_produced_records_total{") && series.contains("topic=\"piped\"")
+        });
+        piped.map(|(_, value)| value).sum::<f64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while appended() < 4.0 {
+        assert!(Instant::now() < deadline, "the produces behind a waiting one were not appended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stream.set_nonblocking(true).expect("nonblocking");
+    let early = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+    assert!(
+        matches!(&early, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing is answered before the first produce: {early:?}"
+    );
+    stream.set_nonblocking(false).expect("blocking");
+
+    // Once the follower is back, answers come in request order, and each partition has the
+    // batches in the order they were sent, the waiting request's first.
+    frozen.signal(libc::SIGCONT);
+    let answers: Vec<_> = (0..3).map(|_| common::produce_answer(&mut stream)).collect();
+    let expected = vec![(1, vec![(p, 0, 0), (q, 0, 0)]), (2, vec![(q, 0, 1)]), (3, vec![(q, 0, 2)])];
+    assert_eq!(answers, expected);
+}

@@ -1,7 +1,9 @@
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 pub type Task<T> = glommio::Task<T>;
@@ -152,13 +154,18 @@ pub struct Latch {
 #[derive(Default)]
 struct LatchInner {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    /// One waker per pending `wait`, under the key it registered with: a wait polled again
+    /// replaces its own, and one dropped takes it out. (Pushing a waker on every poll kept one
+    /// per request a connection served, and the connection's task with it, until shutdown.)
+    waiters: RefCell<BTreeMap<u64, Waker>>,
+    next_key: Cell<u64>,
 }
 
 impl Latch {
     pub fn set(&self) {
         self.inner.set.set(true);
-        for waiter in self.inner.waiters.borrow_mut().drain(..) {
+        let waiters = std::mem::take(&mut *self.inner.waiters.borrow_mut());
+        for waiter in waiters.into_values() {
             waiter.wake();
         }
     }
@@ -167,15 +174,51 @@ impl Latch {
         self.inner.set.get()
     }
 
-    pub async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.inner.set.get() {
-                return Poll::Ready(());
+    /// Resolves once the latch is set.
+    pub fn wait(&self) -> LatchWait {
+        LatchWait { inner: self.inner.clone(), key: None }
+    }
+}
+
+/// A pending `Latch::wait`.
+pub struct LatchWait {
+    inner: Rc<LatchInner>,
+    key: Option<u64>,
+}
+
+impl Future for LatchWait {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.set.get() {
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let key = self.inner.next_key.get();
+                self.inner.next_key.set(key + 1);
+                self.key = Some(key);
+                key
             }
-            self.inner.waiters.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        };
+        let mut waiters = self.inner.waiters.borrow_mut();
+        match waiters.get_mut(&key) {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => {
+                waiters.insert(key, cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for LatchWait {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.inner.waiters.borrow_mut().remove(&key);
+        }
     }
 }
 
@@ -219,5 +262,29 @@ mod tests {
             }
         });
         assert_eq!(drops.load(Ordering::SeqCst), 1, "the result was dropped, not leaked");
+    }
+
+    #[test]
+    fn a_latch_keeps_one_waker_per_pending_wait_and_none_for_a_dropped_one() {
+        let latch = Latch::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        // A connection waits on its latch once per request it reads: each wait polled and
+        // dropped must leave nothing behind.
+        for _ in 0..1000 {
+            let mut wait = latch.wait();
+            assert!(Pin::new(&mut wait).poll(&mut cx).is_pending());
+        }
+        assert_eq!(latch.inner.waiters.borrow().len(), 0);
+        let (mut first, mut second) = (latch.wait(), latch.wait());
+        for _ in 0..1000 {
+            assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+            assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        }
+        assert_eq!(latch.inner.waiters.borrow().len(), 2);
+        latch.set();
+        assert!(Pin::new(&mut first).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut second).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut latch.wait()).poll(&mut cx).is_ready(), "a wait after the set returns at once");
+        assert_eq!(latch.inner.waiters.borrow().len(), 0);
     }
 }

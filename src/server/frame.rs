@@ -19,23 +19,49 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// The next request frame, or `None` when the client closed the connection between requests.
-pub async fn read(stream: &mut Stream, size_max: usize) -> Result<Option<Bytes>, FrameError> {
-    let mut prefix = [0u8; 4];
-    match stream.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(error) => return Err(error.into()),
+/// Reads a connection's request frames, one after another. `next` may be dropped part-way
+/// (the connection stops waiting for a request to write an answer): what has arrived stays
+/// here and the next call goes on from it. Every byte is taken from the socket by a
+/// non-blocking receive that completes at once; waits only peek.
+pub struct Reader {
+    size_max: usize,
+    /// The size field, as much of it as has arrived.
+    prefix: BytesMut,
+    /// The body, as much of it as has arrived, once the size is known.
+    body: Option<BytesMut>,
+}
+
+impl Reader {
+    pub fn new(size_max: usize) -> Reader {
+        Reader { size_max, prefix: BytesMut::with_capacity(4), body: None }
     }
-    let size = i32::from_be_bytes(prefix);
-    if size < REQUEST_PREFIX_BYTES as i32 || size as usize > size_max {
-        return Err(FrameError::BadSize { size, max: size_max });
+
+    /// The next request frame, or `None` when the client closed the connection between
+    /// requests.
+    pub async fn next(&mut self, stream: &mut Stream) -> Result<Option<Bytes>, FrameError> {
+        while self.prefix.len() < 4 {
+            let want = 4 - self.prefix.len();
+            match stream.read_into(&mut self.prefix, want).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof && self.prefix.is_empty() => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let size = i32::from_be_bytes([self.prefix[0], self.prefix[1], self.prefix[2], self.prefix[3]]);
+        if size < REQUEST_PREFIX_BYTES as i32 || size as usize > self.size_max {
+            return Err(FrameError::BadSize { size, max: self.size_max });
+        }
+        let size = size as usize;
+        let body = self.body.get_or_insert_with(|| BytesMut::with_capacity(size.min(READ_STEP_BYTES)));
+        while body.len() < size {
+            let want = (size - body.len()).min(READ_STEP_BYTES);
+            stream.read_into(body, want).await?;
+        }
+        let frame = std::mem::take(body).freeze();
+        self.body = None;
+        self.prefix.clear();
+        Ok(Some(frame))
     }
-    let size = size as usize;
-    let mut body = BytesMut::with_capacity(size.min(READ_STEP_BYTES));
-    while body.len() < size {
-        let want = (size - body.len()).min(READ_STEP_BYTES);
-        stream.read_into(&mut body, want).await?;
-    }
-    Ok(Some(body.freeze()))
 }

@@ -27,6 +27,8 @@ use futures_channel::oneshot;
 use producer_ids::ProducerIds;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -1191,16 +1193,39 @@ impl Shard {
         Ok(())
     }
 
-    /// Appends `records` to `partition` of `topic` on the shard that owns it. With `acks` 0 the
-    /// answer comes once the batches are queued; otherwise once they are durable.
-    pub async fn produce(
-        &self,
+    /// Appends `records` to `partition` of `topic` on the shard that owns it, in two steps so
+    /// that a connection can pipeline produce requests: once this returns, the batches have
+    /// their place in the partition (appended here, or in the owner's inbox, whose messages
+    /// the owner appends from in order, each task appending on its first poll), so batches
+    /// produced after them land after them. The answer
+    /// comes from the returned future: with `acks` 0 once the batches are queued, otherwise
+    /// once they are durable (and replicated, for acks=all).
+    pub async fn start_produce(
+        self: &Rc<Self>,
         topic: &TopicMeta,
         partition: i32,
         records: Bytes,
         acks: i16,
         deadline: Instant,
-    ) -> ProduceResult {
+    ) -> Pin<Box<dyn Future<Output = ProduceResult>>> {
+        let owner = match self.produce_owner(topic, partition, acks) {
+            Ok(owner) => owner,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
+        };
+        if owner == self.id {
+            return Box::pin(self.produce_here(&topic.name, partition, &records, acks, deadline));
+        }
+        let (reply, answer) = oneshot::channel();
+        let message =
+            ShardMessage::Produce { topic: topic.name.clone(), partition, records, acks, deadline, reply };
+        if self.mesh.send_to(owner, message).await.is_err() {
+            return Box::pin(std::future::ready(Err(ProduceError::ShardUnavailable)));
+        }
+        Box::pin(async move { answer.await.unwrap_or(Err(ProduceError::ShardUnavailable)) })
+    }
+
+    /// The shard that appends a produce to `partition` of `topic`, or why none may.
+    fn produce_owner(&self, topic: &TopicMeta, partition: i32, acks: i16) -> Result<usize, ProduceError> {
         if topics::is_internal(&topic.name) {
             return Err(ProduceError::InternalTopic);
         }
@@ -1210,33 +1235,52 @@ impl Shard {
         {
             return Err(ProduceError::NotEnoughReplicas);
         }
-        let owner =
-            self.leader_owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
-                true => ProduceError::NotLeader,
-                false => ProduceError::UnknownTopicOrPartition,
-            })?;
-        if owner == self.id {
-            return self.produce_here(&topic.name, partition, &records, acks, deadline).await;
-        }
-        let message = |reply| ShardMessage::Produce {
-            topic: topic.name.clone(),
-            partition,
-            records,
-            acks,
-            deadline,
-            reply,
-        };
-        self.ask(owner, message, || Err(ProduceError::ShardUnavailable)).await
+        self.leader_owner(topic, partition).ok_or_else(|| match topic.has_partition(partition) {
+            true => ProduceError::NotLeader,
+            false => ProduceError::UnknownTopicOrPartition,
+        })
     }
 
-    async fn produce_here(
-        &self,
+    /// Appends `records` before returning and returns the answer to come: produces started
+    /// in some order are in the log in that order.
+    fn produce_here(
+        self: &Rc<Self>,
         topic: &str,
         partition: i32,
         records: &Bytes,
         acks: i16,
         deadline: Instant,
-    ) -> ProduceResult {
+    ) -> impl Future<Output = ProduceResult> + 'static {
+        let appended = self.append_here(topic, partition, records, acks);
+        let (shard, topic) = (self.clone(), topic.to_string());
+        async move {
+            let AppendedHere { log, appended, leader_epoch, replicated } = appended?;
+            let log_append_time = log.log_append_time_enabled().then_some(appended.log_append_time);
+            if acks != 0 {
+                appended.durable.await?;
+            }
+            if replicated {
+                let last = appended.last_offset;
+                shard.await_replicated(&topic, partition, &log, last, leader_epoch, deadline).await?;
+                if shard.replication_of(&topic, partition).is_some_and(|(insync, min)| insync < min) {
+                    return Err(ProduceError::NotEnoughReplicasAfterAppend);
+                }
+            }
+            Ok(Produced {
+                base_offset: appended.base_offset,
+                log_append_time,
+                log_start_offset: log.log_start_offset(),
+            })
+        }
+    }
+
+    fn append_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &Bytes,
+        acks: i16,
+    ) -> Result<AppendedHere, ProduceError> {
         let log = self.log(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
         if !self.leads(topic, partition) {
             return Err(ProduceError::NotLeader);
@@ -1254,23 +1298,17 @@ impl Shard {
                 counters.produced_records += produced;
             });
         }
-        let log_append_time = log.log_append_time_enabled().then_some(appended.log_append_time);
-        if acks != 0 {
-            appended.durable.await?;
-        }
-        if replicated {
-            self.await_replicated(topic, partition, &log, appended.last_offset, leader_epoch, deadline)
-                .await?;
-            if self.replication_of(topic, partition).is_some_and(|(insync, min)| insync < min) {
-                return Err(ProduceError::NotEnoughReplicasAfterAppend);
-            }
-        }
-        Ok(Produced {
-            base_offset: appended.base_offset,
-            log_append_time,
-            log_start_offset: log.log_start_offset(),
-        })
+        Ok(AppendedHere { log, appended, leader_epoch, replicated })
     }
+}
+
+/// Batches this shard appended, waiting to be answered for.
+struct AppendedHere {
+    log: Rc<Log>,
+    appended: crate::log::Appended,
+    leader_epoch: LeaderEpoch,
+    /// Whether the answer waits for the in-sync replicas.
+    replicated: bool,
 }
 
 /// Resolves when the first of `futures` does; never if there are none.

@@ -127,6 +127,13 @@ impl Broker {
         std::mem::replace(&mut self.data, data)
     }
 
+    /// Sends `signal` to the broker (SIGSTOP to freeze it, SIGCONT to let it go on).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} sent");
+    }
+
     pub fn assert_alive(&mut self) {
         assert!(self.child.try_wait().expect("try_wait").is_none(), "the broker is still running");
     }
@@ -162,6 +169,37 @@ pub fn read_response(stream: &mut TcpStream) -> Bytes {
     let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
     stream.read_exact(&mut body).expect("response body");
     Bytes::from(body)
+}
+
+/// A raw Produce (v9) to `topic` of one record per `(partition, value)`.
+pub fn produce_frame(topic: &str, acks: i16, correlation_id: i32, records: &[(i32, &str)]) -> bytes::Bytes {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let data = records.iter().map(|(partition, value)| {
+        let record = ringmq::record::plain(0, 0, None, Some(Bytes::copy_from_slice(value.as_bytes())));
+        let batch = ringmq::record::encode(&[record]).expect("batch");
+        PartitionProduceData::default().with_index(*partition).with_records(Some(batch))
+    });
+    let topic = TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partition_data(data.collect());
+    let request =
+        ProduceRequest::default().with_acks(acks).with_timeout_ms(120_000).with_topic_data(vec![topic]);
+    request_frame(ApiKey::Produce, 9, correlation_id, &request)
+}
+
+/// A Produce (v9) answer on `stream`: its correlation id, and per partition (partition,
+/// error code, base offset).
+pub fn produce_answer(stream: &mut std::net::TcpStream) -> (i32, Vec<(i32, i16, i64)>) {
+    use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let mut response = read_response(stream);
+    let header =
+        ResponseHeader::decode(&mut response, ApiKey::Produce.response_header_version(9)).expect("header");
+    let response = ProduceResponse::decode(&mut response, 9).expect("decode");
+    let partitions = response.responses[0].partition_responses.iter();
+    (header.correlation_id, partitions.map(|p| (p.index, p.error_code, p.base_offset)).collect())
 }
 
 /// Produces the records `k<i>` (key and value) for every `i` in `keys` with acks=all and

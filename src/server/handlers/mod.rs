@@ -22,6 +22,8 @@ use crate::shard::Shard;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 /// What the connection does with a request.
@@ -86,16 +88,45 @@ pub fn decode_request(frame: Bytes) -> Result<Request, Refused> {
     }
 }
 
-/// Answers one request frame from a client at `client_host` (Kafka's "/1.2.3.4" form).
-pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Outcome {
-    let Request { api, version, correlation_id, client_id, body: request } = match decode_request(frame) {
+/// A request's answer: given, or to come.
+pub enum Started {
+    Answered(Outcome),
+    /// A produce whose batches have their place in their partitions; the answer follows.
+    Answering(Pin<Box<dyn Future<Output = Outcome>>>),
+}
+
+/// Whether a request frame is a Produce: the one request a connection pipelines.
+pub fn is_produce(frame: &[u8]) -> bool {
+    frame.len() >= 2 && be_i16(frame, 0) == ApiKey::Produce as i16
+}
+
+/// Starts answering one request frame from a client at `client_host` (Kafka's "/1.2.3.4"
+/// form): a produce returns once its batches are placed (`produce::start`), any other
+/// request once answered.
+pub async fn start(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Started {
+    let request = match decode_request(frame) {
         Ok(request) => request,
         Err(Refused::UnsupportedApiVersions { correlation_id }) => {
             let response = ResponseKind::ApiVersions(api_versions::unsupported_version());
-            return encode(ApiKey::ApiVersions, 0, correlation_id, &response);
+            return Started::Answered(encode(ApiKey::ApiVersions, 0, correlation_id, &response));
         }
-        Err(Refused::Close(reason)) => return Outcome::Close(reason),
+        Err(Refused::Close(reason)) => return Started::Answered(Outcome::Close(reason)),
     };
+    let Request { api, version, correlation_id, body: RequestKind::Produce(produce), .. } = request else {
+        return Started::Answered(answer(broker, shard, request, client_host).await);
+    };
+    let response = produce::start(shard, produce).await;
+    Started::Answering(Box::pin(async move {
+        match response.await {
+            Some(response) => encode(api, version, correlation_id, &ResponseKind::Produce(response)),
+            None => Outcome::Silent,
+        }
+    }))
+}
+
+/// Answers any request but a produce.
+async fn answer(broker: &Broker, shard: &Rc<Shard>, request: Request, client_host: &str) -> Outcome {
+    let Request { api, version, correlation_id, client_id, body: request } = request;
     let client = ClientInfo { client_id, client_host: client_host.to_string() };
     let request = match group_request(broker, shard, request, version, client).await {
         Ok(response) => return encode(api, version, correlation_id, &response),
@@ -149,10 +180,6 @@ pub async fn handle(broker: &Broker, shard: &Rc<Shard>, frame: Bytes, client_hos
         RequestKind::OffsetForLeaderEpoch(request) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(shard, request).await)
         }
-        RequestKind::Produce(request) => match produce::handle(shard, request).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return Outcome::Silent,
-        },
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };
     encode(api, version, correlation_id, &response)

@@ -1,42 +1,60 @@
-//! Produce: each partition's record batches go to the shard that owns the partition, all
-//! partitions at once; the answer lists every partition in request order.
+//! Produce: each partition's record batches go to the shard that owns the partition; the
+//! answer lists every partition in request order.
+//!
+//! A produce is answered in two steps (as Redpanda does) so that a connection can pipeline
+//! them: `start` gives every partition's batches their place in its log, in request order,
+//! and returns the answer to come. The connection reads the next request once `start`
+//! returns, so the batches of one connection's requests land in the order they were sent.
 
-use crate::io;
 use crate::server::errors;
-use crate::shard::{ProduceError, Shard};
+use crate::shard::{ProduceResult, Shard};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// The response, or `None` for acks=0 (Kafka sends none).
-pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest) -> Option<ProduceResponse> {
+type Answer = Pin<Box<dyn Future<Output = ProduceResult>>>;
+
+/// Places every partition's batches, then returns the response to come: `None` for acks=0
+/// (Kafka sends none).
+pub async fn start(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+) -> Pin<Box<dyn Future<Output = Option<ProduceResponse>>>> {
     let acks = request.acks;
     // How long acks=all waits for the in-sync replicas.
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
     let deadline = Instant::now() + timeout;
-    let mut pending = Vec::new();
+    let mut pending: Vec<(TopicName, Vec<(i32, Answer)>)> = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
-        let name = topic_data.name.to_string();
-        let topic = shard.topic_or_auto_create(&name).await;
-        let partitions = topic_data.partition_data.into_iter().map(|data| {
-            let (shard, topic) = (shard.clone(), topic.clone());
-            let task = io::spawn_local(async move {
-                let (Some(topic), Some(records)) = (topic, data.records) else {
-                    return Err(ProduceError::UnknownTopicOrPartition);
-                };
-                shard.produce(&topic, data.index, records, acks, deadline).await
-            });
-            (data.index, task)
-        });
-        pending.push((topic_data.name, partitions.collect::<Vec<_>>()));
+        let topic = shard.topic_or_auto_create(&topic_data.name).await;
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for data in topic_data.partition_data {
+            let answer: Answer = match (&topic, data.records) {
+                (Some(topic), Some(records)) => {
+                    shard.start_produce(topic, data.index, records, acks, deadline).await
+                }
+                _ => Box::pin(std::future::ready(Err(crate::shard::ProduceError::UnknownTopicOrPartition))),
+            };
+            partitions.push((data.index, answer));
+        }
+        pending.push((topic_data.name, partitions));
     }
+    Box::pin(answer(pending, acks))
+}
+
+/// Awaits each partition's answer in turn: they progress together, since every partition's
+/// batches were appended (or handed to their owner) in `start` and only wait here to be
+/// durable or replicated.
+async fn answer(pending: Vec<(TopicName, Vec<(i32, Answer)>)>, acks: i16) -> Option<ProduceResponse> {
     let mut responses = Vec::with_capacity(pending.len());
     for (name, partitions) in pending {
         let mut partition_responses = Vec::with_capacity(partitions.len());
-        for (index, task) in partitions {
+        for (index, answer) in partitions {
             let response = PartitionProduceResponse::default().with_index(index);
-            partition_responses.push(match task.await {
+            partition_responses.push(match answer.await {
                 Ok(produced) => response
                     .with_base_offset(produced.base_offset.0)
                     .with_log_append_time_ms(produced.log_append_time.map_or(-1, |time| time.0))

@@ -43,6 +43,12 @@ pub const SCAN_READ_BYTES: usize = 1 << 20;
 /// thread on ext4 (measured on this VM: every segment write was, before segments were zeroed).
 pub const ZERO_AHEAD_BYTES_MIN: u64 = 256 << 10;
 pub const ZERO_AHEAD_BYTES_MAX: u64 = 4 << 20;
+/// A fill is written in pieces of this size. The segment writes share the disk's queue with
+/// them, and a produce answer waits for its segment write: with 1 MiB pieces, produce at half
+/// of max rate (8 connections, 280 000 1 KiB records/s, broker on one core) had a p99 of
+/// 12-15 ms and 20-25% of requests over 2.5 ms in the broker; with 128 KiB pieces, 5 ms and
+/// 2% (64 KiB: no better). Max produce rose too: 604 / 495 -> 692 / 648 MB/s.
+pub const ZERO_WRITE_BYTES: usize = 128 << 10;
 /// The most zeros a segment file holds past its last batch: the rest of the last fill, a
 /// fill started before the writes reached it, the last block's padding. Recovery and `log
 /// dump` take a longer run of zeros for damage.

@@ -1,6 +1,6 @@
 use super::runtime::spawn_blocking_detached;
 use super::{AlignedBuf, fault, spawn_blocking};
-use crate::constants::{IO_ALIGNMENT_BYTES, ZERO_AHEAD_BYTES_MAX, ZERO_AHEAD_BYTES_MIN};
+use crate::constants::{IO_ALIGNMENT_BYTES, ZERO_AHEAD_BYTES_MAX, ZERO_AHEAD_BYTES_MIN, ZERO_WRITE_BYTES};
 use bytes::Bytes;
 use std::cell::{Cell, OnceCell};
 use std::fs::{File, OpenOptions};
@@ -206,10 +206,10 @@ const FILL_QUEUED: u8 = 0;
 const FILL_RUNNING: u8 = 1;
 const FILL_ABANDONED: u8 = 2;
 
-/// One MiB of zeros to write from, aligned for O_DIRECT.
+/// Zeros to write from, aligned for O_DIRECT: one fill write's worth.
 static ZEROS: LazyLock<AlignedBuf> = LazyLock::new(|| {
-    let mut zeros = AlignedBuf::zeroed(1 << 20);
-    zeros.set_len(1 << 20);
+    let mut zeros = AlignedBuf::zeroed(ZERO_WRITE_BYTES);
+    zeros.set_len(ZERO_WRITE_BYTES);
     zeros
 });
 

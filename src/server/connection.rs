@@ -56,39 +56,45 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, st
         c.connections_open += 1;
     });
     let _closed = Closed;
+    let reason = serve_requests(&mut stream, &broker, &shard, &stopping, &client_host).await;
+    tracing::debug!(%peer, %reason, "closing connection");
+}
+
+/// Reads, starts and answers requests; returns why the connection closes.
+async fn serve_requests(
+    stream: &mut Stream,
+    broker: &Broker,
+    shard: &Rc<Shard>,
+    stopping: &Latch,
+    client_host: &str,
+) -> String {
     let mut reader = frame::Reader::new(broker.request_bytes_max);
     let mut pending = VecDeque::new();
     let mut idle_since = Instant::now();
     loop {
-        let event =
-            next_event(&mut stream, &mut reader, &mut pending, &stopping, broker.idle_timeout, idle_since);
+        let event = next_event(stream, &mut reader, &mut pending, stopping, broker.idle_timeout, idle_since);
         let (api, started, request) = match event.await {
             Event::Request(request) => (api_of(&request), Instant::now(), request),
             Event::Answered(outcome) => {
-                let Some(answered) = pending.pop_front() else { return };
-                if let Err(reason) = deliver(&mut stream, outcome, answered.api, answered.started).await {
-                    tracing::debug!(%peer, %reason, "closing connection");
-                    return;
+                let Some(answered) = pending.pop_front() else { return "no answer was pending".into() };
+                if let Err(reason) = deliver(stream, outcome, answered.api, answered.started).await {
+                    return reason;
                 }
                 idle_since = Instant::now();
                 continue;
             }
             Event::Stopping => continue,
-            Event::Close(reason) => {
-                tracing::debug!(%peer, %reason, "closing connection");
-                return;
-            }
+            Event::Close(reason) => return reason,
         };
         idle_since = started;
         let received = request.len() + 4;
         crate::metrics::count(|c| c.received_bytes += received as u64);
         if !handlers::is_produce(&request)
-            && let Err(reason) = answer_pending(&mut stream, &mut pending).await
+            && let Err(reason) = answer_pending(stream, &mut pending).await
         {
-            tracing::debug!(%peer, %reason, "closing connection");
-            return;
+            return reason;
         }
-        let outcome = match handlers::start(&broker, &shard, request, &client_host).await {
+        let outcome = match handlers::start(broker, shard, request, client_host).await {
             Started::Answering(answer) => {
                 let answer = crate::io::spawn_local(answer);
                 pending.push_back(Pending { api, started, received, answer });
@@ -96,13 +102,13 @@ pub async fn serve(mut stream: Stream, broker: Arc<Broker>, shard: Rc<Shard>, st
             }
             Started::Answered(outcome) => outcome,
         };
-        if let Err(reason) = answer_pending(&mut stream, &mut pending).await {
-            tracing::debug!(%peer, %reason, "closing connection");
-            return;
+        // Earlier answers first: a produce that could not be decoded closes the connection
+        // only after them.
+        if let Err(reason) = answer_pending(stream, &mut pending).await {
+            return reason;
         }
-        if let Err(reason) = deliver(&mut stream, outcome, api, started).await {
-            tracing::debug!(%peer, %reason, "closing connection");
-            return;
+        if let Err(reason) = deliver(stream, outcome, api, started).await {
+            return reason;
         }
         idle_since = Instant::now();
     }

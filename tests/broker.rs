@@ -671,16 +671,6 @@ fn offset_for_leader_epoch_answers_where_an_epoch_ended() {
     assert_eq!(common::end_offset_for_epoch(&broker, "nothing", 0, -1, 0).0, UNKNOWN_TOPIC_OR_PARTITION);
 }
 
-/// What the broker has appended to `topic`, by its metrics.
-fn appended_records(broker: &Broker, topic: &str) -> f64 {
-    let label = format!("topic=\"{topic}\"");
-    let samples = common::scrape(broker);
-    let series = samples.iter().filter(|(series, _)| {
-        series.starts_with("ringmq_topic_produced_records_total{") && series.contains(&label)
-    });
-    series.map(|(_, value)| value).sum()
-}
-
 #[test]
 fn pipelined_produces_land_in_the_order_sent_on_every_core_and_none_is_lost_at_close() {
     const REQUESTS: i32 = 40;
@@ -712,9 +702,9 @@ fn pipelined_produces_land_in_the_order_sent_on_every_core_and_none_is_lost_at_c
     drop(stream);
     let all = f64::from(2 * 4 * REQUESTS);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while appended_records(&broker, "ordered") < all {
+    while common::appended_records(&broker, "ordered") < all {
         assert!(std::time::Instant::now() < deadline, "acks=0 produces were lost at close");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(appended_records(&broker, "ordered"), all);
+    assert_eq!(common::appended_records(&broker, "ordered"), all);
 }

@@ -1260,15 +1260,8 @@ fn a_connection_pipelines_produces_behind_one_waiting_for_its_replicas() {
     stream.write_all(&common::produce_frame("piped", 1, 3, &[(q, "q-third")])).expect("send");
     // The later produces are read and appended while the first still waits: before pipelining
     // they waited in the socket until the first was answered.
-    let appended = || {
-        let samples = common::scrape(leader);
-        let piped = samples.iter().filter(|(series, _)| {
-            series.starts_with("ringmq_topic_produced_records_total{") && series.contains("topic=\"piped\"")
-        });
-        piped.map(|(_, value)| value).sum::<f64>()
-    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while appended() < 4.0 {
+    while common::appended_records(leader, "piped") < 4.0 {
         assert!(Instant::now() < deadline, "the produces behind a waiting one were not appended");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -74,7 +74,7 @@ async fn serve_requests(
     loop {
         let event = next_event(stream, &mut reader, &mut pending, stopping, broker.idle_timeout, idle_since);
         let (api, started, request) = match event.await {
-            Event::Request(request) => (api_of(&request), Instant::now(), request),
+            Event::Request(request) => (handlers::api_key(&request), Instant::now(), request),
             Event::Answered(outcome) => {
                 let Some(answered) = pending.pop_front() else { return "no answer was pending".into() };
                 if let Err(reason) = deliver(stream, outcome, answered.api, answered.started).await {
@@ -89,7 +89,7 @@ async fn serve_requests(
         idle_since = started;
         let received = request.len() + 4;
         crate::metrics::count(|c| c.received_bytes += received as u64);
-        if !handlers::is_produce(&request)
+        if !handlers::is_produce(api)
             && let Err(reason) = answer_pending(stream, &mut pending).await
         {
             return reason;
@@ -199,10 +199,6 @@ async fn deliver(
         crate::metrics::count(|c| c.requests.entry(api).or_default().observe(started.elapsed()));
     }
     Ok(())
-}
-
-fn api_of(request: &[u8]) -> Option<i16> {
-    request.get(..2).map(|key| i16::from_be_bytes([key[0], key[1]]))
 }
 
 /// Counts the connection closed when the serving task ends, however it ends.

@@ -904,17 +904,32 @@ impl Shard {
 
     /// Sends a request to another shard and waits for its answer; `unavailable()` if the
     /// shard cannot be reached or drops the request.
-    async fn ask<T>(
+    async fn ask<T, M: FnOnce(oneshot::Sender<T>) -> ShardMessage>(
         &self,
         shard: usize,
-        message: impl FnOnce(oneshot::Sender<T>) -> ShardMessage,
-        unavailable: impl FnOnce() -> T,
+        message: M,
+        unavailable: fn() -> T,
     ) -> T {
+        self.send_request(shard, message, unavailable).await.await
+    }
+
+    /// Sends a request to another shard and returns its answer to come (`unavailable()` if
+    /// the shard cannot be reached or drops the request). Once this returns, the request is
+    /// in the shard's inbox, behind every one this shard sent it before.
+    async fn send_request<T, M: FnOnce(oneshot::Sender<T>) -> ShardMessage>(
+        &self,
+        shard: usize,
+        message: M,
+        unavailable: fn() -> T,
+    ) -> impl Future<Output = T> + use<T, M> {
         let (reply, answer) = oneshot::channel();
-        if self.mesh.send_to(shard, message(reply)).await.is_err() {
-            return unavailable();
+        let sent = self.mesh.send_to(shard, message(reply)).await.is_ok();
+        async move {
+            match sent {
+                true => answer.await.unwrap_or_else(|_| unavailable()),
+                false => unavailable(),
+            }
         }
-        answer.await.unwrap_or_else(|_| unavailable())
     }
 
     /// Places new partitions up to `partitions` on the shards, round-robin.
@@ -1215,13 +1230,9 @@ impl Shard {
         if owner == self.id {
             return Box::pin(self.produce_here(&topic.name, partition, &records, acks, deadline));
         }
-        let (reply, answer) = oneshot::channel();
-        let message =
-            ShardMessage::Produce { topic: topic.name.clone(), partition, records, acks, deadline, reply };
-        if self.mesh.send_to(owner, message).await.is_err() {
-            return Box::pin(std::future::ready(Err(ProduceError::ShardUnavailable)));
-        }
-        Box::pin(async move { answer.await.unwrap_or(Err(ProduceError::ShardUnavailable)) })
+        let topic = topic.name.clone();
+        let message = move |reply| ShardMessage::Produce { topic, partition, records, acks, deadline, reply };
+        Box::pin(self.send_request(owner, message, || Err(ProduceError::ShardUnavailable)).await)
     }
 
     /// The shard that appends a produce to `partition` of `topic`, or why none may.

@@ -317,6 +317,16 @@ pub fn end_offset_for_epoch(
     (answer.error_code, answer.leader_epoch, answer.end_offset)
 }
 
+/// What the broker has appended to `topic`, by its metrics.
+pub fn appended_records(broker: &Broker, topic: &str) -> f64 {
+    let label = format!("topic=\"{topic}\"");
+    let samples = scrape(broker);
+    let series = samples.iter().filter(|(series, _)| {
+        series.starts_with("ringmq_topic_produced_records_total{") && series.contains(&label)
+    });
+    series.map(|(_, value)| value).sum()
+}
+
 /// The status code and body of `request` sent to the admin listener.
 pub fn http(broker: &Broker, request: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(broker.admin).expect("connect to the admin listener");

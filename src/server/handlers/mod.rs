@@ -95,9 +95,14 @@ pub enum Started {
     Answering(Pin<Box<dyn Future<Output = Outcome>>>),
 }
 
-/// Whether a request frame is a Produce: the one request a connection pipelines.
-pub fn is_produce(frame: &[u8]) -> bool {
-    frame.len() >= 2 && be_i16(frame, 0) == ApiKey::Produce as i16
+/// The API key of a request frame, if it is long enough to have one.
+pub fn api_key(frame: &[u8]) -> Option<i16> {
+    (frame.len() >= 2).then(|| be_i16(frame, 0))
+}
+
+/// Whether a request (by its `api_key`) is a Produce: the one request a connection pipelines.
+pub fn is_produce(api: Option<i16>) -> bool {
+    api == Some(ApiKey::Produce as i16)
 }
 
 /// Starts answering one request frame from a client at `client_host` (Kafka's "/1.2.3.4"

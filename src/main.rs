@@ -100,7 +100,8 @@ enum ConfigCommand {
 
 /// Logs at info, but of the Raft library only its errors, and not its retries of an
 /// unreachable peer (every half second while one is down); the controller logs leader changes
-/// and fencing itself.
+/// and fencing itself. Nor what the runtime says of a test ringmq fails on purpose
+/// (`io::QUIET_LOGS`).
 const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off";
 
 fn main() -> ExitCode {
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
             }
         },
         None => tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG")
-            .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+            .unwrap_or_else(|_| format!("{DEFAULT_LOG_FILTER},{}", ringmq::io::QUIET_LOGS).into()),
     };
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_format == "json" {

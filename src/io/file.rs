@@ -59,6 +59,9 @@ impl WriteFile {
         if create {
             fault::on_create()?;
         }
+        if let Some(dir) = path.parent() {
+            super::polling::settle(dir).await;
+        }
         let file = glommio::io::OpenOptions::new()
             .read(true)
             .write(true)

@@ -9,6 +9,7 @@ pub mod fault;
 mod file;
 mod mesh;
 mod net;
+mod polling;
 mod runtime;
 
 pub use aligned::AlignedBuf;
@@ -18,6 +19,7 @@ pub use file::{
 };
 pub use mesh::{Inbox, Mesh, MeshBuilder, mesh};
 pub use net::{Listener, Stream, reserve_address};
+pub use polling::QUIET_LOGS;
 pub use runtime::{
     Latch, Signal, Task, block_on, raise_memlock_limit, run_sharded, sleep, spawn_blocking, spawn_detached,
     spawn_local,

@@ -74,6 +74,8 @@ pub struct Counters {
     pub read_ahead_used: u64,
     pub read_ahead_dropped: u64,
     pub fsync: Histogram,
+    /// Segment writes: submitted to complete (zero fills not counted).
+    pub disk_write: Histogram,
 }
 
 impl Counters {
@@ -348,13 +350,16 @@ fn render_counters(out: &mut Out, cores: &[CoreSnapshot]) {
             core.counters.disk_reads_in_flight,
         );
     }
-    out.header("ringmq_fsync_duration_seconds", "histogram", "fdatasync latency of segment files.");
-    for core in cores {
-        out.histogram(
-            "ringmq_fsync_duration_seconds",
-            &[("core", &core.core.to_string())],
-            &core.counters.fsync,
-        );
+    type Latency = (&'static str, &'static str, fn(&Counters) -> &Histogram);
+    let disk_latencies: [Latency; 2] = [
+        ("ringmq_disk_write_duration_seconds", "O_DIRECT write latency of segment files.", |c| &c.disk_write),
+        ("ringmq_fsync_duration_seconds", "fdatasync latency of segment files.", |c| &c.fsync),
+    ];
+    for (name, help, histogram) in disk_latencies {
+        out.header(name, "histogram", help);
+        for core in cores {
+            out.histogram(name, &[("core", &core.core.to_string())], histogram(&core.counters));
+        }
     }
 }
 

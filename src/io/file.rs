@@ -96,8 +96,10 @@ impl WriteFile {
             c.disk_writes += 1;
             c.disk_writes_in_flight += 1;
         });
+        let started = std::time::Instant::now();
         let written = self.file.write_at(buf.0, position).await.map_err(to_io);
         crate::metrics::count(|c| {
+            c.disk_write.observe(started.elapsed());
             c.disk_writes_in_flight -= 1;
             c.disk_written_bytes += *written.as_ref().unwrap_or(&0) as u64;
         });

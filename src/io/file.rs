@@ -27,6 +27,13 @@ impl WriteBuf {
         self.0.len()
     }
 
+    /// Copies `src` to `at..at + src.len()`, the whole lines among them with non-temporal
+    /// stores, which skip the cache: only the device reads this buffer again.
+    pub fn put(&mut self, at: usize, src: &[u8]) {
+        let dst = &mut self.as_mut_slice()[at..at + src.len()];
+        super::streaming::copy(dst, src);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -11,6 +11,7 @@ mod mesh;
 mod net;
 mod polling;
 mod runtime;
+mod streaming;
 
 pub use aligned::AlignedBuf;
 pub use file::{

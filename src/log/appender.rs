@@ -160,15 +160,15 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     assert_eq!(appender.tail.len() as u64, size_before - block_start, "tail block out of step");
     let total = appender.tail.len() + batches.iter().map(StoredBatch::len).sum::<usize>();
     let mut buf = appender.writer.alloc(total);
-    let bytes = buf.as_mut_slice();
     let mut at = appender.tail.len();
-    bytes[..at].copy_from_slice(&appender.tail);
+    buf.as_mut_slice()[..at].copy_from_slice(&appender.tail);
     for batch in &batches {
-        bytes[at..at + batch.header.len()].copy_from_slice(&batch.header);
+        buf.put(at, &batch.header);
         at += batch.header.len();
-        bytes[at..at + batch.body.len()].copy_from_slice(&batch.body);
+        buf.put(at, &batch.body);
         at += batch.body.len();
     }
+    let bytes = buf.as_mut_slice();
     bytes[total..].fill(0); // the padding of the last block: zeros, never stale memory
     let next_tail = bytes[align_down(total as u64) as usize..total].to_vec();
 

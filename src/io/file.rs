@@ -27,8 +27,8 @@ impl WriteBuf {
         self.0.len()
     }
 
-    /// Copies `src` to `at..at + src.len()`, the whole lines among them with non-temporal
-    /// stores, which skip the cache: only the device reads this buffer again.
+    /// Copies `src` to `at..at + src.len()`, most of it with non-temporal stores, which skip
+    /// the cache: only the device reads this buffer again (`streaming`).
     pub fn put(&mut self, at: usize, src: &[u8]) {
         let dst = &mut self.as_mut_slice()[at..at + src.len()];
         super::streaming::copy(dst, src);

@@ -14,6 +14,7 @@
 //! main ring. glommio 0.9 keeps the first probe's answer per device and thread;
 //! `segment_writes_follow_the_device` checks that it still does.
 
+use super::Latch;
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -23,20 +24,60 @@ use std::path::{Path, PathBuf};
 pub const QUIET_LOGS: &str = "glommio::reactor=off";
 
 thread_local! {
-    /// Devices (`st_dev`) this thread has settled.
-    static SETTLED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// Devices (`st_dev`) this thread has settled or is settling, each with a latch set once
+    /// it is done: a file opened on the device meanwhile waits for it, or glommio could test
+    /// the device with that file first and keep "pollable".
+    static SETTLED: RefCell<Vec<(u64, Latch)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Settles, once per thread and device, how glommio does I/O on the device holding `dir`.
 pub async fn settle(dir: &Path) {
     let Ok(device) = std::fs::metadata(dir).map(|meta| meta.dev()) else { return };
-    if SETTLED.with(|settled| settled.borrow().contains(&device)) {
-        return;
+    loop {
+        let under_way = SETTLED.with(|settled| {
+            settled.borrow().iter().find(|(settled, _)| *settled == device).map(|(_, done)| done.clone())
+        });
+        match under_way {
+            None => break,
+            Some(done) if done.is_set() => return,
+            // Then settled, or given up by its caller: gone from the list, settled here.
+            Some(done) => done.wait().await,
+        }
     }
-    SETTLED.with(|settled| settled.borrow_mut().push(device));
-    if polls(Path::new("/sys"), device) {
-        return;
+    let settling = Settling { device, done: Latch::default(), finished: false };
+    SETTLED.with(|settled| settled.borrow_mut().push((device, settling.done.clone())));
+    if !polls(Path::new("/sys"), device) {
+        probe(dir).await;
     }
+    settling.finish();
+}
+
+/// The settling of one device on this thread. Dropped unfinished (its open was called off),
+/// it forgets the device, so that the next file opened there settles it.
+struct Settling {
+    device: u64,
+    done: Latch,
+    finished: bool,
+}
+
+impl Settling {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        if !self.finished {
+            SETTLED.with(|settled| settled.borrow_mut().retain(|(device, _)| *device != self.device));
+        }
+        self.done.set();
+    }
+}
+
+/// Opens a probe file in `dir` write-only: glommio's test read of it fails. One that cannot
+/// be created (a full or read-only disk) leaves glommio to test the next file itself.
+async fn probe(dir: &Path) {
     let thread = format!("{:?}", std::thread::current().id());
     let probe = dir.join(format!(".polling-probe-{}", thread.trim_matches(|c: char| !c.is_ascii_digit())));
     match glommio::io::OpenOptions::new().write(true).create(true).dma_open(&probe).await {
@@ -66,29 +107,37 @@ mod tests {
     use crate::io::{WriteFile, block_on};
 
     /// On this machine's disk (not /tmp, which may be tmpfs), segment writes go to the poll
-    /// ring only if the device polls.
+    /// ring only if the device polls, for files opened together too.
     #[test]
     fn segment_writes_follow_the_device() {
         let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).expect("dir");
         let device = std::fs::metadata(dir.path()).expect("stat").dev();
         let (polled, interrupted) = block_on(async {
-            let file = WriteFile::open(&dir.path().join("segment"), true).await.expect("open");
+            let (first, second) = futures_lite::future::zip(
+                WriteFile::open(&dir.path().join("first"), true),
+                WriteFile::open(&dir.path().join("second"), true),
+            )
+            .await;
+            let files = [first.expect("open"), second.expect("open")];
             let _earlier = glommio::executor().io_stats();
-            for block in 0..4u64 {
+            for (file, block) in files.iter().cycle().zip(0..4u64) {
                 let buf = file.alloc(IO_ALIGNMENT_BYTES);
                 file.write_at(buf, block * IO_ALIGNMENT_BYTES as u64).await.expect("write");
             }
             let stats = glommio::executor().io_stats();
-            file.close().await.expect("close");
+            for file in files {
+                file.close().await.expect("close");
+            }
             (stats.poll_ring.file_writes().0, stats.main_ring.file_writes().0)
         });
         match polls(Path::new("/sys"), device) {
             true => assert_eq!(polled, 4, "a polling device's writes are polled for"),
             false => assert_eq!((polled, interrupted), (0, 4), "no write waits on the poll ring"),
         }
-        let names: Vec<_> =
+        let mut names: Vec<_> =
             std::fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
-        assert_eq!(names, ["segment"], "the probe is gone");
+        names.sort();
+        assert_eq!(names, ["first", "second"], "the probe is gone");
     }
 
     fn sysfs_with(entries: &[(&str, &str)]) -> tempfile::TempDir {

@@ -1,4 +1,5 @@
-//! Copies into buffers only a device reads again, with non-temporal stores.
+//! Copies into buffers only a device reads again, with non-temporal stores (16-byte ones,
+//! from the first 16-byte boundary of the destination on).
 //!
 //! A segment write's buffer was read by the disk's DMA (on a VM, by the host's I/O thread on
 //! another core) the last time it was used, so an ordinary store has to take every line back

@@ -4,21 +4,10 @@
 
 mod common;
 
-use common::{Broker, assigned_from_start, http, produce_all, scrape};
+use common::{Broker, assigned_from_start, http, metric_sum as sum, produce_all, scrape};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// The sum of every series of metric `name` whose labels include all of `labels`.
-fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
-    samples
-        .iter()
-        .filter(|(series, _)| series.split('{').next() == Some(name))
-        .filter(|(series, _)| labels.iter().all(|label| series.contains(label)))
-        .map(|(_, value)| value)
-        .sum()
-}
 
 #[test]
 fn metrics_follow_what_was_produced_and_fetched() {

@@ -320,11 +320,18 @@ pub fn end_offset_for_epoch(
 /// What the broker has appended to `topic`, by its metrics.
 pub fn appended_records(broker: &Broker, topic: &str) -> f64 {
     let label = format!("topic=\"{topic}\"");
-    let samples = scrape(broker);
-    let series = samples.iter().filter(|(series, _)| {
-        series.starts_with("ringmq_topic_produced_records_total{") && series.contains(&label)
-    });
-    series.map(|(_, value)| value).sum()
+    metric_sum(&scrape(broker), "ringmq_topic_produced_records_total", &[&label])
+}
+
+/// The sum of every series of metric `name` in `samples` (a `scrape`) whose labels include
+/// all of `labels`.
+pub fn metric_sum(samples: &std::collections::HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .filter(|(series, _)| labels.iter().all(|label| series.contains(label)))
+        .map(|(_, value)| value)
+        .sum()
 }
 
 /// The status code and body of `request` sent to the admin listener.

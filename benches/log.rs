@@ -69,12 +69,12 @@ async fn raw_writes(path: &std::path::Path, block: usize, bytes: usize, sync_eac
     let start = Instant::now();
     let mut position = 0u64;
     while (position as usize) < bytes {
-        let mut buf = file.alloc(block);
-        for (chunk, source) in buf.as_mut_slice().chunks_mut(template.len()).zip(std::iter::repeat(&template))
-        {
-            chunk.copy_from_slice(&source[..chunk.len()]);
+        let mut buf = file.alloc(position, block);
+        for at in (0..block).step_by(template.len()) {
+            let len = template.len().min(block - at);
+            buf.put(at, &template[..len]);
         }
-        file.write_at(buf, position).await.expect("raw write");
+        file.write(buf).await.expect("raw write");
         if sync_each {
             file.fdatasync().await.expect("raw fdatasync");
         }

@@ -36,29 +36,27 @@ pub const BATCH_CACHE_BYTES_DEFAULT: usize = 8 << 20;
 /// Size of one read when scanning a segment during recovery or a timestamp lookup.
 pub const SCAN_READ_BYTES: usize = 1 << 20;
 
-/// How far ahead of its writes a segment file is allocated and zeroed (`io::WriteFile`): the
-/// first fill of a segment is the minimum, each next one as large as the file so far, up to the
-/// maximum. Writes into such blocks are pure overwrites, which io_uring completes inline; an
-/// append that grows the file, or lands in blocks still unwritten, is handed to a kernel worker
-/// thread on ext4 (measured on this VM: every segment write was, before segments were zeroed).
-pub const ZERO_AHEAD_BYTES_MIN: u64 = 256 << 10;
-pub const ZERO_AHEAD_BYTES_MAX: u64 = 4 << 20;
-/// A fill is written in pieces of this size. The segment writes share the disk's queue with
-/// them, and a produce answer waits for its segment write: with 1 MiB pieces, produce at half
-/// of max rate (8 connections, 280 000 1 KiB records/s, broker on one core) had a p99 of
-/// 12-15 ms and 20-25% of requests over 2.5 ms in the broker; with 128 KiB pieces, 5 ms and
-/// 2% (64 KiB: no better). Max produce rose too: 604 / 495 -> 692 / 648 MB/s.
-/// Each piece costs a helper thread's sleep and wake-up, an unwritten-extent conversion and a
-/// doorbell, whatever its size: at max produce the fills took 22.7% of the broker's samples
-/// with 128 KiB pieces. With 256 KiB pieces (after the writes stopped being polled for), max
-/// produce went from 1.22 to 1.12 ms of broker CPU per MB (778 / 694 / 735 -> 857 / 855 / 765
-/// MB/s, alternating runs) and half rate answered 84-86% within 1 ms against 80-83%;
-/// 512 KiB saved as much CPU but only 78-79% within 1 ms.
-pub const ZERO_WRITE_BYTES: usize = 256 << 10;
-/// The most zeros a segment file holds past its last batch: the rest of the last fill, a
-/// fill started before the writes reached it, the last block's padding. Recovery and `log
-/// dump` take a longer run of zeros for damage.
-pub const ZEROED_AHEAD_BYTES_MAX: u64 = 2 * ZERO_AHEAD_BYTES_MAX + IO_ALIGNMENT_BYTES as u64;
+/// How far ahead of its writes a segment file is allocated (`io::WriteFile`): the first
+/// allocation of a segment is the minimum, each next one as large as the file so far, up to the
+/// maximum. A write inside the file completes inline in io_uring; an append that grows the
+/// file is handed to a kernel worker thread on ext4 (measured on this VM: every segment write
+/// was, before segments were allocated ahead).
+///
+/// The blocks are only allocated, not zeroed: until 2026-12 a helper thread wrote zeros over
+/// them (so that segment writes were pure overwrites), which wrote every byte of a segment
+/// twice, cost that thread's wake-ups and doorbells on the broker's core and made every
+/// fdatasync flush the zeros too. Writing into the unwritten blocks instead (a write split
+/// where the written blocks end, `io::WriteBuf`), alternating runs on this VM (broker on one
+/// core, 8 connections with 5 produce requests in flight, 1 KiB records): acks=1 as fast as
+/// acknowledged 878-1090 -> 1118-1178 MB/s, acks=all under the fsync policy 644-670 ->
+/// 813-815 MB/s, half of the disk's bytes; at a fixed 450 000 records/s the same latency
+/// (p99 5.4-10.4 ms against 4.5-8.3 ms, within this VM's noise).
+pub const ALLOCATE_AHEAD_BYTES_MIN: u64 = 256 << 10;
+pub const ALLOCATE_AHEAD_BYTES_MAX: u64 = 4 << 20;
+/// The most bytes a segment file holds past its last batch, all zeros: the rest of the last
+/// allocation, one started before the writes reached it, the last block's padding. Recovery
+/// and `log dump` take a longer run of zeros for damage.
+pub const ALLOCATED_AHEAD_BYTES_MAX: u64 = 2 * ALLOCATE_AHEAD_BYTES_MAX + IO_ALIGNMENT_BYTES as u64;
 
 /// Largest single read a fetch issues against a segment file.
 pub const READ_BYTES_MAX: usize = 64 << 20;

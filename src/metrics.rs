@@ -65,8 +65,8 @@ pub struct Counters {
     pub disk_reads: u64,
     pub disk_read_bytes: u64,
     pub disk_writes_in_flight: u64,
-    /// Bytes of zeros written ahead of segment writes (`io::WriteFile`).
-    pub disk_zero_filled_bytes: u64,
+    /// Bytes of segment files allocated ahead of their writes (`io::WriteFile`).
+    pub disk_allocated_ahead_bytes: u64,
     pub disk_reads_in_flight: u64,
     /// Cold-read read-ahead (`log::read_ahead`): started, taken by the read it was for, and
     /// dropped before any read took it (for room, or its segment or generation is gone).
@@ -74,7 +74,7 @@ pub struct Counters {
     pub read_ahead_used: u64,
     pub read_ahead_dropped: u64,
     pub fsync: Histogram,
-    /// Segment writes: submitted to complete (zero fills not counted).
+    /// Segment writes: submitted to complete (both pieces of a split write).
     pub disk_write: Histogram,
 }
 
@@ -310,10 +310,10 @@ const PER_CORE: [CoreMetric; 17] = [
     }),
     ("ringmq_disk_written_bytes_total", "counter", "Bytes written to segments.", |c| c.disk_written_bytes),
     (
-        "ringmq_disk_zero_filled_bytes_total",
+        "ringmq_disk_allocated_ahead_bytes_total",
         "counter",
-        "Bytes of zeros written ahead of segment writes, so that those overwrite allocated blocks.",
-        |c| c.disk_zero_filled_bytes,
+        "Bytes of segment files allocated ahead of their writes, so that those need not grow the file.",
+        |c| c.disk_allocated_ahead_bytes,
     ),
     ("ringmq_disk_reads_total", "counter", "O_DIRECT segment reads.", |c| c.disk_reads),
     ("ringmq_disk_read_bytes_total", "counter", "Bytes read from segments.", |c| c.disk_read_bytes),

@@ -26,10 +26,10 @@ async fn append(log: &Log, batches: u64) {
     }
 }
 
-/// A segment a broker still has open (or had, when it crashed) ends in the zeros it writes
-/// ahead: not damage.
+/// A segment a broker still has open (or had, when it crashed) ends in the blocks it allocates
+/// ahead, which read as zeros: not damage.
 #[test]
-fn dump_of_an_open_segment_reports_the_zeros_ahead_as_such() {
+fn dump_of_an_open_segment_reports_the_blocks_allocated_ahead_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     block_on(async {
         let log = Log::open(dir.path(), LogConfig::default()).await.expect("open");
@@ -39,7 +39,7 @@ fn dump_of_an_open_segment_reports_the_zeros_ahead_as_such() {
     let (ok, out) = dump(dir.path());
     assert!(ok, "{out}");
     assert!(out.contains("(10 batches, 30 records"), "{out}");
-    assert!(out.contains("bytes of zeros written ahead after the last batch"), "{out}");
+    assert!(out.contains("bytes allocated ahead (zeros) after the last batch"), "{out}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 use ringmq::batch::{self, BatchError, LOG_OVERHEAD_BYTES};
-use ringmq::constants::{BATCH_BYTES_MAX, ZEROED_AHEAD_BYTES_MAX};
+use ringmq::constants::{ALLOCATED_AHEAD_BYTES_MAX, BATCH_BYTES_MAX};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -95,11 +95,11 @@ fn dump_segment(base: i64, path: &Path, summary: bool, last: bool) -> Result<boo
         "{}: offsets {base}..{next_offset} ({batches} batches, {records} records, {position} valid of {file_bytes} bytes)",
         path.display()
     );
-    let zeroed_ahead = last && file_bytes - position <= ZEROED_AHEAD_BYTES_MAX;
-    if problem.is_some() && zeroed_ahead && only_zeros(path, position, file_bytes)? {
-        // An open segment of a running (or crashed) broker: the space it zeroes ahead of its
-        // writes (`io::WriteFile`), which closing or recovery cuts off.
-        println!("  {} bytes of zeros written ahead after the last batch", file_bytes - position);
+    let allocated_ahead = last && file_bytes - position <= ALLOCATED_AHEAD_BYTES_MAX;
+    if problem.is_some() && allocated_ahead && only_zeros(path, position, file_bytes)? {
+        // An open segment of a running (or crashed) broker: the space it allocates ahead of
+        // its writes (`io::WriteFile`), which closing or recovery cuts off.
+        println!("  {} bytes allocated ahead (zeros) after the last batch", file_bytes - position);
         return Ok(false);
     }
     if let Some(reason) = &problem {

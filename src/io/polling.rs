@@ -121,8 +121,8 @@ mod tests {
             let files = [first.expect("open"), second.expect("open")];
             let _earlier = glommio::executor().io_stats();
             for (file, block) in files.iter().cycle().zip(0..4u64) {
-                let buf = file.alloc(IO_ALIGNMENT_BYTES);
-                file.write_at(buf, block * IO_ALIGNMENT_BYTES as u64).await.expect("write");
+                let buf = file.alloc(block * IO_ALIGNMENT_BYTES as u64, IO_ALIGNMENT_BYTES);
+                file.write(buf).await.expect("write");
             }
             let stats = glommio::executor().io_stats();
             for file in files {

@@ -1,8 +1,9 @@
 //! The flusher: one task per log, the only code that writes its segment files.
 //!
 //! Each round takes everything queued (up to `WRITE_BYTES_MAX`), copies it behind the partial
-//! last block of the segment into one aligned buffer and writes it with one O_DIRECT io_uring
-//! write, rewriting that last block in place instead of leaving holes. Appends that arrive
+//! last block of the segment into aligned buffers and writes it with one O_DIRECT io_uring
+//! write (two where it rewrites that last block and goes on past it: `io::WriteBuf`),
+//! rewriting that last block in place instead of leaving holes. Appends that arrive
 //! while a write is in flight go into the next one: batches of many producers coalesce, and
 //! under `FsyncBeforeAck` they share one fdatasync (group commit).
 
@@ -159,20 +160,19 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     let block_start = align_down(size_before);
     assert_eq!(appender.tail.len() as u64, size_before - block_start, "tail block out of step");
     let total = appender.tail.len() + batches.iter().map(StoredBatch::len).sum::<usize>();
-    let mut buf = appender.writer.alloc(total);
+    let mut buf = appender.writer.alloc(block_start, total);
+    buf.put(0, &appender.tail);
     let mut at = appender.tail.len();
-    buf.as_mut_slice()[..at].copy_from_slice(&appender.tail);
     for batch in &batches {
         buf.put(at, &batch.header);
         at += batch.header.len();
         buf.put(at, &batch.body);
         at += batch.body.len();
     }
-    let bytes = buf.as_mut_slice();
-    bytes[total..].fill(0); // the padding of the last block: zeros, never stale memory
-    let next_tail = bytes[align_down(total as u64) as usize..total].to_vec();
+    buf.zero_from(total); // the padding of the last block: zeros, never stale memory
+    let next_tail = buf.to_vec(align_down(total as u64) as usize..total);
 
-    if let Err(error) = appender.writer.write_at(buf, block_start).await {
+    if let Err(error) = appender.writer.write(buf).await {
         let error = StorageError::new("write segment", error);
         // Drop whatever part of the failed write reached the file, so a later recovery cannot
         // resurrect batches that were never acknowledged. The next write rewrites the block.
@@ -183,7 +183,7 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     appender.tail = next_tail;
 
     let mut state = shared.state.borrow_mut();
-    appender.writer.zero_ahead(state.config.segment_bytes);
+    appender.writer.allocate_ahead(state.config.segment_bytes);
     let index_interval = state.config.index_interval_bytes;
     for batch in &batches {
         state.active_mut().record_batch(
@@ -312,7 +312,7 @@ async fn close(shared: &Shared, appender: Appender) -> Result<(), LogError> {
     let failed = shared.state.borrow().failed.clone();
     if let Some(error) = failed {
         // A clean-shutdown checkpoint would vouch for data of unknown durability. Closed all
-        // the same: a zero fill under way is waited for here, not by blocking in a drop.
+        // the same: an allocation under way is waited for here, not by blocking in a drop.
         let _already_failed = appender.writer.close().await;
         return Err(LogError::Failed(error));
     }

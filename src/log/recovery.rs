@@ -24,7 +24,7 @@ use super::reader::BatchReader;
 use super::segment::{self, Segment};
 use super::{LogConfig, LogError, LogState, ReadError, StorageError};
 use crate::batch_cache::BatchCache;
-use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, ZEROED_AHEAD_BYTES_MAX};
+use crate::constants::{ALLOCATED_AHEAD_BYTES_MAX, IO_ALIGNMENT_BYTES, SCAN_READ_BYTES};
 use crate::io::{self, ReadFile, WriteFile};
 use crate::types::{Offset, TimestampMs};
 use std::collections::VecDeque;
@@ -198,8 +198,8 @@ async fn open_segment(
     }
     let segment = scan(base, reader.clone(), file_size, index_interval_bytes).await?;
     if segment.size_bytes < file_size {
-        if zeroed_ahead(&reader, segment.size_bytes, file_size).await? {
-            tracing::info!(segment = %path.display(), bytes = file_size - segment.size_bytes, "cutting the zeros written ahead");
+        if allocated_ahead(&reader, segment.size_bytes, file_size).await? {
+            tracing::info!(segment = %path.display(), bytes = file_size - segment.size_bytes, "cutting the blocks allocated ahead");
         } else {
             tracing::warn!(
                 segment = %path.display(),
@@ -224,10 +224,10 @@ async fn open_segment(
     Ok(segment)
 }
 
-/// Whether the file's bytes `[from, to)` are zeros no longer than a writer zeroes ahead of its
-/// writes (`io::WriteFile`): what an open segment leaves past its last batch, not damage.
-async fn zeroed_ahead(reader: &ReadFile, from: u64, to: u64) -> Result<bool, LogError> {
-    if to - from > ZEROED_AHEAD_BYTES_MAX {
+/// Whether the file's bytes `[from, to)` are zeros no longer than a writer allocates ahead of
+/// its writes (`io::WriteFile`): what an open segment leaves past its last batch, not damage.
+async fn allocated_ahead(reader: &ReadFile, from: u64, to: u64) -> Result<bool, LogError> {
+    if to - from > ALLOCATED_AHEAD_BYTES_MAX {
         return Ok(false);
     }
     let start = segment::align_down(from);

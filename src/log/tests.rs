@@ -437,10 +437,11 @@ fn truncate_cuts_at_a_batch_boundary_and_appends_continue() {
     });
 }
 
-/// The active segment is zeroed ahead of its writes; recovery after a crash cuts the zeros
-/// off like any tail past the last batch, and a clean close leaves the file at its size.
+/// The active segment is allocated ahead of its writes (those blocks read as zeros); recovery
+/// after a crash cuts them off like any tail past the last batch, and a clean close leaves the
+/// file at its size.
 #[test]
-fn zeros_written_ahead_are_cut_by_recovery_and_by_closing() {
+fn blocks_allocated_ahead_are_cut_by_recovery_and_by_closing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base_path = dir.path().join(format!("{:020}.log", 0));
     let config = LogConfig { segment_bytes: 8 << 20, ..config() };
@@ -455,13 +456,13 @@ fn zeros_written_ahead_are_cut_by_recovery_and_by_closing() {
     });
     let valid = kept.iter().map(|(_, bytes)| bytes.len()).sum::<usize>();
     let data = std::fs::read(&base_path).expect("read segment");
-    assert!(data.len() >= valid + (128 << 10), "zeroed ahead: {} bytes for {valid}", data.len());
+    assert!(data.len() >= valid + (128 << 10), "allocated ahead: {} bytes for {valid}", data.len());
     assert!(data[valid..].iter().all(|&byte| byte == 0));
     block_on(async {
         let log = Log::open(dir.path(), config.clone()).await.expect("recover");
         assert_eq!(log.log_end_offset(), Offset(80));
         assert_eq!(read_all(&log).await, kept);
-        assert_eq!(std::fs::metadata(&base_path).expect("stat").len() as usize, valid, "zeros cut");
+        assert_eq!(std::fs::metadata(&base_path).expect("stat").len() as usize, valid, "blocks ahead cut");
         append(&log, 40, 2, 100).await.expect("append after recovery");
         log.close().await.expect("close");
     });

@@ -3,22 +3,22 @@
 //! with a window of requests in flight) and fetching consumers. Every connection is a writer
 //! thread and a reader thread; each reader keeps its own histogram, merged at the end.
 
-use super::wire::{self, Reader, Writer};
+use super::wire::{self, PRODUCE_VERSION, Reader, Writer};
 use super::{Counters, LoadSettings, Measured};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const PRODUCE_VERSION: i16 = 9;
 const FETCH_VERSION: i16 = 11;
 const LIST_OFFSETS_VERSION: i16 = 5;
 /// Requests one producer connection keeps in flight in open loop (where the schedule, not a
@@ -51,17 +51,30 @@ fn encode_batch(
     filler: &Bytes,
 ) -> Result<(Bytes, u64), String> {
     let stamp = now_ns().to_be_bytes();
-    let mut bytes = 0u64;
+    let timestamp_ms = (now_ns() / 1_000_000) as i64;
+    let keys: Vec<Option<String>> = (0..count as u64)
+        .map(|i| (settings.keys > 0).then(|| format!("key-{}", (sequence + i) % settings.keys)))
+        .collect();
+    let value_filler =
+        |i: usize| &filler[..settings.record_size(sequence + i as u64).saturating_sub(8).min(filler.len())];
+    let bytes = (0..count)
+        .map(|i| (8 + value_filler(i).len() + keys[i].as_ref().map_or(0, String::len)) as u64)
+        .sum();
+    if settings.compression == Compression::None {
+        let records = (0..count).map(|i| super::batch::RecordShape {
+            key: keys[i].as_deref().map(str::as_bytes),
+            stamp,
+            filler: value_filler(i),
+        });
+        return Ok((super::batch::encode_plain(records, timestamp_ms), bytes));
+    }
     let records: Vec<Record> = (0..count)
         .map(|i| {
-            let n = sequence + i as u64;
-            let size = settings.record_size(n);
-            let mut value = BytesMut::with_capacity(size.max(8));
+            let mut value = BytesMut::with_capacity(8 + value_filler(i).len());
             value.extend_from_slice(&stamp);
-            value.extend_from_slice(&filler[..size.saturating_sub(8).min(filler.len())]);
-            let key = (settings.keys > 0).then(|| Bytes::from(format!("key-{}", n % settings.keys)));
-            bytes += (value.len() + key.as_ref().map_or(0, Bytes::len)) as u64;
-            crate::record::plain(i as i64, (now_ns() / 1_000_000) as i64, key, Some(value.freeze()))
+            value.extend_from_slice(value_filler(i));
+            let key = keys[i].clone().map(Bytes::from);
+            crate::record::plain(i as i64, timestamp_ms, key, Some(value.freeze()))
         })
         .collect();
     let mut out = BytesMut::with_capacity(bytes as usize + 128);
@@ -135,7 +148,6 @@ fn send_produce_requests(
         .rate
         .map(|rate| Duration::from_secs_f64(per_request as f64 * settings.connections as f64 / rate));
     let filler = super::filler(settings.record_bytes_max.max(settings.record_bytes));
-    let topic = TopicName(StrBytes::from_string(settings.topic.clone()));
     let (deadline, mut next_due) = (settings.deadline(), Instant::now());
     let mut sequence = (connection as u64) << 40;
     let mut partition = connection as i32;
@@ -159,14 +171,10 @@ fn send_produce_requests(
             sequence += per_batch as u64;
             bytes += batch_bytes;
             partition = (partition + 1) % settings.partitions;
-            data.push(PartitionProduceData::default().with_index(partition).with_records(Some(batch)));
+            data.push((partition, batch));
         }
         let records = (data.len() * per_batch) as u64;
-        let request =
-            ProduceRequest::default().with_acks(settings.acks).with_timeout_ms(30_000).with_topic_data(vec![
-                TopicProduceData::default().with_name(topic.clone()).with_partition_data(data),
-            ]);
-        writer.send(ApiKey::Produce, PRODUCE_VERSION, &request)?;
+        writer.send_produce(settings.acks, 30_000, &settings.topic, &data)?;
         counters.sent.fetch_add(records, Ordering::Relaxed);
         if pending.send(InFlight { due, records, bytes }).is_err() {
             return Err("the response reader stopped".into());

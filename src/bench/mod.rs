@@ -9,6 +9,7 @@
 //! - `report`: the summary, `--json`, the `.hgrm` file and the SVG plot.
 
 pub mod baseline;
+mod batch;
 mod load;
 pub mod report;
 pub mod wire;

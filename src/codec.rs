@@ -1,6 +1,8 @@
 //! Big-endian fields in Kafka's classic (non-flexible) encoding, for the records ringmq writes
-//! to its internal topics (the group and transaction coordinators' state). Reads are bounded:
-//! a short or lying input is an error, never a panic.
+//! to its internal topics (the group and transaction coordinators' state), and the unsigned
+//! varint of the flexible versions for the few messages encoded by hand (the Fetch response,
+//! the load generator's Produce request). Reads are bounded: a short or lying input is an
+//! error, never a panic.
 
 use bytes::{BufMut, BytesMut};
 
@@ -20,6 +22,15 @@ pub fn put_nullable_string(out: &mut BytesMut, text: Option<&str>) {
 pub fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_i32(bytes.len() as i32);
     out.put_slice(bytes);
+}
+
+/// An unsigned varint: a compact length (plus one) or a tagged field count in flexible versions.
+pub fn put_unsigned_varint(out: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
 }
 
 /// Big-endian reads that fail instead of running past the end.

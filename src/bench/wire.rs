@@ -3,6 +3,7 @@
 //! requests in the order they were sent). Writer and reader can live on different threads
 //! (`split`), so a producer keeps several requests in flight.
 
+use crate::codec::{self, put_unsigned_varint};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -130,8 +131,7 @@ fn produce_envelope(
     frame.put_i16(ApiKey::Produce as i16);
     frame.put_i16(PRODUCE_VERSION);
     frame.put_i32(correlation);
-    frame.put_i16(CLIENT_ID.len() as i16);
-    frame.put_slice(CLIENT_ID.as_bytes());
+    codec::put_string(frame, CLIENT_ID);
     frame.put_u8(0); // no tagged fields
     frame.put_u8(0); // transactional id: null
     frame.put_i16(acks);
@@ -154,14 +154,6 @@ fn produce_envelope(
     let size = (frame.len() + batches - 4) as i32;
     frame[..4].copy_from_slice(&size.to_be_bytes());
     cuts
-}
-
-fn put_unsigned_varint(out: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        out.put_u8((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.put_u8(value as u8);
 }
 
 /// Appends a request's frame (size, header, body) to the empty `frame`, reserving its whole

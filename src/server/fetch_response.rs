@@ -38,12 +38,8 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn uvarint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.current.put_u8((value as u8) | 0x80);
-            value >>= 7;
-        }
-        self.current.put_u8(value as u8);
+    fn uvarint(&mut self, value: u64) {
+        crate::codec::put_unsigned_varint(&mut self.current, value);
     }
 
     /// An array or string length: compact (unsigned varint of length + 1) in flexible versions.

@@ -18,8 +18,9 @@ const BASE_OFFSET_AT: usize = 0;
 pub const BATCH_LENGTH_AT: usize = 8;
 const LEADER_EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
-const CRC_AT: usize = 17;
-const ATTRIBUTES_AT: usize = 21;
+/// Where the CRC32C sits, and where the bytes it covers begin (the attributes field).
+pub const CRC_AT: usize = 17;
+pub const ATTRIBUTES_AT: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;

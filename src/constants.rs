@@ -46,11 +46,12 @@ pub const SCAN_READ_BYTES: usize = 1 << 20;
 /// them (so that segment writes were pure overwrites), which wrote every byte of a segment
 /// twice, cost that thread's wake-ups and doorbells on the broker's core and made every
 /// fdatasync flush the zeros too. Writing into the unwritten blocks instead (a write split
-/// where the written blocks end, `io::WriteBuf`), alternating runs on this VM (broker on one
-/// core, 8 connections with 5 produce requests in flight, 1 KiB records): acks=1 as fast as
-/// acknowledged 878-1090 -> 1118-1178 MB/s, acks=all under the fsync policy 644-670 ->
-/// 813-815 MB/s, half of the disk's bytes; at a fixed 450 000 records/s the same latency
-/// (p99 5.4-10.4 ms against 4.5-8.3 ms, within this VM's noise).
+/// where the written blocks end, `io::WriteBuf`), alternating runs on a 2-vCPU VM (broker on
+/// one core, 8 connections with 5 produce requests in flight, 1 KiB records): acks=1 as fast
+/// as acknowledged 1049 / 1134 / 1010 -> 1046 / 1110 / 1202 MB/s at half of the disk's bytes,
+/// acks=all under the fsync policy 663 / 701 / 559 -> 778 / 709 / 706 MB/s; at a fixed 450 000
+/// records/s the same latency (p99 5.4-10.4 ms against 4.5-8.3 ms, within this VM's noise).
+/// The disk there takes 2.2 GB/s of overwrites but about 1.6 GB/s into unwritten blocks.
 pub const ALLOCATE_AHEAD_BYTES_MIN: u64 = 256 << 10;
 pub const ALLOCATE_AHEAD_BYTES_MAX: u64 = 4 << 20;
 /// The most bytes a segment file holds past its last batch, all zeros: the rest of the last

@@ -9,12 +9,9 @@
 //! MB/s. Here each value is copied once, from the filler into the batch. Compressed batches
 //! still go through the crate (`load::encode_batch`).
 
-use crate::batch::{HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2, NO_PRODUCER_ID};
+use crate::batch::{ATTRIBUTES_AT, CRC_AT, HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2, NO_PRODUCER_ID};
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Where the CRC32C sits in the v2 header, and where the bytes it covers begin.
-const CRC_AT: usize = 17;
-const CRC_FROM: usize = 21;
 /// Bytes of a zigzag varint's largest encoding (a 64-bit value).
 const VARINT_BYTES_MAX: usize = 10;
 /// Bytes a record takes beyond its key and value: its length, attributes, timestamp and offset
@@ -65,7 +62,9 @@ pub fn encode_plain<'a>(
         at += put_varint(&mut fields[at..], 0); // timestamp delta
         at += put_varint(&mut fields[at..], offset_delta as i64);
         at += put_varint(&mut fields[at..], record.key.map_or(-1, |key| key.len() as i64));
-        let body = at + key_len + varint_len(value_len as i64) + value_len + 1;
+        let mut value_length = [0u8; VARINT_BYTES_MAX];
+        let value_length_len = put_varint(&mut value_length, value_len as i64);
+        let body = at + key_len + value_length_len + value_len + 1;
         let mut length = [0u8; VARINT_BYTES_MAX];
         let length_len = put_varint(&mut length, body as i64);
         out.put_slice(&length[..length_len]);
@@ -73,15 +72,14 @@ pub fn encode_plain<'a>(
         if let Some(key) = record.key {
             out.put_slice(key);
         }
-        let value_len_len = put_varint(&mut length, value_len as i64);
-        out.put_slice(&length[..value_len_len]);
+        out.put_slice(&value_length[..value_length_len]);
         out.put_slice(&record.stamp);
         out.put_slice(record.filler);
         out.put_u8(0); // no headers
     }
     let batch_length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
     out[LOG_OVERHEAD_BYTES - 4..LOG_OVERHEAD_BYTES].copy_from_slice(&batch_length.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_FROM..]);
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     out.freeze()
 }
@@ -97,10 +95,6 @@ fn put_varint(out: &mut [u8], value: i64) -> usize {
     }
     out[at] = zigzag as u8;
     at + 1
-}
-
-fn varint_len(value: i64) -> usize {
-    put_varint(&mut [0u8; VARINT_BYTES_MAX], value)
 }
 
 #[cfg(test)]
@@ -155,7 +149,6 @@ mod tests {
             let mut out = [0u8; VARINT_BYTES_MAX];
             let len = put_varint(&mut out, value);
             assert_eq!(&out[..len], bytes, "{value}");
-            assert_eq!(varint_len(value), len);
         }
         let mut out = [0u8; VARINT_BYTES_MAX];
         assert_eq!(put_varint(&mut out, i64::MIN), VARINT_BYTES_MAX);

@@ -110,6 +110,12 @@ enum ConfigCommand {
 /// (`io::QUIET_LOGS`).
 const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off";
 
+/// The commands whose output is meant for a terminal or a pipe: not the broker, not the load
+/// generator (their sockets must never end the process).
+fn prints_to_a_pipe(command: &Command) -> bool {
+    !matches!(command, Command::Serve(_) | Command::Bench(_))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match &cli.log_level {
@@ -128,6 +134,13 @@ fn main() -> ExitCode {
         logs.json().init();
     } else {
         logs.init();
+    }
+    if prints_to_a_pipe(&cli.command) {
+        // Rust ignores SIGPIPE, so a reader that went away (`ringmq log dump … | head`) made
+        // the next print panic. These commands own no connection a SIGPIPE could hit (their
+        // sockets send with MSG_NOSIGNAL): let it end them quietly, as it ends `cat`.
+        // SAFETY: restoring a signal's default disposition, before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),

@@ -84,3 +84,44 @@ fn dump_lists_every_batch_and_reports_a_torn_tail_without_touching_it() {
     assert!(!ok, "{out}");
     assert!(out.contains("recovery would truncate 4096 bytes"), "{out}");
 }
+
+/// A reader that stops early (`ringmq log dump … | head`) ends the dump as it ends `cat`:
+/// quietly, not with a panic on the next print.
+#[test]
+fn dump_into_a_pipe_closed_early_ends_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), LogConfig::default()).await.expect("open");
+        // Far more lines than a pipe buffers (64 KiB), so the dump is still printing when
+        // the reader goes away.
+        let mut last = None;
+        for seed in 0..3000 {
+            last = Some(log.append(&encode_batch(seed, 1, 10, 1), LeaderEpoch(1)).expect("append").durable);
+        }
+        last.expect("appended").await.expect("durable");
+        log.close().await.expect("close");
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["log", "dump"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ringmq");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("read a line");
+    assert!(first.contains("offsets 0..=0"), "{first}");
+    // The reader is dropped here: the pipe closes with most of the dump unread.
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+}

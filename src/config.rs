@@ -496,8 +496,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "spin_before_park_us",
-        default: "0",
-        meaning: "an idle core polls this long before sleeping: 100 cut a cross-core round trip from ~40 to ~13 us on a 2-vCPU VM, at the cost of CPU while idle",
+        default: "200",
+        meaning: "an idle core polls this long before sleeping (0: sleep at once). A sleeping core is woken by an interrupt, which on a VM is an exit and a reschedule: on a 2-vCPU VM, 200 took half-rate produce from p99 18-37 ms to 5.4-11 ms (three alternating runs each) and 100 the cross-core round trip from ~40 to ~13 us (benches/shard_hop.rs). A core with nothing to do for this long still sleeps",
         apply: |c, v| {
             c.spin_before_park = Duration::from_micros(parse(v)?);
             Ok(())

@@ -154,6 +154,9 @@ fn the_json_report_has_percentiles_a_baseline_ratio_and_files_beside_it() {
         .map(|p| number(&report, &["latency_us", p]))
         .collect();
     assert!(percentiles.windows(2).all(|w| w[0] <= w[1]) && percentiles[0] > 0.0, "{percentiles:?}");
+    // e2e reports the same run's produce latency beside its own.
+    assert!(number(&report, &["produce_latency_us", "count"]) > 0.0, "produce latency in {report}");
+    assert!(number(&report, &["produce_latency_us", "p50"]) > 0.0, "produce latency in {report}");
     for field in ["write_mb_per_s", "read_mb_per_s", "fdatasync_us_p50", "loopback_mb_per_s"] {
         assert!(number(&report, &["baseline", field]) > 0.0, "baseline {field} in {report}");
     }

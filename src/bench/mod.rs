@@ -243,11 +243,20 @@ pub struct Measured {
     pub bytes: u64,
     pub errors: u64,
     pub latency_us: Histogram<u64>,
+    /// E2e only: the producers' latency per request in the same run, from when it was due to
+    /// its acknowledgement, so a slow record is seen to be slow to be written or to be read.
+    pub produce_latency_us: Option<Histogram<u64>>,
 }
 
 impl Measured {
     pub fn new() -> Measured {
-        Measured { records: 0, bytes: 0, errors: 0, latency_us: load::latency_histogram() }
+        Measured {
+            records: 0,
+            bytes: 0,
+            errors: 0,
+            latency_us: load::latency_histogram(),
+            produce_latency_us: None,
+        }
     }
 
     fn record(&mut self, records: u64, bytes: u64, latency: Duration) {
@@ -433,7 +442,9 @@ fn e2e(settings: &Arc<LoadSettings>, counters: &Arc<Counters>) -> Result<Measure
     counters.produced.store(producer_counters.records.load(Ordering::Relaxed), Ordering::Relaxed);
     settings.producers_done.store(true, Ordering::Relaxed);
     let mut measured = consumers.join().map_err(|_| "the consumers panicked".to_string())??;
-    measured.errors += produced?.errors;
+    let produced = produced?;
+    measured.errors += produced.errors;
+    measured.produce_latency_us = Some(produced.latency_us);
     Ok(measured)
 }
 

@@ -61,6 +61,9 @@ pub struct Summary {
     pub errors: u64,
     /// Produce: per request, from when it was due. Consume: per fetch. E2e: per record.
     pub latency_us: Latency,
+    /// E2e only: the same run's produce latency, per request from when it was due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub produce_latency_us: Option<Latency>,
     pub baseline: Option<Baseline>,
     /// Throughput as a share of the baseline that bounds this workload.
     pub baseline_ratio: Option<f64>,
@@ -102,6 +105,7 @@ impl Summary {
             mb_per_s,
             errors: measured.errors,
             latency_us: Latency::of(&measured.latency_us),
+            produce_latency_us: measured.produce_latency_us.as_ref().map(Latency::of),
             baseline_ratio: bound.map(|(_, limit)| mb_per_s / limit.max(1e-9)),
             baseline_bound: bound.map(|(name, _)| name),
             baseline,
@@ -127,7 +131,6 @@ pub fn finish(summary: &Summary, args: &LoadArgs) -> Result<(), String> {
         println!("{text}");
         return Ok(());
     }
-    let l = &summary.latency_us;
     println!(
         "{:?}: {} records in {:.1} s: {:.0} records/s, {:.1} MB/s, {} errors",
         summary.workload,
@@ -137,10 +140,10 @@ pub fn finish(summary: &Summary, args: &LoadArgs) -> Result<(), String> {
         summary.mb_per_s,
         summary.errors
     );
-    println!(
-        "latency µs: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
-        l.p50, l.p90, l.p99, l.p99_9, l.p99_99, l.max
-    );
+    print_latency("latency", &summary.latency_us);
+    if let Some(produce) = &summary.produce_latency_us {
+        print_latency("produce latency", produce);
+    }
     if let (Some(ratio), Some(bound)) = (summary.baseline_ratio, summary.baseline_bound) {
         println!("{:.2} of this machine's {bound} baseline", ratio);
     }
@@ -148,6 +151,13 @@ pub fn finish(summary: &Summary, args: &LoadArgs) -> Result<(), String> {
         println!("the hypervisor stole {steal:.0}% of the CPU time during the run");
     }
     Ok(())
+}
+
+fn print_latency(label: &str, l: &Latency) {
+    println!(
+        "{label} µs: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
+        l.p50, l.p90, l.p99, l.p99_9, l.p99_99, l.max
+    );
 }
 
 /// (total, steal) CPU ticks of the whole machine so far, from /proc/stat (Linux).

@@ -62,6 +62,9 @@ pub struct Counters {
     pub log_read_copied_bytes: u64,
     pub disk_writes: u64,
     pub disk_written_bytes: u64,
+    /// Segment writes whose batches were copied into their buffers as they were appended
+    /// (`log::write_queue`); the others' were copied when written.
+    pub disk_writes_staged: u64,
     pub disk_reads: u64,
     pub disk_read_bytes: u64,
     pub disk_writes_in_flight: u64,
@@ -271,7 +274,7 @@ pub fn render(cores: &[CoreSnapshot], cluster: &ClusterGauges) -> String {
 type CoreMetric = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
 
 /// The per-core counters and gauges read straight from `Counters`.
-const PER_CORE: [CoreMetric; 17] = [
+const PER_CORE: [CoreMetric; 18] = [
     ("ringmq_network_received_bytes_total", "counter", "Bytes of Kafka requests received.", |c| {
         c.received_bytes
     }),
@@ -309,6 +312,12 @@ const PER_CORE: [CoreMetric; 17] = [
         c.disk_writes
     }),
     ("ringmq_disk_written_bytes_total", "counter", "Bytes written to segments.", |c| c.disk_written_bytes),
+    (
+        "ringmq_disk_writes_staged_total",
+        "counter",
+        "Segment writes whose batches were copied into them as they were appended, not when written.",
+        |c| c.disk_writes_staged,
+    ),
     (
         "ringmq_disk_allocated_ahead_bytes_total",
         "counter",

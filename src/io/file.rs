@@ -30,6 +30,41 @@ pub struct WriteBuf {
 }
 
 impl WriteBuf {
+    /// Buffers for a write at the aligned `position` of up to `capacity` bytes (whole blocks),
+    /// made before the write is due: by the time it is, the blocks before `written_to` (an
+    /// aligned position: where the writes before it will have ended, rounded up) will be
+    /// written, so it goes in two pieces if it starts before them and ends after. `trim`
+    /// cuts it to what was filled.
+    pub fn ahead(position: u64, capacity: usize, written_to: u64) -> WriteBuf {
+        assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT write position");
+        assert!(capacity.is_multiple_of(IO_ALIGNMENT_BYTES), "O_DIRECT write of partial blocks");
+        let first_len = written_to.saturating_sub(position) as usize;
+        if first_len > 0 && first_len < capacity {
+            let first = glommio::allocate_dma_buffer(first_len);
+            let rest = Some(glommio::allocate_dma_buffer(capacity - first_len));
+            return WriteBuf { position, first, rest };
+        }
+        WriteBuf { position, first: glommio::allocate_dma_buffer(capacity), rest: None }
+    }
+
+    /// Cuts the write to the blocks holding its first `len` bytes.
+    pub fn trim(&mut self, len: usize) {
+        let len = len.next_multiple_of(IO_ALIGNMENT_BYTES);
+        assert!(len <= self.len(), "trimmed longer than allocated");
+        let first_len = self.first.len();
+        if len <= first_len {
+            self.first.trim_to_size(len);
+            self.rest = None;
+        } else if let Some(rest) = self.rest.as_mut() {
+            rest.trim_to_size(len - first_len);
+        }
+    }
+
+    /// Where the write goes.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// Bytes written: whole blocks.
     pub fn len(&self) -> usize {
         self.first.len() + self.rest.as_ref().map_or(0, |rest| rest.len())

@@ -44,6 +44,14 @@ pub fn raise_memlock_limit() {
 /// `ringmq bench consume` on core 1); 8 threads measured the same as 4.
 const BLOCKING_THREADS: usize = 4;
 
+/// Each core's pool of io_uring registered buffers, which segment writes are made in. A hot
+/// partition holds two at a time (the write in flight and the next, filled as batches come:
+/// `log::write_queue`), each up to 1 MiB and a power of two; buffers past the pool come from
+/// the heap, page faults and all. With glommio's 10 MiB, 8 partitions at max produce ran out:
+/// 1149-1180 MB/s (three runs) against 1244-1355 MB/s with 64 MiB (six runs; broker on core 0,
+/// `ringmq bench produce --partitions 8` on core 1, 2-vCPU Intel VM).
+const IO_MEMORY_BYTES: usize = 64 << 20;
+
 /// Runs `shard_main(shard)` on `cores` executors, each pinned to its own CPU, with shard
 /// numbers 0..cores; returns when all of them have returned. An idle executor polls for
 /// `spin_before_park` before sleeping in the kernel (shorter cross-core wake-ups, more CPU).
@@ -56,7 +64,8 @@ where
     let next_shard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let placement = glommio::PoolPlacement::MaxSpread(cores, None);
     let mut builder = glommio::LocalExecutorPoolBuilder::new(placement)
-        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS));
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS))
+        .io_memory(IO_MEMORY_BYTES);
     if !spin_before_park.is_zero() {
         builder = builder.spin_before_park(spin_before_park);
     }

@@ -1,11 +1,13 @@
 //! The flusher: one task per log, the only code that writes its segment files.
 //!
-//! Each round takes everything queued (up to `WRITE_BYTES_MAX`), copies it behind the partial
-//! last block of the segment into aligned buffers and writes it with one O_DIRECT io_uring
+//! Each round takes everything queued (up to `WRITE_BYTES_MAX`), puts it behind the partial
+//! last block of the segment in aligned buffers and writes it with one O_DIRECT io_uring
 //! write (two where it rewrites that last block and goes on past it: `io::WriteBuf`),
-//! rewriting that last block in place instead of leaving holes. Appends that arrive
-//! while a write is in flight go into the next one: batches of many producers coalesce, and
-//! under `FsyncBeforeAck` they share one fdatasync (group commit).
+//! rewriting that last block in place instead of leaving holes. The batches are in those
+//! buffers already, copied as they were appended (`write_queue`), unless the round's forecast
+//! failed; then they are copied here. Appends that arrive while a write is in flight go into
+//! the next one: batches of many producers coalesce, and under `FsyncBeforeAck` they share
+//! one fdatasync (group commit).
 
 use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE};
 use super::producers::Snapshot;
@@ -31,7 +33,10 @@ pub(super) async fn run(shared: Rc<Shared>, mut appender: Appender) {
         let (has_pending, sync_now) = {
             let state = shared.state.borrow();
             let backlog_unsynced = state.unsynced_bytes >= UNSYNCED_BYTES_MAX;
-            (!state.pending.is_empty(), sync_due(&state) && (state.pending.is_empty() || backlog_unsynced))
+            (
+                !state.unwritten.is_empty(),
+                sync_due(&state) && (state.unwritten.is_empty() || backlog_unsynced),
+            )
         };
         if has_pending && !sync_now {
             write_round(&shared, &mut appender).await;
@@ -99,13 +104,13 @@ fn sync_due(state: &LogState) -> bool {
     }
 }
 
-/// Whether `batch` must start a new segment.
-fn needs_roll(state: &LogState, batch: &StoredBatch) -> bool {
+/// Whether `batch`, going in at `size` bytes into the active segment, must start a new one.
+pub(super) fn needs_roll(state: &LogState, size: u64, batch: &StoredBatch) -> bool {
     let active = state.active();
-    if active.size_bytes == 0 {
+    if size == 0 {
         return false;
     }
-    let full = active.size_bytes + batch.len() as u64 > state.config.segment_bytes;
+    let full = size + batch.len() as u64 > state.config.segment_bytes;
     let old = match (state.config.segment_age_max, active.first_append_at) {
         (Some(age_max), Some(first)) => first.elapsed() >= age_max,
         _ => false,
@@ -118,11 +123,12 @@ fn relative_overflow(state: &LogState, batch: &StoredBatch) -> bool {
     batch.last.0 - state.active().base.0 > i64::from(i32::MAX)
 }
 
-/// Takes the queued batches that go into the active segment in this round.
+/// Takes the queued batches that go into the active segment in this round, when they were
+/// not staged: up to a staged round's first.
 fn take_round(state: &mut LogState) -> Vec<StoredBatch> {
     let mut taken = Vec::new();
     let mut bytes = 0usize;
-    while let Some(next) = state.pending.front() {
+    while let Some(next) = state.unwritten.next_unstaged() {
         let over_write = bytes + next.len() > WRITE_BYTES_MAX;
         let over_segment =
             state.active().size_bytes + (bytes + next.len()) as u64 > state.config.segment_bytes;
@@ -130,7 +136,7 @@ fn take_round(state: &mut LogState) -> Vec<StoredBatch> {
             break;
         }
         bytes += next.len();
-        taken.extend(state.pending.pop_front());
+        taken.extend(state.unwritten.pop());
     }
     taken
 }
@@ -138,7 +144,8 @@ fn take_round(state: &mut LogState) -> Vec<StoredBatch> {
 async fn write_round(shared: &Shared, appender: &mut Appender) {
     let roll_at = {
         let state = shared.state.borrow();
-        state.pending.front().filter(|first| needs_roll(&state, first)).map(|first| first.base)
+        let size = state.active().size_bytes;
+        state.unwritten.front().filter(|first| needs_roll(&state, size, first)).map(|first| first.base)
     };
     if let Some(base) = roll_at
         && let Err(error) = roll(shared, appender, base).await
@@ -146,10 +153,13 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
         fail_writes(shared, base, error);
         return;
     }
-    let (batches, size_before) = {
+    let (batches, staged, size_before) = {
         let mut state = shared.state.borrow_mut();
         let size_before = state.active().size_bytes;
-        (take_round(&mut state), size_before)
+        match state.unwritten.take_staged(size_before) {
+            Some((batches, buf)) => (batches, Some(buf), size_before),
+            None => (take_round(&mut state), None, size_before),
+        }
     };
     let Some(first) = batches.first().map(|batch| batch.base) else { return };
     if let Err(error) = save_epochs(shared).await {
@@ -159,16 +169,26 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
 
     let block_start = align_down(size_before);
     assert_eq!(appender.tail.len() as u64, size_before - block_start, "tail block out of step");
-    let total = appender.tail.len() + batches.iter().map(StoredBatch::len).sum::<usize>();
-    let mut buf = appender.writer.alloc(block_start, total);
+    let round_bytes = batches.iter().map(StoredBatch::len).sum::<usize>();
+    let total = appender.tail.len() + round_bytes;
+    let mut buf = match staged {
+        Some(buf) => {
+            crate::metrics::count(|c| c.disk_writes_staged += 1);
+            buf
+        }
+        None => {
+            let mut buf = appender.writer.alloc(block_start, total);
+            let mut at = appender.tail.len();
+            for batch in &batches {
+                buf.put(at, &batch.header);
+                at += batch.header.len();
+                buf.put(at, &batch.body);
+                at += batch.body.len();
+            }
+            buf
+        }
+    };
     buf.put(0, &appender.tail);
-    let mut at = appender.tail.len();
-    for batch in &batches {
-        buf.put(at, &batch.header);
-        at += batch.header.len();
-        buf.put(at, &batch.body);
-        at += batch.body.len();
-    }
     buf.zero_from(total); // the padding of the last block: zeros, never stale memory
     let next_tail = buf.to_vec(align_down(total as u64) as usize..total);
 
@@ -183,6 +203,7 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     appender.tail = next_tail;
 
     let mut state = shared.state.borrow_mut();
+    state.unwritten.written(round_bytes);
     appender.writer.allocate_ahead(state.config.segment_bytes);
     let index_interval = state.config.index_interval_bytes;
     for batch in &batches {

@@ -22,6 +22,7 @@ mod reader;
 mod recovery;
 mod retention;
 mod segment;
+mod write_queue;
 
 pub use config::{ConfigError, FlushPolicy, LogConfig, TimestampType};
 pub use index::{OffsetIndex, TimeIndex};
@@ -203,8 +204,8 @@ struct LogState {
     synced: Offset,
     written: Offset,
     log_end: Offset,
-    /// Assigned offsets, not yet handed to the flusher.
-    pending: VecDeque<StoredBatch>,
+    /// Assigned offsets, not yet written.
+    unwritten: write_queue::WriteQueue,
     cache: BatchCache,
     waiters: VecDeque<Waiter>,
     commands: VecDeque<Command>,
@@ -374,12 +375,21 @@ impl LogState {
         }
     }
 
+    /// Queues `stored` for the flusher and caches it. Copied into its write now if no new
+    /// segment comes before it (`write_queue`).
+    fn enqueue(&mut self, stored: StoredBatch) {
+        let position = self.active().size_bytes + self.unwritten.bytes();
+        let stage_at = (!appender::needs_roll(self, position, &stored)).then_some(position);
+        self.unwritten.push(stored.clone(), stage_at);
+        self.cache.push(stored);
+    }
+
     /// Forgets every batch from `offset` on (none of them written) and fails their appends.
     /// Appends wholly before `offset` keep waiting for their fdatasync.
     fn abandon_from(&mut self, offset: Offset, error: AppendError) {
         assert!(offset >= self.written, "abandoning written batches");
         self.log_end = offset;
-        self.pending.clear();
+        self.unwritten.clear();
         self.cache.truncate_from(offset);
         self.producers.truncate_from(offset.0);
         self.epochs.truncate_from_end(offset);
@@ -497,8 +507,7 @@ impl Log {
                 header: Bytes::copy_from_slice(&rewritten),
                 body: bytes.slice(HEADER_BYTES..),
             };
-            state.pending.push_back(stored.clone());
-            state.cache.push(stored);
+            state.enqueue(stored);
             state.log_end = last.next();
         }
         let end = state.log_end;
@@ -547,8 +556,7 @@ impl Log {
                 header: bytes.slice(..HEADER_BYTES),
                 body: bytes.slice(HEADER_BYTES..),
             };
-            state.pending.push_back(stored.clone());
-            state.cache.push(stored);
+            state.enqueue(stored);
             state.log_end = last.next();
             appended = true;
         }

@@ -153,7 +153,7 @@ impl LogState {
             synced: log_end,
             written: log_end,
             log_end,
-            pending: VecDeque::new(),
+            unwritten: Default::default(),
             waiters: VecDeque::new(),
             commands: VecDeque::new(),
             failed: None,

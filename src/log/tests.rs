@@ -616,6 +616,63 @@ fn a_failed_write_does_not_fail_appends_already_written() {
     });
 }
 
+/// Appends many batches at once, waits for them all, and says how many were acknowledged.
+async fn append_together(log: &Log, seeds: std::ops::Range<u64>) -> usize {
+    let appended: Vec<Appended> = seeds
+        .map(|seed| {
+            let batch = encode_batch(seed, 1 + seed as usize % 5, 50 + (seed as usize * 37) % 2000, 1);
+            log.append(&batch, LeaderEpoch(0)).expect("append")
+        })
+        .collect();
+    let mut acknowledged = 0;
+    for append in appended {
+        acknowledged += usize::from(append.durable.await.is_ok());
+    }
+    acknowledged
+}
+
+/// Batches appended while a write is under way are copied into the next write as they come
+/// (`write_queue`); those that start a new segment are copied when written. Both reach the
+/// files byte for byte, and a failed write drops what was staged behind it.
+#[test]
+fn batches_copied_into_writes_as_appended_land_whole_across_rolls_and_failed_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    block_on(async {
+        let log = Log::open(dir.path(), config()).await.expect("open");
+        let (writes, staged) = {
+            let counters = crate::metrics::counters();
+            (counters.disk_writes, counters.disk_writes_staged)
+        };
+        assert_eq!(append_together(&log, 0..400).await, 400);
+        let counters = crate::metrics::counters();
+        let (writes, staged) = (counters.disk_writes - writes, counters.disk_writes_staged - staged);
+        assert!(log.segment_count() > 3, "rolled by size");
+        assert!(staged > 0, "appends were staged: {staged} of {writes} writes");
+        assert!(staged < writes, "rounds that start a segment were not: {staged} of {writes} writes");
+
+        fault::arm(fault::Fault::WriteNoSpace { after_writes: 1 });
+        let acknowledged = append_together(&log, 400..500).await;
+        fault::clear();
+        assert!(acknowledged < 100, "the second write failed: {acknowledged} acknowledged");
+        let staged = crate::metrics::counters().disk_writes_staged;
+        assert_eq!(append_together(&log, 500..600).await, 100);
+        assert!(crate::metrics::counters().disk_writes_staged > staged, "staging resumed");
+
+        let written = read_all(&log).await;
+        assert_eq!(written.len(), 400 + acknowledged + 100);
+        let mut next = 0;
+        for (base, bytes) in &written {
+            assert_eq!(*base, next, "no gap, no overlap");
+            next = last_offset(bytes) + 1;
+        }
+        assert_eq!(next, log.log_end_offset().0);
+        drop(log);
+        let log = Log::open(dir.path(), config()).await.expect("reopen after a crash");
+        assert_eq!(read_all(&log).await, written, "the files hold what was read back");
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn batches_claiming_huge_offset_ranges_get_segments_of_their_own() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -79,6 +79,9 @@ pub struct Counters {
     pub fsync: Histogram,
     /// Segment writes: submitted to complete (both pieces of a split write).
     pub disk_write: Histogram,
+    /// Segment rolls: from sealing the full segment to the new one taking writes. The
+    /// partition's appends wait meanwhile.
+    pub segment_roll: Histogram,
 }
 
 impl Counters {
@@ -360,9 +363,14 @@ fn render_counters(out: &mut Out, cores: &[CoreSnapshot]) {
         );
     }
     type Latency = (&'static str, &'static str, fn(&Counters) -> &Histogram);
-    let disk_latencies: [Latency; 2] = [
+    let disk_latencies: [Latency; 3] = [
         ("ringmq_disk_write_duration_seconds", "O_DIRECT write latency of segment files.", |c| &c.disk_write),
         ("ringmq_fsync_duration_seconds", "fdatasync latency of segment files.", |c| &c.fsync),
+        (
+            "ringmq_segment_roll_duration_seconds",
+            "Segment rolls, the full segment sealed to the new one open; the partition's writes wait.",
+            |c| &c.segment_roll,
+        ),
     ];
     for (name, help, histogram) in disk_latencies {
         out.header(name, "histogram", help);

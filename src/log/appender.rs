@@ -277,6 +277,7 @@ async fn seal_active(shared: &Shared, appender: &Appender) -> Result<(), Storage
 /// fails, the log fails (its sealed index no longer describes what would be appended).
 async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<(), StorageError> {
     assert_eq!(shared.state.borrow().written, base, "roll with unwritten batches before it");
+    let started = Instant::now();
     seal_active(shared, appender).await?;
     save_producers(shared, base).await?;
     let path = segment::log_path(&shared.dir, base);
@@ -296,6 +297,7 @@ async fn roll(shared: &Shared, appender: &mut Appender, base: Offset) -> Result<
         tracing::warn!(%error, "closing a sealed segment failed");
     }
     shared.state.borrow_mut().segments.push_back(Segment::new(base, reader));
+    crate::metrics::count(|c| c.segment_roll.observe(started.elapsed()));
     Ok(())
 }
 

@@ -639,14 +639,15 @@ fn batches_copied_into_writes_as_appended_land_whole_across_rolls_and_failed_wri
     let dir = tempfile::tempdir().expect("tempdir");
     block_on(async {
         let log = Log::open(dir.path(), config()).await.expect("open");
-        let (writes, staged) = {
+        let (writes, staged, rolls) = {
             let counters = crate::metrics::counters();
-            (counters.disk_writes, counters.disk_writes_staged)
+            (counters.disk_writes, counters.disk_writes_staged, counters.segment_roll.count())
         };
         assert_eq!(append_together(&log, 0..400).await, 400);
         let counters = crate::metrics::counters();
         let (writes, staged) = (counters.disk_writes - writes, counters.disk_writes_staged - staged);
         assert!(log.segment_count() > 3, "rolled by size");
+        assert_eq!(counters.segment_roll.count() - rolls, log.segment_count() as u64 - 1, "every roll timed");
         assert!(staged > 0, "appends were staged: {staged} of {writes} writes");
         assert!(staged < writes, "rounds that start a segment were not: {staged} of {writes} writes");
 

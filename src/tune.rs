@@ -311,15 +311,17 @@ fn limits() -> Vec<Report> {
         None => "unknown".to_string(),
     };
     let memlock = limit(libc::RLIMIT_MEMLOCK);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let memlock_wanted = crate::io::memlock_wanted_bytes(cores);
     let nofile = limit(libc::RLIMIT_NOFILE);
     let status = |good: bool| if good { Status::Ok } else { Status::Manual };
     vec![
         Report {
             tuner: "memlock-limit",
-            status: status(memlock.is_some_and(|v| v == libc::RLIM_INFINITY || v >= 512 << 20)),
+            status: status(memlock.is_some_and(|v| v == libc::RLIM_INFINITY || v >= memlock_wanted)),
             current: shown(memlock),
-            wanted: "unlimited (LimitMEMLOCK=infinity)".into(),
-            why: "io_uring rings and registered buffers are locked memory",
+            wanted: format!("unlimited (LimitMEMLOCK=infinity), or at least {memlock_wanted}"),
+            why: "io_uring rings and registered buffers (64 MiB per core, three rings each) are locked memory",
         },
         Report {
             tuner: "open-files-limit",

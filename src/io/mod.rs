@@ -22,6 +22,6 @@ pub use mesh::{Inbox, Mesh, MeshBuilder, mesh};
 pub use net::{Listener, Stream, reserve_address};
 pub use polling::QUIET_LOGS;
 pub use runtime::{
-    Latch, Signal, Task, block_on, raise_memlock_limit, run_sharded, sleep, spawn_blocking, spawn_detached,
-    spawn_local,
+    Latch, Signal, Task, block_on, memlock_wanted_bytes, raise_memlock_limit, run_sharded, sleep,
+    spawn_blocking, spawn_detached, spawn_local,
 };

@@ -10,7 +10,7 @@ pub type Task<T> = glommio::Task<T>;
 
 /// Runs `future` to completion on a fresh single-threaded executor on this thread.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
-    raise_memlock_limit();
+    raise_memlock_limit(1);
     let executor = match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make() {
         Ok(executor) => executor,
         Err(err) => panic!("cannot start an io_uring executor: {err}"),
@@ -20,21 +20,29 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
 
 /// glommio registers its DMA buffers with io_uring, which counts against RLIMIT_MEMLOCK.
 /// Raise the limit to the hard maximum (and, when privileged, beyond the usual 8 MiB default)
-/// so registration does not silently fall back to slower unregistered buffers.
-pub fn raise_memlock_limit() {
-    const WANTED_BYTES: libc::rlim_t = 512 << 20;
+/// so registration does not silently fall back to slower unregistered buffers. Each core's
+/// pool (`IO_MEMORY_BYTES`) is registered with its three rings, and each registration counts.
+pub fn raise_memlock_limit(cores: usize) {
+    let wanted = memlock_wanted_bytes(cores);
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 || limit.rlim_cur >= WANTED_BYTES {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 || limit.rlim_cur >= wanted {
             return;
         }
-        let raised = libc::rlimit { rlim_cur: WANTED_BYTES, rlim_max: limit.rlim_max.max(WANTED_BYTES) };
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max.max(wanted) };
         if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) != 0 {
             let within_hard = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
             libc::setrlimit(libc::RLIMIT_MEMLOCK, &within_hard);
         }
     }
+}
+
+/// The locked memory a broker on `cores` cores wants: each core's buffer pool registered with
+/// its three rings, and room for the rings themselves.
+pub fn memlock_wanted_bytes(cores: usize) -> u64 {
+    const RINGS_PER_CORE: u64 = 3;
+    (512 << 20).max(cores as u64 * RINGS_PER_CORE * IO_MEMORY_BYTES as u64 + (64 << 20))
 }
 
 /// Threads of each core's blocking pool, which runs the cold O_DIRECT reads (and file
@@ -60,7 +68,7 @@ where
     G: FnOnce(usize) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + 'static,
 {
-    raise_memlock_limit();
+    raise_memlock_limit(cores);
     let next_shard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let placement = glommio::PoolPlacement::MaxSpread(cores, None);
     let mut builder = glommio::LocalExecutorPoolBuilder::new(placement)
@@ -295,5 +303,24 @@ mod tests {
         assert!(Pin::new(&mut second).poll(&mut cx).is_ready());
         assert!(Pin::new(&mut latch.wait()).poll(&mut cx).is_ready(), "a wait after the set returns at once");
         assert_eq!(latch.inner.waiters.borrow().len(), 0);
+    }
+
+    /// The limit covers every core's pool in each of its rings, or is as high as it may go.
+    #[test]
+    fn the_memlock_limit_is_raised_for_every_cores_buffers() {
+        let cores = 6;
+        raise_memlock_limit(cores);
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) }, 0);
+        let wanted = memlock_wanted_bytes(cores);
+        assert!(wanted >= cores as u64 * 3 * IO_MEMORY_BYTES as u64, "three rings a core: {wanted}");
+        assert!(
+            limit.rlim_cur >= wanted || limit.rlim_cur == limit.rlim_max,
+            "limit {} of {} wanted (hard {})",
+            limit.rlim_cur,
+            wanted,
+            limit.rlim_max
+        );
     }
 }

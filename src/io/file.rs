@@ -31,11 +31,11 @@ pub struct WriteBuf {
 
 impl WriteBuf {
     /// Buffers for a write at the aligned `position` of up to `capacity` bytes (whole blocks),
-    /// made before the write is due: by the time it is, the blocks before `written_to` (an
-    /// aligned position: where the writes before it will have ended, rounded up) will be
-    /// written, so it goes in two pieces if it starts before them and ends after. `trim`
-    /// cuts it to what was filled.
-    pub fn ahead(position: u64, capacity: usize, written_to: u64) -> WriteBuf {
+    /// to go when the blocks before `written_to` (an aligned position: where the writes before
+    /// it end, rounded up) are written: two pieces if it starts before them and ends after.
+    /// Made now for a write due now (`WriteFile::alloc`) or ahead of it (`log::write_queue`,
+    /// which `trim`s it to what was filled).
+    pub fn new(position: u64, capacity: usize, written_to: u64) -> WriteBuf {
         assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT write position");
         assert!(capacity.is_multiple_of(IO_ALIGNMENT_BYTES), "O_DIRECT write of partial blocks");
         let first_len = written_to.saturating_sub(position) as usize;
@@ -172,16 +172,8 @@ impl WriteFile {
     /// after them (`WriteBuf`). Their contents are unspecified: the caller writes every byte.
     pub fn alloc(&self, position: u64, len: usize) -> WriteBuf {
         assert!(position.is_multiple_of(IO_ALIGNMENT_BYTES as u64), "unaligned O_DIRECT write position");
-        let len = len.next_multiple_of(IO_ALIGNMENT_BYTES);
         let written_to = self.written_end.get().next_multiple_of(IO_ALIGNMENT_BYTES as u64);
-        let end = position + len as u64;
-        if position < written_to && written_to < end {
-            let first_len = (written_to - position) as usize;
-            let first = self.file.alloc_dma_buffer(first_len);
-            let rest = Some(self.file.alloc_dma_buffer(len - first_len));
-            return WriteBuf { position, first, rest };
-        }
-        WriteBuf { position, first: self.file.alloc_dma_buffer(len), rest: None }
+        WriteBuf::new(position, len.next_multiple_of(IO_ALIGNMENT_BYTES), written_to)
     }
 
     /// Writes the whole buffer where it was allocated for, its pieces at once; a short write

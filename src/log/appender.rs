@@ -13,6 +13,7 @@ use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, CleanShutdown, LOG_START_FILE
 use super::producers::Snapshot;
 use super::reader::BatchReader;
 use super::segment::{self, Segment, align_down};
+use super::write_queue;
 use super::{AppendError, Command, FlushPolicy, LogError, LogState, Shared, StorageError};
 use crate::batch_cache::StoredBatch;
 use crate::constants::{IO_ALIGNMENT_BYTES, SCAN_READ_BYTES, UNSYNCED_BYTES_MAX, WRITE_BYTES_MAX};
@@ -156,10 +157,11 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
     let (batches, staged, size_before) = {
         let mut state = shared.state.borrow_mut();
         let size_before = state.active().size_bytes;
-        match state.unwritten.take_staged(size_before) {
-            Some((batches, buf)) => (batches, Some(buf), size_before),
-            None => (take_round(&mut state), None, size_before),
-        }
+        let (batches, staged) = match state.unwritten.take_staged(size_before) {
+            Some((batches, buf)) => (batches, Some(buf)),
+            None => (take_round(&mut state), None),
+        };
+        (batches, staged, size_before)
     };
     let Some(first) = batches.first().map(|batch| batch.base) else { return };
     if let Err(error) = save_epochs(shared).await {
@@ -180,10 +182,8 @@ async fn write_round(shared: &Shared, appender: &mut Appender) {
             let mut buf = appender.writer.alloc(block_start, total);
             let mut at = appender.tail.len();
             for batch in &batches {
-                buf.put(at, &batch.header);
-                at += batch.header.len();
-                buf.put(at, &batch.body);
-                at += batch.body.len();
+                write_queue::put_batch(&mut buf, at, batch);
+                at += batch.len();
             }
             buf
         }

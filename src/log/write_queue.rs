@@ -17,6 +17,7 @@
 //! nor any after it until the flusher has rolled: positions in the next segment are not
 //! known before then.
 
+use super::segment::align_down;
 use crate::batch_cache::StoredBatch;
 use crate::constants::{IO_ALIGNMENT_BYTES, WRITE_BYTES_MAX};
 use crate::io::WriteBuf;
@@ -58,11 +59,16 @@ struct StagedRound {
 
 impl StagedRound {
     fn put(&mut self, batch: &StoredBatch) {
-        self.buf.put(self.filled, &batch.header);
-        self.buf.put(self.filled + batch.header.len(), &batch.body);
+        put_batch(&mut self.buf, self.filled, batch);
         self.filled += batch.len();
         self.end = batch.last.next();
     }
+}
+
+/// Copies `batch` (its rewritten header, then the rest) into `buf` at `at`.
+pub(super) fn put_batch(buf: &mut WriteBuf, at: usize, batch: &StoredBatch) {
+    buf.put(at, &batch.header);
+    buf.put(at + batch.header.len(), &batch.body);
 }
 
 impl WriteQueue {
@@ -98,15 +104,14 @@ impl WriteQueue {
             round.put(batch);
             return;
         }
-        let block = IO_ALIGNMENT_BYTES as u64;
-        let start = position - position % block;
+        let start = align_down(position);
         let partial = (position - start) as usize;
         // A power of two: the buffer pool hands out no other sizes.
         let wanted =
             (2 * self.recent_round_bytes).clamp(STAGED_BYTES_MIN, WRITE_BYTES_MAX).next_power_of_two();
         let capacity = wanted.max((partial + batch.len()).next_multiple_of(IO_ALIGNMENT_BYTES));
         // When it is written, the writes before it will have ended at `position`.
-        let buf = WriteBuf::ahead(start, capacity, position.next_multiple_of(block));
+        let buf = WriteBuf::new(start, capacity, position.next_multiple_of(IO_ALIGNMENT_BYTES as u64));
         let mut round = StagedRound { position, first: batch.base, end: batch.base, buf, filled: partial };
         round.put(batch);
         self.staged.push_back(round);

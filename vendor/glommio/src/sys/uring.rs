@@ -465,8 +465,7 @@ fn record_stats<Ring: UringCommon>(
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    // ringmq patch: the three timestamps of an operation are read only when its latency is
-    // collected (`record_io_latencies`); see `wants_latency`.
+    // ringmq patch: `wants_latency`.
     if wants_latency(src) {
         src.wakers.fulfilled_at = Some(Instant::now());
     }
@@ -522,6 +521,7 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
+                    // ringmq patch: `wants_latency` (was one clock read per chain).
                     if wants_latency(&x) {
                         x.wakers.submitted_at = Some(Instant::now());
                     }
@@ -873,7 +873,7 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-
+        // ringmq patch: no clock read here (`wants_latency`).
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
                 let ops = extract_one_chain(source_map, queue, chain);
@@ -1235,7 +1235,7 @@ impl UringCommon for SleepableRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-
+        // ringmq patch: no clock read here (`wants_latency`).
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
                 let ops = extract_one_chain(source_map, queue, chain);
@@ -2045,6 +2045,7 @@ fn queue_request_into_ring(
     source_map: &mut SourceMap,
 ) {
     {
+        // ringmq patch: `wants_latency`.
         let mut inner = source.inner.borrow_mut();
         if wants_latency(&inner) {
             inner.wakers.queued_at = Some(Instant::now());

@@ -144,40 +144,100 @@ mod tests {
     fn every_shard_reaches_every_other_in_order() {
         const SHARDS: usize = 2;
         const MESSAGES: u32 = 5;
-        for _ in 0..20 {
-            let builder = mesh::<(usize, u32)>(SHARDS, 2);
-            let (numbers, received) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let (taken, counted) = (numbers.clone(), received.clone());
-            let ran = super::super::run_sharded(SHARDS, Duration::ZERO, move |_| {
-                let (builder, taken, counted) = (builder.clone(), taken.clone(), counted.clone());
-                async move {
-                    let mut mesh = Rc::new(builder.join().await.expect("join"));
-                    let me = mesh.shard();
-                    taken.fetch_or(1 << me, Ordering::SeqCst);
-                    let inboxes = Rc::get_mut(&mut mesh).expect("not shared yet").take_inboxes();
-                    assert!(mesh.send_to(me, (me, 0)).await.is_err(), "a shard cannot send to itself");
-                    let sending = super::super::spawn_local({
-                        let mesh = mesh.clone();
-                        async move {
-                            for to in (0..mesh.shards()).filter(|&to| to != me) {
-                                for n in 0..MESSAGES {
-                                    assert!(mesh.send_to(to, (me, n)).await.is_ok(), "delivered");
+        finishes_within(Duration::from_secs(120), || {
+            for _ in 0..20 {
+                let builder = mesh::<(usize, u32)>(SHARDS, 2);
+                let (numbers, received) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+                let (taken, counted) = (numbers.clone(), received.clone());
+                let ran = super::super::run_sharded(SHARDS, Duration::ZERO, move |_| {
+                    let (builder, taken, counted) = (builder.clone(), taken.clone(), counted.clone());
+                    async move {
+                        let mut mesh = Rc::new(builder.join().await.expect("join"));
+                        let me = mesh.shard();
+                        taken.fetch_or(1 << me, Ordering::SeqCst);
+                        let inboxes = Rc::get_mut(&mut mesh).expect("not shared yet").take_inboxes();
+                        assert!(mesh.send_to(me, (me, 0)).await.is_err(), "a shard cannot send to itself");
+                        let sending = super::super::spawn_local({
+                            let mesh = mesh.clone();
+                            async move {
+                                for to in (0..mesh.shards()).filter(|&to| to != me) {
+                                    for n in 0..MESSAGES {
+                                        assert!(mesh.send_to(to, (me, n)).await.is_ok(), "delivered");
+                                    }
                                 }
                             }
+                        });
+                        for (from, inbox) in inboxes {
+                            for n in 0..MESSAGES {
+                                assert_eq!(inbox.recv().await, Some((from, n)), "in order, from its sender");
+                                counted.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
-                    });
-                    for (from, inbox) in inboxes {
-                        for n in 0..MESSAGES {
-                            assert_eq!(inbox.recv().await, Some((from, n)), "in order, from its sender");
-                            counted.fetch_add(1, Ordering::SeqCst);
+                        sending.await;
+                    }
+                });
+                ran.expect("the shards ran");
+                assert_eq!(
+                    numbers.load(Ordering::SeqCst),
+                    (1 << SHARDS) - 1,
+                    "every shard number taken once"
+                );
+                assert_eq!(received.load(Ordering::SeqCst), SHARDS * (SHARDS - 1) * MESSAGES as usize);
+            }
+        });
+    }
+
+    /// Runs `test` on its own thread and fails if it has not returned within `limit`: a shard
+    /// asleep with work to do shows as this failure instead of a test run that never ends.
+    fn finishes_within(limit: Duration, test: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            test();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(limit) {
+            Ok(()) => runner.join().expect("the test thread"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(runner.join().expect_err("the test thread panicked"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("not done after {limit:?}: a shard sleeps with a message waiting for it")
+            }
+        }
+    }
+
+    /// Every round trip makes both shards park and be woken by the other. glommio, when its
+    /// preempt timer fired before the first task queue ran (the thread descheduled between
+    /// arming the timer and that check), took the executor for idle and parked it with the
+    /// message's task runnable; both shards then slept for good. With the 500 µs timer of
+    /// `run_sharded`, that hung 4 of about 80 runs of the in-order test above (20 rounds each)
+    /// on the 2-vCPU VM before glommio's `run_task_queues` was patched.
+    #[test]
+    fn ping_pong_never_parks_a_shard_with_work() {
+        const ROUND_TRIPS: u32 = 3_000;
+        finishes_within(Duration::from_secs(120), || {
+            let builder = mesh::<u32>(2, 1);
+            let ran = super::super::run_sharded(2, Duration::ZERO, move |_| {
+                let builder = builder.clone();
+                async move {
+                    let mut mesh = builder.join().await.expect("join");
+                    let me = mesh.shard();
+                    let peer = 1 - me;
+                    let (_, inbox) = mesh.take_inboxes().pop().expect("one inbox, from the peer");
+                    if me == 0 {
+                        for n in 0..ROUND_TRIPS {
+                            assert!(mesh.send_to(peer, n).await.is_ok(), "ping delivered");
+                            assert_eq!(inbox.recv().await, Some(n), "pong");
+                        }
+                    } else {
+                        for n in 0..ROUND_TRIPS {
+                            assert_eq!(inbox.recv().await, Some(n), "ping");
+                            assert!(mesh.send_to(peer, n).await.is_ok(), "pong delivered");
                         }
                     }
-                    sending.await;
                 }
             });
             ran.expect("the shards ran");
-            assert_eq!(numbers.load(Ordering::SeqCst), (1 << SHARDS) - 1, "every shard number taken once");
-            assert_eq!(received.load(Ordering::SeqCst), SHARDS * (SHARDS - 1) * MESSAGES as usize);
-        }
+        });
     }
 }

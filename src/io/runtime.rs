@@ -60,6 +60,28 @@ const BLOCKING_THREADS: usize = 4;
 /// `ringmq bench produce --partitions 8` on core 1, 2-vCPU Intel VM).
 const IO_MEMORY_BYTES: usize = 64 << 20;
 
+/// Longest an executor runs tasks before it returns to its io_uring rings: submits the
+/// operations queued since, takes the completions and the wake-ups from helper threads.
+/// glommio's default is 100 ms, and connection tasks can keep the run queue busy that long:
+/// they receive request bodies with plain `recv` calls, which never need the rings. At a fixed
+/// 620 000 records/s, traced (`block:block_rq_*`, `io_uring:*`, `raw_syscalls:sys_enter`), the
+/// broker fell into a convoy. Its core spent 10-11 ms receiving a window of produce requests
+/// while the flushers' segment writes waited unsubmitted. Then all 8 partitions' 1 MiB
+/// writes went out at once, and the disk took ~5 ms for them while the network waited for their
+/// acknowledgements. The disk was busy 17% of the time and took 544 MB/s against 620 asked.
+/// `ringmq bench e2e --rate 620000` (8 partitions, 8 connections, 5 in flight, 1 KiB records,
+/// broker on core 0, generator on core 1), alternating runs:
+/// - with the 100 ms default, 3 of 6 runs fell behind the rate (e2e p50 83-114 ms);
+/// - with 500 µs, none of 9 did (e2e p50 1.5-2.7 ms, p99 4.0-169 ms).
+///
+/// 200 µs measured the same as 500 µs, and max produce did not move
+/// (1457 / 1287 -> 1362 / 1362 MB/s).
+///
+/// A timer this short needs the glommio patch in `run_task_queues` (`vendor/README.md`):
+/// without it, executors parked with runnable tasks and slept for good
+/// (`io::mesh::tests::ping_pong_never_parks_a_shard_with_work` hung in 6 of 6 runs).
+const PREEMPT_TIMER: Duration = Duration::from_micros(500);
+
 /// Runs `shard_main(shard)` on `cores` executors, each pinned to its own CPU, with shard
 /// numbers 0..cores; returns when all of them have returned. An idle executor polls for
 /// `spin_before_park` before sleeping in the kernel (shorter cross-core wake-ups, more CPU).
@@ -73,7 +95,8 @@ where
     let placement = glommio::PoolPlacement::MaxSpread(cores, None);
     let mut builder = glommio::LocalExecutorPoolBuilder::new(placement)
         .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS))
-        .io_memory(IO_MEMORY_BYTES);
+        .io_memory(IO_MEMORY_BYTES)
+        .preempt_timer(PREEMPT_TIMER);
     if !spin_before_park.is_zero() {
         builder = builder.spin_before_park(spin_before_park);
     }

@@ -1320,20 +1320,23 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until they are empty (returns false: the caller may park) or until
+    /// the preempt timer or another latency-ring event asks for the reactor (returns true).
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // ringmq patch: was `false` when preempted before the first queue ran, which
+                // `run` takes for "nothing to run": the executor then parked with runnable
+                // tasks and slept until an unrelated event woke it, forever if the event was
+                // to come from those tasks. It happens when the thread is descheduled longer
+                // than the preempt timer between arming it and this check.
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {

@@ -207,11 +207,11 @@ mod tests {
     }
 
     /// Every round trip makes both shards park and be woken by the other. glommio, when its
-    /// preempt timer fired before the first task queue ran (the thread descheduled between
-    /// arming the timer and that check), took the executor for idle and parked it with the
-    /// message's task runnable; both shards then slept for good. With the 500 µs timer of
-    /// `run_sharded`, that hung 4 of about 80 runs of the in-order test above (20 rounds each)
-    /// on the 2-vCPU VM before glommio's `run_task_queues` was patched.
+    /// preempt timer (or another latency-ring completion) fired before the first task queue
+    /// ran, took the executor for idle and parked it with the message's task runnable; both
+    /// shards then slept for good. With the 500 µs timer of `run_sharded` and glommio's
+    /// `run_task_queues` unpatched, this test hung in 6 of 6 runs on the 2-vCPU VM (and the
+    /// in-order test above in 4 of about 80).
     #[test]
     fn ping_pong_never_parks_a_shard_with_work() {
         const ROUND_TRIPS: u32 = 3_000;

@@ -1329,8 +1329,7 @@ impl LocalExecutor {
                 // ringmq patch: was `false` when preempted before the first queue ran, which
                 // `run` takes for "nothing to run": the executor then parked with runnable
                 // tasks and slept until an unrelated event woke it, forever if the event was
-                // to come from those tasks. It happens when the thread is descheduled longer
-                // than the preempt timer between arming it and this check.
+                // to come from those tasks. A short preempt timer makes it frequent.
                 return true;
             }
             if !self.run_one_task_queue() {
